@@ -1,0 +1,56 @@
+"""The registry's error hierarchy.
+
+Every failure that leaves ``registry/`` is a :class:`RegistryError` subclass named after the condition;
+no ``sqlalchemy.exc`` exception crosses the package boundary. Messages are one line that names the
+problem and the fix, so the CLI can print them as they are.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Root of every error the registry raises."""
+
+
+class WorkspaceNotFound(RegistryError):
+    """No registry exists at the location given (and ``create`` was not asked for)."""
+
+
+class SchemaOutOfDate(RegistryError):
+    """The database schema is older than this code; ``upgrader db upgrade`` migrates it."""
+
+
+class SchemaFromFuture(RegistryError):
+    """The database schema is newer than this code knows; upgrade the package."""
+
+
+class InterfaceError(RegistryError):
+    """The workspace interface (K, label map) is missing, already set, or contradicted."""
+
+
+class ProbeSetError(RegistryError):
+    """The probe set is missing, already registered, or malformed."""
+
+
+class UnknownGeneration(RegistryError):
+    """No generation has the id or name given."""
+
+
+class DuplicateItem(RegistryError):
+    """An item with the same unique key (gallery external id, generation name, ...) already exists."""
+
+
+class EmbeddingError(RegistryError):
+    """Embeddings with the wrong dimension, dtype or shape, or non-finite values."""
+
+
+class GateNotPassed(RegistryError):
+    """An alias move was asked for without a passing gate report for the exact artifact."""
+
+
+class InvalidStatus(RegistryError):
+    """A generation status outside the allowed set, or a transition the registry refuses."""
+
+
+class BackendError(RegistryError):
+    """The database failed in a way the caller cannot fix by changing its input (I/O, locks)."""
