@@ -1,0 +1,40 @@
+"""Errors raised by the ``upgrader`` package.
+
+One root (``UpgraderError``) so callers (the CLI, the dashboard, services) can catch everything the
+domain raises, and subclasses named after the condition. Messages are one line: the problem and the fix.
+This module must stay importable without torch (the server side imports it).
+"""
+
+from __future__ import annotations
+
+
+class UpgraderError(Exception):
+    """Root of every error the ``upgrader`` package raises on purpose."""
+
+
+class DataError(UpgraderError):
+    """Input data is missing, corrupt, empty or inconsistent (images vs labels, unknown classes)."""
+
+
+class ModelError(UpgraderError):
+    """An architecture name or model configuration that cannot be built."""
+
+
+class CheckpointError(UpgraderError):
+    """A checkpoint file is missing, corrupt, or does not match what the caller needs."""
+
+
+class TrainingError(UpgraderError):
+    """A training request that cannot run (bad config, mismatched anchor, empty data)."""
+
+
+class TrainingCancelled(UpgraderError):
+    """Training was stopped through its cancel event; nothing was written."""
+
+
+class ExportError(UpgraderError):
+    """ONNX export failed or produced an artifact that did not match PyTorch; nothing was written."""
+
+
+class ArtifactError(UpgraderError):
+    """An ONNX artifact is missing, corrupt, lacks metadata, or was given images of the wrong shape."""

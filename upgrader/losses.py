@@ -1,0 +1,113 @@
+"""Training losses on the fixed d-Simplex (DESIGN section 2).
+
+All losses are ``nn.Module``s; ``hoc_loss`` is also exposed as a function for tests and callers that
+already hold L2-normalised features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def hoc_loss(
+    new_feats: torch.Tensor, old_feats: torch.Tensor, labels: torch.Tensor, mu: float = 10.0
+) -> torch.Tensor:
+    """Higher-order compatibility (contrastive) loss between new and anchor features.
+
+    L = mean_i [ -mu <fo_i, fn_i> + log sum_{j: j == i or y_j != y_i} exp(mu <fo_i, fn_j>) ]
+
+    Args:
+        new_feats: L2-normalised features of the model being trained, [N, D].
+        old_feats: L2-normalised features of the frozen anchor on the same images, [N, D].
+        labels: vertex index of each sample's class, int64 [N].
+        mu: scale (inverse temperature) of the similarities.
+
+    Returns:
+        Scalar loss tensor.
+    """
+    sims = mu * old_feats @ new_feats.t()  # [N, N]: row i = anchor i against every new j
+    same_class = labels.unsqueeze(0) == labels.unsqueeze(1)  # [N, N]
+    diagonal = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)  # [N, N]
+    # Other same-class images leave the denominator entirely (-inf), they are not zeroed:
+    # exp(0) = 1 would still count them.
+    masked = sims.masked_fill(same_class & ~diagonal, float("-inf"))  # [N, N]
+    positives = sims.diagonal()  # [N]
+    return (-positives + torch.logsumexp(masked, dim=1)).mean()
+
+
+class SimplexCrossEntropy(nn.Module):
+    """Cross-entropy on logits = raw (unnormalised) features @ W.T of the fixed simplex."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Args: logits [N, K] from the encoder; labels vertex indices [N]. Returns a scalar."""
+        return F.cross_entropy(logits.float(), labels)
+
+
+class HOCLoss(nn.Module):
+    """``hoc_loss`` as a module; normalises raw features itself."""
+
+    def __init__(self, mu: float = 10.0) -> None:
+        """Args: mu: scale of the cosine similarities."""
+        super().__init__()
+        self.mu = mu
+
+    def forward(
+        self, new_feats: torch.Tensor, old_feats: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """Args: raw features [N, D] of the new and anchor models, labels [N]. Returns a scalar."""
+        new_n = F.normalize(new_feats.float(), dim=1)  # [N, D]
+        old_n = F.normalize(old_feats.float(), dim=1)  # [N, D]
+        return hoc_loss(new_n, old_n, labels, self.mu)
+
+
+class CompatibilityLoss(nn.Module):
+    """lambda * CE on the simplex + (1 - lambda) * HOC against the anchor (DESIGN 2)."""
+
+    def __init__(self, lam: float = 0.1, mu: float = 10.0) -> None:
+        """Args: lam: weight of the CE term; mu: HOC scale."""
+        super().__init__()
+        self.lam = lam
+        self.ce = SimplexCrossEntropy()
+        self.hoc = HOCLoss(mu)
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        new_feats: torch.Tensor,
+        old_feats: torch.Tensor | None,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Combined loss; without an anchor (``old_feats`` None) plain simplex CE.
+
+        Args:
+            logits: [N, K] of the new model.
+            new_feats: raw features [N, K-1] of the new model.
+            old_feats: raw features [N, K-1] of the anchor on the same images, or None.
+            labels: vertex indices [N].
+        """
+        ce = self.ce(logits, labels)
+        if old_feats is None:
+            return ce
+        return self.lam * ce + (1.0 - self.lam) * self.hoc(new_feats, old_feats, labels)
+
+
+class BCTInfluenceLoss(nn.Module):
+    """Backward-compatible training influence loss (Shen et al. 2020).
+
+    The new model's features go through the old model's frozen classifier (weight [K, D], optional
+    bias [K]) and are scored with cross-entropy against the labels.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Args: weight: frozen old classifier weight [K, D]; bias: its bias [K] or None."""
+        super().__init__()
+        # Buffers: moved with .to(device), never trained.
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, new_feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Args: raw new features [N, D]; labels [N]. Returns a scalar."""
+        logits = F.linear(new_feats.float(), self.weight, self.bias)  # [N, K]
+        return F.cross_entropy(logits, labels)
