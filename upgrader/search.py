@@ -1,0 +1,407 @@
+"""Top-k search over the mixed-generation gallery with FAISS.
+
+A gallery holds embeddings written by several generations; compatible generations share one space,
+so a single inner-product index over all of them serves queries from the production generation. Every
+row keeps its metadata (external id, generation id, label, registry row id) so a hit says which
+generation wrote it.
+
+Index kinds (``GallerySearch(dim, index=...)``):
+
+* ``"flat"`` (default) — ``faiss.IndexFlatIP``: exact; the right choice up to a few million rows.
+* ``"hnsw"`` — ``faiss.IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``: approximate graph search, for
+  large galleries where exact search is too slow. Tune ``ef_search`` for recall; measure it with
+  :func:`measure_recall` against a flat index.
+* ``"ivf"`` — ``faiss.IndexIVFFlat`` (inner product): approximate, inverted lists. It needs training:
+  it trains on the first :meth:`GallerySearch.add` (or an explicit :meth:`GallerySearch.train`) on a
+  random sample of at most ``train_size`` rows of that batch; later adds only assign to lists, so the
+  first batch should be representative. ``nlist`` defaults to ``4 * sqrt(n)`` of that first batch.
+
+Vectors are L2-normalised on the way in (queries too), so inner product is cosine similarity.
+
+Removal: flat and IVF remove in place (``remove_ids``; flat is wrapped in ``IndexIDMap2``, which
+compacts the storage, O(n)). FAISS's HNSW cannot delete, so for ``"hnsw"`` :meth:`remove` rebuilds the
+graph from the stored vectors — correct but as slow as the original build; batch your removals.
+
+Thread safety: one lock serialises :meth:`add`, :meth:`remove` and :meth:`search`, so a server can
+add new gallery rows from one thread while others search; searches then run one at a time, each
+using FAISS's OpenMP threads (``threads=`` sets that count, process-wide, see :func:`set_threads`).
+
+Incremental sync with the registry::
+
+    gs.add_gallery(reg.load_gallery(after_row_id=gs.last_row_id))
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import faiss
+import numpy as np
+
+IndexKind = Literal["flat", "hnsw", "ivf"]
+INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
+
+
+class _GalleryLike(Protocol):
+    """What :meth:`GallerySearch.add_gallery` reads (``registry.entities.GalleryMatrix`` fits)."""
+
+    row_ids: np.ndarray
+    external_ids: list[str]
+    generation_ids: np.ndarray
+    labels: list[str | None]
+    matrix: np.ndarray
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    external_id: str  # the caller's id of the gallery item
+    score: float  # cosine similarity, higher is nearer
+    generation_id: int  # generation whose model wrote this embedding
+    label: str | None  # the item's label, if it has one
+    row_id: int  # registry row id of the gallery item
+
+
+def set_threads(n: int) -> None:
+    """Set FAISS's OpenMP thread count. Process-wide: it affects every index in the process."""
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    faiss.omp_set_num_threads(int(n))
+
+
+def _normalise(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"{what} must have shape [N, {dim}], got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
+    arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} contains NaN or inf")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError(f"{what} row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
+    arr /= norms
+    return arr
+
+
+class GallerySearch:
+    """Top-k cosine search over gallery embeddings from any number of generations.
+
+    Args:
+        dim: embedding dimension (K - 1 of the workspace interface).
+        index: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"`` (approximate); see the module docstring.
+        hnsw_m: HNSW graph degree (links per node); more = better recall, more memory, slower build.
+        ef_construction: HNSW build-time beam width.
+        ef_search: HNSW query-time beam width (>= k is enforced per search); the recall knob.
+        nlist: IVF list count; None = ``int(4 * sqrt(n))`` of the training batch (at least 1).
+        nprobe: IVF lists visited per query; the recall knob.
+        train_size: IVF trains on at most this many rows of the first batch (a random sample).
+        threads: FAISS OpenMP threads, set process-wide when given; None leaves FAISS's default.
+        seed: seed of the IVF training sample.
+
+    Raises:
+        ValueError: a bad ``dim``, ``index`` or parameter.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        index: IndexKind = "flat",
+        hnsw_m: int = 32,
+        ef_construction: int = 40,
+        ef_search: int = 64,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        train_size: int = 100_000,
+        threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if index not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {index!r}; choose one of {', '.join(INDEX_KINDS)}")
+        for name, value in (("hnsw_m", hnsw_m), ("ef_construction", ef_construction),
+                            ("ef_search", ef_search), ("nprobe", nprobe), ("train_size", train_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if nlist is not None and nlist < 1:
+            raise ValueError(f"nlist must be >= 1, got {nlist}")
+        if threads is not None:
+            set_threads(threads)
+        self.dim = int(dim)
+        self.kind: IndexKind = index
+        self.hnsw_m = int(hnsw_m)
+        self.ef_construction = int(ef_construction)
+        self.ef_search = int(ef_search)
+        self.nlist = nlist
+        self.nprobe = int(nprobe)
+        self.train_size = int(train_size)
+        self.seed = int(seed)
+        self._lock = threading.RLock()
+        # Row metadata lives in slot arrays: a slot is assigned at add, never reused, and is the id
+        # FAISS stores, so a FAISS result maps to metadata by plain indexing.
+        self._row_ids = np.empty(0, dtype=np.int64)
+        self._gen_ids = np.empty(0, dtype=np.int64)
+        self._external: list[str] = []
+        self._labels: list[str | None] = []
+        self._alive = np.empty(0, dtype=bool)
+        self._slot_of: dict[str, int] = {}  # live external id -> slot
+        self._last_row_id = 0
+        self._hnsw_inner: Any = None
+        self._quantizer: Any = None  # IVF's coarse quantizer must outlive the index (SWIG ownership)
+        self._index: Any = self._new_index()
+
+    # ------------------------------------------------------------------ construction
+
+    def _new_index(self) -> Any:
+        if self.kind == "flat":
+            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        if self.kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = self.ef_construction
+            inner.hnsw.efSearch = self.ef_search
+            self._hnsw_inner = inner  # typed handle for efSearch (IDMap2.index is the base class)
+            return faiss.IndexIDMap2(inner)
+        return None  # IVF: created at training time, once nlist is known
+
+    @property
+    def is_trained(self) -> bool:
+        """False only for an IVF index that has not seen its training batch yet."""
+        return self._index is not None and bool(self._index.is_trained)
+
+    def train(self, sample: np.ndarray) -> None:
+        """Train an IVF index on ``sample`` (a no-op for flat and HNSW, and once trained).
+
+        Raises:
+            ValueError: fewer rows than lists, or bad shape / values.
+        """
+        with self._lock:
+            if self.kind != "ivf" or self._index is not None:
+                return
+            self._train_ivf(_normalise(sample, self.dim, "training sample"))
+
+    def _train_ivf(self, x: np.ndarray) -> None:
+        n = x.shape[0]
+        nlist = self.nlist or max(1, int(4 * math.sqrt(n)))
+        if n < nlist:
+            raise ValueError(
+                f"IVF with nlist={nlist} needs at least {nlist} training rows, got {n}; "
+                "add a larger first batch, call train() with a sample, or lower nlist"
+            )
+        if n > self.train_size:
+            rng = np.random.default_rng(self.seed)
+            x = x[np.sort(rng.choice(n, self.train_size, replace=False))]
+        quantizer = faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.nprobe = min(self.nprobe, nlist)
+        self.nlist = nlist
+        self._quantizer = quantizer
+        self._index = index
+
+    # ------------------------------------------------------------------ size and cursor
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._slot_of)
+
+    @property
+    def last_row_id(self) -> int:
+        """Highest registry row id ever added (0 when none): the cursor for ``load_gallery(after_row_id=)``.
+
+        Removing rows does not lower it, so a sync never re-adds what was removed.
+        """
+        return self._last_row_id
+
+    def generation_counts(self) -> dict[int, int]:
+        """Generation id -> number of rows currently in the index."""
+        with self._lock:
+            gens, counts = np.unique(self._gen_ids[self._alive], return_counts=True)
+            return {int(g): int(c) for g, c in zip(gens, counts)}
+
+    # ------------------------------------------------------------------ add / remove
+
+    def add(
+        self,
+        row_ids: np.ndarray | Sequence[int],
+        external_ids: Sequence[str],
+        generation_ids: np.ndarray | Sequence[int],
+        labels: Sequence[str | None] | None,
+        matrix: np.ndarray,
+    ) -> int:
+        """Append rows, incrementally (no rebuild). All-or-nothing: a bad batch adds nothing.
+
+        Args:
+            row_ids: int [N] registry row ids.
+            external_ids: [N] unique ids, also unique against rows already in the index.
+            generation_ids: int [N] generation that wrote each embedding.
+            labels: [N] optional labels, or None for none.
+            matrix: float [N, dim] embeddings (L2-normalised here).
+
+        Returns:
+            The number of rows added.
+
+        Raises:
+            ValueError: length mismatch, wrong dim, NaN/inf/all-zero rows, duplicate external ids,
+                or (IVF) a first batch too small to train on.
+        """
+        x = _normalise(matrix, self.dim, "gallery matrix")
+        n = x.shape[0]
+        rows = np.asarray(row_ids, dtype=np.int64).reshape(-1)
+        gens = np.asarray(generation_ids, dtype=np.int64).reshape(-1)
+        ext = [str(e) for e in external_ids]
+        labs: list[str | None] = [None] * n if labels is None else list(labels)
+        for name, length in (("row_ids", rows.size), ("external_ids", len(ext)),
+                             ("generation_ids", gens.size), ("labels", len(labs))):
+            if length != n:
+                raise ValueError(f"{name} has {length} entries for {n} embeddings")
+        if n == 0:
+            return 0
+        if len(set(ext)) != n:
+            raise ValueError("external_ids repeat within the batch")
+        with self._lock:
+            known = [e for e in ext if e in self._slot_of]
+            if known:
+                raise ValueError(f"external id {known[0]!r} is already in the index ({len(known)} known)")
+            if self.kind == "ivf" and self._index is None:
+                self._train_ivf(x)
+            start = self._alive.size
+            slots = np.arange(start, start + n, dtype=np.int64)
+            self._index.add_with_ids(x, slots)
+            self._row_ids = np.concatenate([self._row_ids, rows])
+            self._gen_ids = np.concatenate([self._gen_ids, gens])
+            self._alive = np.concatenate([self._alive, np.ones(n, dtype=bool)])
+            self._external.extend(ext)
+            self._labels.extend(labs)
+            self._slot_of.update(zip(ext, slots.tolist()))
+            self._last_row_id = max(self._last_row_id, int(rows.max()))
+        return n
+
+    def add_gallery(self, gallery: _GalleryLike) -> int:
+        """Add a ``registry.entities.GalleryMatrix`` (or anything with the same fields)."""
+        return self.add(gallery.row_ids, gallery.external_ids, gallery.generation_ids,
+                        gallery.labels, gallery.matrix)
+
+    def remove(self, external_ids: Sequence[str]) -> int:
+        """Remove rows by external id; unknown ids are ignored. Returns how many were removed.
+
+        Flat and IVF remove in place; HNSW rebuilds its graph from the stored vectors (slow: it costs
+        a full build).
+        """
+        with self._lock:
+            slots = np.array([self._slot_of[e] for e in set(external_ids) if e in self._slot_of],
+                             dtype=np.int64)
+            if slots.size == 0:
+                return 0
+            if self.kind == "hnsw":
+                self._rebuild_hnsw_without(slots)
+            else:
+                removed = self._index.remove_ids(slots)
+                if removed != slots.size:  # pragma: no cover - FAISS contract
+                    raise RuntimeError(f"FAISS removed {removed} of {slots.size} rows")
+            self._alive[slots] = False
+            for s in slots.tolist():
+                del self._slot_of[self._external[s]]
+            return int(slots.size)
+
+    def _rebuild_hnsw_without(self, slots: np.ndarray) -> None:
+        old = self._index
+        ids = faiss.vector_to_array(old.id_map).astype(np.int64)
+        vectors = old.index.reconstruct_n(0, old.ntotal)
+        keep = ~np.isin(ids, slots)
+        fresh = self._new_index()
+        if keep.any():
+            fresh.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
+        self._index = fresh
+
+    # ------------------------------------------------------------------ search
+
+    def search_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch search returning arrays.
+
+        Args:
+            queries: float [N, dim] (or [dim] for one query); L2-normalised here.
+            k: results per query (>= 1); fewer rows in the index leave ``-1`` positions.
+
+        Returns:
+            (scores float32 [N, k], descending; positions int64 [N, k], -1 where there is no result).
+            A position is the row's slot: :meth:`row_ids_at`, :meth:`generation_ids_at` and
+            :meth:`hits_from` turn positions into metadata.
+
+        Raises:
+            ValueError: bad k, wrong dim, NaN/inf/all-zero queries.
+        """
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q[None, :]
+        q = _normalise(q, self.dim, "queries")
+        with self._lock:
+            if self._index is None or self._index.ntotal == 0:
+                return (np.full((q.shape[0], k), -np.inf, dtype=np.float32),
+                        np.full((q.shape[0], k), -1, dtype=np.int64))
+            if self.kind == "hnsw":
+                self._hnsw_inner.hnsw.efSearch = max(self.ef_search, int(k))
+            scores, positions = self._index.search(q, int(k))
+        scores = scores.astype(np.float32, copy=False)
+        scores[positions < 0] = -np.inf
+        return scores, positions.astype(np.int64, copy=False)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-k hits per query, nearest first (see :meth:`search_arrays` for arguments)."""
+        scores, positions = self.search_arrays(queries, k)
+        return self.hits_from(scores, positions)
+
+    def hits_from(self, scores: np.ndarray, positions: np.ndarray) -> list[list[Hit]]:
+        """Turn :meth:`search_arrays` output into :class:`Hit` lists (dropping ``-1`` positions)."""
+        out: list[list[Hit]] = []
+        for srow, prow in zip(scores.tolist(), positions.tolist()):
+            out.append([
+                Hit(self._external[p], float(s), int(self._gen_ids[p]), self._labels[p],
+                    int(self._row_ids[p]))
+                for s, p in zip(srow, prow) if p >= 0
+            ])
+        return out
+
+    def row_ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """Registry row ids of positions (``-1`` stays ``-1``)."""
+        p = np.asarray(positions, dtype=np.int64)
+        return np.where(p >= 0, self._row_ids[np.maximum(p, 0)] if self._row_ids.size else -1, -1)
+
+    def generation_ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """Generation ids of positions (``-1`` stays ``-1``)."""
+        p = np.asarray(positions, dtype=np.int64)
+        return np.where(p >= 0, self._gen_ids[np.maximum(p, 0)] if self._gen_ids.size else -1, -1)
+
+    def external_ids_at(self, positions: np.ndarray) -> list[list[str | None]]:
+        """External ids of a [N, k] position array (None for ``-1``)."""
+        return [[self._external[p] if p >= 0 else None for p in row]
+                for row in np.asarray(positions, dtype=np.int64).tolist()]
+
+
+def measure_recall(approx: GallerySearch, exact: GallerySearch, queries: np.ndarray, k: int) -> float:
+    """Recall@k of an approximate index against an exact one holding the same rows.
+
+    Mean over queries of |approx top-k ∩ exact top-k| / |exact top-k|, matching rows by external id.
+    """
+    _, pa = approx.search_arrays(queries, k)
+    _, pe = exact.search_arrays(queries, k)
+    ea = approx.external_ids_at(pa)
+    ee = exact.external_ids_at(pe)
+    total = 0.0
+    for a, e in zip(ea, ee):
+        truth = {x for x in e if x is not None}
+        if truth:
+            total += len(truth & {x for x in a if x is not None}) / len(truth)
+    return total / max(1, len(ee))
+
+
+__all__ = ["INDEX_KINDS", "GallerySearch", "Hit", "measure_recall", "set_threads"]
