@@ -1,0 +1,72 @@
+"""The upgrader registry: workspace interface, probe set, generations, gate reports, aliases and the
+production gallery, in SQLite or PostgreSQL (SQLAlchemy 2 + numpy; no torch, no upgrader).
+
+Open a workspace with :meth:`Registry.open`; every failure is a :class:`RegistryError` subclass.
+"""
+
+from __future__ import annotations
+
+from registry.api import Registry
+from registry.codec import EMBEDDING_DTYPES, EmbeddingCodec
+from registry.entities import (
+    GENERATION_KINDS,
+    GENERATION_STATUSES,
+    PROBE_SPLITS,
+    PRODUCTION,
+    AliasMove,
+    Evaluation,
+    GalleryMatrix,
+    GateReport,
+    Generation,
+    Interface,
+    NewGeneration,
+    ProbeSet,
+)
+from registry.errors import (
+    BackendError,
+    ConstraintViolation,
+    DuplicateItem,
+    EmbeddingError,
+    GateNotPassed,
+    InterfaceError,
+    InvalidStatus,
+    ProbeSetError,
+    RegistryError,
+    SchemaFromFuture,
+    SchemaOutOfDate,
+    UnknownGateReport,
+    UnknownGeneration,
+    WorkspaceNotFound,
+)
+
+__all__ = [
+    "EMBEDDING_DTYPES",
+    "GENERATION_KINDS",
+    "GENERATION_STATUSES",
+    "PROBE_SPLITS",
+    "PRODUCTION",
+    "AliasMove",
+    "BackendError",
+    "ConstraintViolation",
+    "DuplicateItem",
+    "EmbeddingCodec",
+    "EmbeddingError",
+    "Evaluation",
+    "GalleryMatrix",
+    "GateNotPassed",
+    "GateReport",
+    "Generation",
+    "Interface",
+    "InterfaceError",
+    "InvalidStatus",
+    "NewGeneration",
+    "ProbeSet",
+    "ProbeSetError",
+    "Registry",
+    "RegistryError",
+    "SchemaFromFuture",
+    "SchemaOutOfDate",
+    "UnknownGateReport",
+    "UnknownGeneration",
+    "WorkspaceNotFound",
+]

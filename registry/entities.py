@@ -33,6 +33,7 @@ class Interface:
     embedding_dim: int  # K - 1
     label_map: dict[str, int]  # class name -> vertex index, append-only
     created_at: datetime
+    embedding_dtype: str = "float32"  # how gallery embeddings are stored: "float32" or "float16"
 
     def vertex_of(self, class_name: str) -> int:
         """Vertex index of a class; raises ``KeyError`` for a class the interface does not know."""

@@ -54,3 +54,11 @@ class InvalidStatus(RegistryError):
 
 class BackendError(RegistryError):
     """The database failed in a way the caller cannot fix by changing its input (I/O, locks)."""
+
+
+class ConstraintViolation(RegistryError):
+    """The database refused a write that broke one of its constraints (a reference or a check)."""
+
+
+class UnknownGateReport(RegistryError):
+    """No gate report has the id given."""

@@ -1,0 +1,175 @@
+"""Programmatic Alembic: the config built in code, upgrade/downgrade, and the schema version check.
+
+The migration scripts live in the top-level ``alembic/`` folder next to ``registry/`` (one head).
+Every run goes through ``alembic/env.py`` with an open connection handed over in
+``config.attributes["connection"]``, so the registry's engine settings (SQLite pragmas, ``BEGIN
+IMMEDIATE``) apply to migrations too and concurrent upgrades queue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine, exc, inspect
+
+from registry.db import WRITE_OPTION, make_engine, translate
+from registry.errors import BackendError, SchemaFromFuture, SchemaOutOfDate, WorkspaceNotFound
+
+#: The command a user runs to bring an old schema up to date (named in errors).
+UPGRADE_COMMAND = "upgrader db upgrade"
+
+
+def script_location() -> Path:
+    """The top-level ``alembic/`` folder, found relative to the ``registry`` package."""
+    return Path(__file__).resolve().parent.parent / "alembic"
+
+
+def alembic_config() -> Config:
+    """An Alembic ``Config`` built in code (no alembic.ini needed)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location()))
+    return cfg
+
+
+def head_revision() -> str:
+    """The single head revision of the migration scripts."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise BackendError(f"the migration scripts have {len(heads)} heads; merge them into one")
+    return heads[0]
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What a database holds, as far as migrations are concerned.
+
+    Attributes:
+        has_version_table: an ``alembic_version`` table exists (the database was migrated once).
+        current: the revision stamped in it, ``None`` at base.
+        head: the head revision of this code.
+        known: the current revision exists in this code's scripts.
+    """
+
+    has_version_table: bool
+    current: str | None
+    head: str
+    known: bool
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """Read the stamped revision of a database and compare it with the scripts.
+
+    Args:
+        engine: the registry engine.
+    """
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = script.get_heads()
+    try:
+        with engine.connect() as conn:
+            has_table = inspect(conn).has_table("alembic_version")
+            current = MigrationContext.configure(conn).get_current_revision() if has_table else None
+            conn.rollback()
+    except exc.SQLAlchemyError as err:
+        raise translate(err) from err
+    known = True
+    if current is not None:
+        try:
+            known = script.get_revision(current) is not None
+        except CommandError:
+            known = False
+    return SchemaState(has_table, current, heads[0], known)
+
+
+def check_schema(engine: Engine, where: str) -> None:
+    """Refuse a database whose schema is not exactly this code's head.
+
+    Args:
+        engine: the registry engine.
+        where: how to name the database in messages (its directory or URL).
+
+    Raises:
+        WorkspaceNotFound: the database has never been migrated (no registry there).
+        SchemaOutOfDate: an older revision (or base); names ``upgrader db upgrade``.
+        SchemaFromFuture: a revision this code does not know.
+    """
+    state = schema_state(engine)
+    if not state.has_version_table:
+        raise WorkspaceNotFound(
+            f"no upgrader registry at {where}; run `upgrader init --home {where}` to create one"
+        )
+    if not state.known:
+        raise SchemaFromFuture(
+            f"the registry at {where} has schema revision {state.current!r}, newer than this "
+            f"upgrader knows (head {state.head!r}); upgrade the upgrader package"
+        )
+    if state.current != state.head:
+        raise SchemaOutOfDate(
+            f"the registry at {where} has schema revision {state.current or 'base'!r}, older than "
+            f"{state.head!r}; run `{UPGRADE_COMMAND}` to migrate it"
+        )
+
+
+def _run(engine: Engine, fn: str, revision: str) -> None:
+    cfg = alembic_config()
+    with engine.connect() as conn:
+        # env.py begins the transaction itself (after switching SQLite foreign keys off).
+        cfg.attributes["connection"] = conn.execution_options(**{WRITE_OPTION: True})
+        try:
+            getattr(command, fn)(cfg, revision)
+        except CommandError as err:
+            raise SchemaFromFuture(
+                f"cannot migrate to {revision!r}: {err}; the database may be newer than this upgrader"
+            ) from err
+        except exc.SQLAlchemyError as err:
+            raise translate(err) from err
+
+
+def upgrade(url: str, revision: str = "head") -> str:
+    """Migrate a database up to ``revision``.
+
+    Args:
+        url: SQLAlchemy URL of the database (a SQLite file is created if missing).
+        revision: target revision, ``head`` by default.
+
+    Returns:
+        The revision the database is at afterwards.
+
+    Raises:
+        SchemaFromFuture: the database holds a revision this code does not know.
+    """
+    engine = make_engine(url, pooled=False)
+    try:
+        state = schema_state(engine)
+        if not state.known:
+            raise SchemaFromFuture(
+                f"the registry has schema revision {state.current!r}, newer than this upgrader "
+                f"knows (head {state.head!r}); upgrade the upgrader package"
+            )
+        _run(engine, "upgrade", revision)
+        return schema_state(engine).current or "base"
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str) -> str:
+    """Migrate a database down to ``revision`` (``-1``, ``base``, or a revision id).
+
+    Args:
+        url: SQLAlchemy URL of the database.
+        revision: target revision.
+
+    Returns:
+        The revision the database is at afterwards (``"base"`` when none).
+    """
+    engine = make_engine(url, pooled=False)
+    try:
+        _run(engine, "downgrade", revision)
+        return schema_state(engine).current or "base"
+    finally:
+        engine.dispose()
