@@ -1,0 +1,207 @@
+"""Gallery search benchmark: upgrader.search.GallerySearch (flat, HNSW) vs plain numpy, side by side.
+
+For each gallery size: top-k single-query latency (p50 / p99) and batch throughput (queries/s) of
+
+* ``numpy``  — ``gallery @ query`` + ``argpartition`` + sort of the k best (the obvious baseline),
+* ``flat``   — GallerySearch(index="flat"), exact (faiss.IndexFlatIP),
+* ``hnsw``   — GallerySearch(index="hnsw"), approximate, one build, timed at each ``--ef-search`` with
+  its measured recall@k against flat,
+
+plus build times and ratios against numpy. Data: float32, L2-normalised, half uniform on the sphere and
+half around a few cluster centres; queries are half perturbed gallery items, half random.
+
+    .venv/bin/python bench/search_bench.py                       # 100k and 1M, dim 127
+    .venv/bin/python bench/search_bench.py --sizes 20000 --queries 100
+
+Prints a table and writes JSON (default bench/results/search_bench.json). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import faiss  # noqa: E402
+
+from upgrader.search import GallerySearch, measure_recall, set_threads  # noqa: E402
+
+
+def make_data(n: int, dim: int, clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """n L2-normalised float32 rows: half uniform on the sphere, half around ``clusters`` centres."""
+    out = np.empty((n, dim), dtype=np.float32)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    chunk = 100_000
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        x = rng.standard_normal((m, dim), dtype=np.float32)
+        clustered = rng.random(m) < 0.5
+        which = rng.integers(0, clusters, int(clustered.sum()))
+        x[clustered] = centres[which] * 3.0 + x[clustered] * (1.0 / np.sqrt(dim)) * 3.0
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[start : start + m] = x
+    return out
+
+
+def make_queries(gallery: np.ndarray, nq: int, rng: np.random.Generator) -> np.ndarray:
+    dim = gallery.shape[1]
+    half = nq // 2
+    near = gallery[rng.integers(0, gallery.shape[0], half)] + 0.05 * rng.standard_normal((half, dim))
+    rand = rng.standard_normal((nq - half, dim))
+    q = np.vstack([near, rand]).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def numpy_topk(gallery: np.ndarray, queries: np.ndarray, k: int, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by matmul + argpartition (chunks of queries bound the score matrix's memory)."""
+    nq = queries.shape[0]
+    scores = np.empty((nq, k), dtype=np.float32)
+    idx = np.empty((nq, k), dtype=np.int64)
+    for s in range(0, nq, chunk):
+        sc = queries[s : s + chunk] @ gallery.T  # [c, N]
+        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
+        ps = np.take_along_axis(sc, part, axis=1)
+        order = np.argsort(-ps, axis=1)
+        idx[s : s + chunk] = np.take_along_axis(part, order, axis=1)
+        scores[s : s + chunk] = np.take_along_axis(ps, order, axis=1)
+    return scores, idx
+
+
+def latency(fn: Callable[[np.ndarray], Any], queries: np.ndarray, warmup: int = 3) -> dict[str, float]:
+    for i in range(min(warmup, queries.shape[0])):
+        fn(queries[i : i + 1])
+    times = []
+    for i in range(queries.shape[0]):
+        t0 = time.perf_counter()
+        fn(queries[i : i + 1])
+        times.append(time.perf_counter() - t0)
+    ms = np.array(times) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean())}
+
+
+def throughput(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
+    fn(queries[: min(8, len(queries))])  # warm-up
+    t0 = time.perf_counter()
+    fn(queries)
+    return queries.shape[0] / (time.perf_counter() - t0)
+
+
+def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
+    k = args.k
+    t0 = time.perf_counter()
+    gallery = make_data(n, args.dim, args.clusters, rng)
+    single_q = make_queries(gallery, args.queries, rng)
+    batch_q = make_queries(gallery, args.batch, rng)
+    print(f"\n== {n:,} items, dim {args.dim} (data {time.perf_counter() - t0:.1f}s)", flush=True)
+    ids = [f"x{i}" for i in range(n)]
+    rows = np.arange(1, n + 1)
+    gens = (np.arange(n) % 3) + 1  # three generations, as a mixed gallery has
+    res: dict[str, Any] = {"size": n, "dim": args.dim, "k": k}
+
+    # numpy baseline
+    lat = latency(lambda q: numpy_topk(gallery, q, k), single_q)
+    qps = throughput(lambda q: numpy_topk(gallery, q, k), batch_q)
+    res["numpy"] = {**lat, "qps": qps, "build_s": 0.0}
+    print(f"numpy  p50 {lat['p50_ms']:8.3f} ms  p99 {lat['p99_ms']:8.3f} ms  {qps:10.1f} q/s", flush=True)
+
+    # flat
+    t0 = time.perf_counter()
+    flat = GallerySearch(args.dim)
+    flat.add(rows, ids, gens, None, gallery)
+    build = time.perf_counter() - t0
+    lat = latency(lambda q: flat.search_arrays(q, k), single_q)
+    hits_lat = latency(lambda q: flat.search(q, k), single_q[: min(100, len(single_q))])
+    qps = throughput(lambda q: flat.search_arrays(q, k), batch_q)
+    _, ref_idx = numpy_topk(gallery, batch_q[:200], k)
+    _, pos = flat.search_arrays(batch_q[:200], k)
+    agree = float(np.mean(flat.row_ids_at(pos) - 1 == ref_idx))
+    res["flat"] = {**lat, "qps": qps, "build_s": build, "hits_p50_ms": hits_lat["p50_ms"],
+                   "agreement_with_numpy": agree}
+    print(f"flat   p50 {lat['p50_ms']:8.3f} ms  p99 {lat['p99_ms']:8.3f} ms  {qps:10.1f} q/s  "
+          f"build {build:.1f}s  (Hit objects p50 {hits_lat['p50_ms']:.3f} ms; same ids as numpy: {agree:.4f})",
+          flush=True)
+
+    # HNSW
+    if args.hnsw_max_size and n > args.hnsw_max_size:
+        res["hnsw_by_ef"] = {}
+        print("hnsw   skipped (--hnsw-max-size)")
+    else:
+        efs = [int(e) for e in args.ef_search.split(",") if e.strip()]
+        t0 = time.perf_counter()
+        hnsw = GallerySearch(args.dim, index="hnsw", hnsw_m=args.hnsw_m,
+                             ef_construction=args.ef_construction, ef_search=efs[0])
+        hnsw.add(rows, ids, gens, None, gallery)
+        build = time.perf_counter() - t0
+        print(f"hnsw   build {build:.1f}s (M {args.hnsw_m}, efConstruction {args.ef_construction})", flush=True)
+        res["hnsw_by_ef"] = {}
+        for ef in efs:
+            hnsw.ef_search = ef  # read at every search
+            lat = latency(lambda q: hnsw.search_arrays(q, k), single_q)
+            qps = throughput(lambda q: hnsw.search_arrays(q, k), batch_q)
+            recall = measure_recall(hnsw, flat, batch_q, k)
+            res["hnsw_by_ef"][str(ef)] = {**lat, "qps": qps, "build_s": build, f"recall_at_{k}": recall,
+                                          "m": args.hnsw_m, "ef_construction": args.ef_construction,
+                                          "ef_search": ef}
+            print(f"hnsw   p50 {lat['p50_ms']:8.3f} ms  p99 {lat['p99_ms']:8.3f} ms  {qps:10.1f} q/s  "
+                  f"efSearch {ef:4d}  recall@{k} {recall:.4f}", flush=True)
+        del hnsw
+
+    base = res["numpy"]
+    compared = {"flat": res["flat"], **{f"hnsw(ef={ef})": r for ef, r in res["hnsw_by_ef"].items()}}
+    res["ratios_vs_numpy"] = {
+        name: {"p50_speedup": base["p50_ms"] / r["p50_ms"], "qps_speedup": r["qps"] / base["qps"]}
+        for name, r in compared.items()
+    }
+    for name, r in res["ratios_vs_numpy"].items():
+        print(f"{name:12s} vs numpy: single-query p50 x{r['p50_speedup']:.1f}, batch q/s x{r['qps_speedup']:.1f}")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="100000,1000000", help="comma-separated gallery sizes")
+    p.add_argument("--dim", type=int, default=127, help="embedding dimension (K - 1)")
+    p.add_argument("--queries", type=int, default=200, help="single queries timed one by one")
+    p.add_argument("--batch", type=int, default=1000, help="queries in the throughput batch")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--ef-construction", type=int, default=40)
+    p.add_argument("--ef-search", default="64,128,256", help="comma-separated HNSW efSearch values")
+    p.add_argument("--hnsw-max-size", type=int, default=0, help="skip HNSW above this size (0: never)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="FAISS OpenMP threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "search_bench.json"))
+    args = p.parse_args(argv)
+
+    set_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    results = [bench_size(n, args, rng) for n in sizes]
+    report = {
+        "benchmark": "gallery top-k search",
+        "machine": {"python": platform.python_version(), "numpy": np.__version__, "faiss": faiss.__version__,
+                    "cpus": os.cpu_count(), "faiss_threads": args.threads, "platform": platform.platform()},
+        "args": vars(args),
+        "results": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
