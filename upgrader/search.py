@@ -25,6 +25,8 @@ graph from the stored vectors — correct but as slow as the original build; bat
 Thread safety: one lock serialises :meth:`add`, :meth:`remove` and :meth:`search`, so a server can
 add new gallery rows from one thread while others search; searches then run one at a time, each
 using FAISS's OpenMP threads (``threads=`` sets that count, process-wide, see :func:`set_threads`).
+An add holds the lock for its whole FAISS insertion (seconds per million rows for flat, minutes for
+HNSW), so a server should add large backlogs in chunks to keep search latency bounded.
 
 Incremental sync with the registry::
 
@@ -348,8 +350,11 @@ class GallerySearch:
             if self._index is None or self._index.ntotal == 0:
                 return (np.full((q.shape[0], k), -np.inf, dtype=np.float32),
                         np.full((q.shape[0], k), -1, dtype=np.int64))
+            # The recall knobs are read at every search, so a caller may tune them on a live index.
             if self.kind == "hnsw":
                 self._hnsw_inner.hnsw.efSearch = max(self.ef_search, int(k))
+            elif self.kind == "ivf":
+                self._index.nprobe = max(1, min(self.nprobe, int(self._index.nlist)))
             scores, positions = self._index.search(q, int(k))
         scores = scores.astype(np.float32, copy=False)
         scores[positions < 0] = -np.inf
