@@ -38,3 +38,34 @@ class ExportError(UpgraderError):
 
 class ArtifactError(UpgraderError):
     """An ONNX artifact is missing, corrupt, lacks metadata, or was given images of the wrong shape."""
+
+
+# ---- services: workspaces, the gate, promotion ------------------------------------------------
+
+
+class WorkspaceError(UpgraderError):
+    """No workspace where one was expected, one already where a new one was asked for, or a bad one."""
+
+
+class InterfaceMismatch(UpgraderError):
+    """A generation or artifact built for another K / embedding dim than the workspace's interface."""
+
+
+class NoProduction(UpgraderError):
+    """An operation needs a production generation and there is none yet."""
+
+
+class GateRefused(UpgraderError):
+    """The compatibility gate refused a promotion or rollback (the CLI exits with code 3).
+
+    Attributes:
+        report_id: the stored gate report that explains the refusal.
+    """
+
+    def __init__(self, message: str, report_id: int | None = None) -> None:
+        super().__init__(message)
+        self.report_id = report_id
+
+
+class InvalidRequest(UpgraderError):
+    """Arguments that contradict each other or the workspace (a usage error: CLI exit code 2)."""
