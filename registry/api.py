@@ -18,7 +18,7 @@ from sqlalchemy import Connection, delete, func, insert, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session
 
-from registry import migrations
+from registry import gallery, migrations
 from registry.codec import EMBEDDING_DTYPES, EmbeddingCodec
 from registry.db import UnitOfWork, is_sqlite, make_engine
 from registry.entities import (
@@ -379,7 +379,7 @@ class Registry:
                 wanted.append(name)
         with self._uow.session(write=True) as s:
             iface = self._lock_interface(s)
-            known = dict(s.execute(select(ClassRow.name, ClassRow.vertex)).tuples().all())
+            known: dict[str, int] = {n: v for n, v in s.execute(select(ClassRow.name, ClassRow.vertex))}
             new = [n for n in wanted if n not in known]
             nxt = max(known.values(), default=-1) + 1
             if nxt + len(new) > iface.num_classes:
@@ -516,7 +516,7 @@ class Registry:
         """Number of probe items per split (both splits always present)."""
         with self._uow.session() as s:
             counts = dict(
-                s.execute(select(ProbeItemRow.split, func.count()).group_by(ProbeItemRow.split)).tuples().all()
+                (tuple(r) for r in s.execute(select(ProbeItemRow.split, func.count()).group_by(ProbeItemRow.split)))
             )
         return {sp: int(counts.get(sp, 0)) for sp in PROBE_SPLITS}
 
@@ -1003,22 +1003,9 @@ class Registry:
         blobs = self._codec().encode(embeddings, rows=n)
         try:
             with self._uow.session(write=True) as s:
-                gen = self._gen_row(s, generation_id)
-                if n == 0:
-                    return 0
-                s.connection().execute(
-                    insert(GalleryItemRow.__table__),
-                    [
-                        {
-                            "external_id": ids[i],
-                            "label": labs[i],
-                            "source_uri": uris[i],
-                            "generation_id": gen.id,
-                            "embedding": blobs[i],
-                        }
-                        for i in range(n)
-                    ],
-                )
+                gen_id = self._gen_row(s, generation_id).id
+                if n:
+                    gallery.insert_items(s.connection(), gen_id, ids, labs, uris, blobs)
         except DuplicateItem as err:
             taken = self._existing_external_ids(ids)
             raise DuplicateItem(
@@ -1040,7 +1027,7 @@ class Registry:
         with self._uow.session() as s:
             rows = s.execute(
                 select(GalleryItemRow.generation_id, func.count()).group_by(GalleryItemRow.generation_id)
-            ).tuples()
+            )
             return {int(g): int(c) for g, c in rows}
 
     def load_gallery(self, *, after_row_id: int = 0, generation_ids: Iterable[int] | None = None) -> GalleryMatrix:
@@ -1055,35 +1042,23 @@ class Registry:
             The rows in ascending row id order with a C-contiguous float32 ``[N, D]`` matrix.
         """
         codec = self._codec()
-        stmt = (
-            select(
-                GalleryItemRow.id,
-                GalleryItemRow.external_id,
-                GalleryItemRow.generation_id,
-                GalleryItemRow.label,
-                GalleryItemRow.embedding,
-            )
-            .where(GalleryItemRow.id > int(after_row_id))
-            .order_by(GalleryItemRow.id)
-        )
-        if generation_ids is not None:
-            stmt = stmt.where(GalleryItemRow.generation_id.in_([int(g) for g in generation_ids]))
+        gens_filter = None if generation_ids is None else [int(g) for g in generation_ids]
         row_ids: list[int] = []
         ext: list[str] = []
         gens: list[int] = []
         labels: list[str | None] = []
         parts: list[np.ndarray] = []
         with self._uow.session() as s:
-            # Stream in chunks: each chunk's blobs are joined and decoded at once, so the per-row
-            # bytes objects never all live at the same time.
-            result = s.connection().execution_options(yield_per=LOAD_CHUNK).execute(stmt)
-            for part in result.partitions():
-                ids_c, ext_c, gen_c, lab_c, blob_c = zip(*part)
+            # Chunks: each chunk's blobs are joined and decoded at once, so the per-row bytes
+            # objects of the whole gallery never live at the same time.
+            for ids_c, ext_c, gen_c, lab_c, blob_c in gallery.iter_items(
+                s.connection(), after_row_id=after_row_id, generation_ids=gens_filter, chunk=LOAD_CHUNK
+            ):
                 row_ids.extend(ids_c)
                 ext.extend(ext_c)
                 gens.extend(gen_c)
                 labels.extend(lab_c)
-                parts.append(codec.decode(list(blob_c)))
+                parts.append(codec.decode(blob_c))
         if parts:
             matrix = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         else:

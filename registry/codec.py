@@ -12,6 +12,7 @@ only finite values (checked again after a ``float16`` cast, since values beyond 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,8 @@ class EmbeddingCodec:
             )
         if rows is not None and arr.shape[0] != rows:
             raise EmbeddingError(f"{arr.shape[0]} embeddings given for {rows} ids; pass one row per id")
-        out = np.ascontiguousarray(arr, dtype=np.dtype(self.dtype).newbyteorder("<"))
+        with np.errstate(over="ignore"):  # float16 overflow is reported below, as an EmbeddingError
+            out = np.ascontiguousarray(arr, dtype=np.dtype(self.dtype).newbyteorder("<"))
         if not np.isfinite(out).all():
             bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
             if np.isfinite(arr[bad]).all():
@@ -105,7 +107,7 @@ class EmbeddingCodec:
         step = self.row_bytes
         return [buf[i : i + step] for i in range(0, len(buf), step)]
 
-    def decode(self, blobs: list[bytes]) -> np.ndarray:
+    def decode(self, blobs: Sequence[bytes]) -> np.ndarray:
         """Join row blobs into a C-contiguous ``float32`` matrix ``[N, dim]``.
 
         Args:

@@ -108,6 +108,8 @@ def _configure_sqlite(engine: Engine) -> None:
             # NORMAL is durable across application crashes in WAL mode (only an OS crash can lose
             # the last commits), and much faster than FULL.
             cur.execute("PRAGMA synchronous=NORMAL")
+            # 64 MiB page cache per connection: gallery ingests update a large unique index.
+            cur.execute("PRAGMA cache_size=-65536")
         finally:
             cur.close()
 

@@ -1,0 +1,91 @@
+"""Fast paths for the gallery, the one table that holds millions of rows.
+
+Ingest and load skip the ORM and SQLAlchemy's per-row parameter and result processing: rows go to
+the driver's ``executemany`` as plain tuples and come back as plain tuples (``exec_driver_sql``), and
+embeddings are decoded a chunk at a time with one ``np.frombuffer`` over the joined blobs. The SQL
+is plain and portable (only the placeholder differs between drivers); errors still pass through
+SQLAlchemy, so the unit of work translates them like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import repeat
+
+from sqlalchemy import Connection, exc
+
+#: Columns written by an ingest, in tuple order.
+INSERT_COLUMNS = ("external_id", "label", "source_uri", "generation_id", "embedding")
+
+
+def _placeholder(conn: Connection) -> str:
+    # pysqlite takes qmark; psycopg and most others take format/pyformat (%s).
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def insert_items(
+    conn: Connection,
+    generation_id: int,
+    external_ids: Sequence[str],
+    labels: Sequence[str | None],
+    source_uris: Sequence[str | None],
+    blobs: Sequence[bytes],
+) -> None:
+    """Insert gallery rows with one ``executemany`` inside the caller's transaction.
+
+    Args:
+        conn: a connection inside a write transaction.
+        generation_id: the generation that wrote every row.
+        external_ids: unique keys.
+        labels: optional labels.
+        source_uris: optional sources.
+        blobs: encoded embeddings.
+    """
+    ph = _placeholder(conn)
+    sql = (
+        f"INSERT INTO gallery_items ({', '.join(INSERT_COLUMNS)}) "
+        f"VALUES ({', '.join([ph] * len(INSERT_COLUMNS))})"
+    )
+    rows = list(zip(external_ids, labels, source_uris, repeat(int(generation_id)), blobs))
+    conn.exec_driver_sql(sql, rows)
+
+
+def iter_items(
+    conn: Connection, *, after_row_id: int, generation_ids: Sequence[int] | None, chunk: int
+) -> Iterator[tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], tuple[str | None, ...], tuple[bytes, ...]]]:
+    """Stream gallery rows in ascending id order, ``chunk`` rows at a time, as column tuples.
+
+    Yields:
+        ``(row_ids, external_ids, generation_ids, labels, blobs)`` for each chunk.
+    """
+    ph = _placeholder(conn)
+    sql = "SELECT id, external_id, generation_id, label, embedding FROM gallery_items WHERE id > " + ph
+    extra: list[int] = []
+    if generation_ids is not None:
+        extra = [int(g) for g in generation_ids]
+        if not extra:
+            return
+        sql += f" AND generation_id IN ({', '.join([ph] * len(extra))})"
+    sql += f" ORDER BY id LIMIT {int(chunk)}"
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    last = int(after_row_id)
+    # Keyset pagination (id > last ... LIMIT n): bounded memory on every backend without relying
+    # on server-side cursors, and each page is one indexed range scan.
+    while True:
+        params = (last, *extra)
+        result = conn.exec_driver_sql(sql, params)
+        try:
+            # The DBAPI cursor hands back plain tuples: no per-row Row objects for a million rows.
+            part = result.cursor.fetchall()
+        except dbapi_error as err:
+            # Wrapped like SQLAlchemy wraps it, so the unit of work translates it.
+            raise exc.DBAPIError.instance(sql, params, err, dbapi_error) from err
+        finally:
+            result.close()
+        if not part:
+            return
+        ids, ext, gens_c, labels, blobs = zip(*part)
+        yield ids, ext, gens_c, labels, blobs
+        if len(part) < chunk:
+            return
+        last = int(ids[-1])

@@ -1,0 +1,144 @@
+"""Migrations own the schema: upgrade, downgrade, metadata parity, and refusing foreign schemas."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from registry import Registry, SchemaFromFuture, SchemaOutOfDate, WorkspaceNotFound
+from registry.db import make_engine
+from registry.migrations import alembic_config, downgrade, head_revision, script_location, upgrade
+from registry.schema import Base
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _diff(url: str) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(ctx, Base.metadata))
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _version(url: str) -> str | None:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def test_one_head_and_no_package_shadowing_alembic() -> None:
+    assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
+    # An __init__.py in the top-level alembic/ folder would shadow the alembic library.
+    assert not (script_location() / "__init__.py").exists()
+
+
+def test_upgrade_empty_database_matches_orm_metadata(backend) -> None:
+    if backend.name == "sqlite":
+        (Path(backend.location) / "registry.db").touch()  # an empty file
+    assert Registry.upgrade(backend.location) == head_revision()
+    assert _diff(backend.url) == []
+    assert {"generations", "gallery_items", "alias_history", "probe_items"} <= _tables(backend.url)
+
+
+def test_downgrade_to_base_and_up_again(backend) -> None:
+    assert upgrade(backend.url) == head_revision()
+    with Registry.open(backend.location) as reg:
+        reg.set_interface(8)
+    assert downgrade(backend.url, "base") == "base"
+    assert _tables(backend.url) <= {"alembic_version"}
+    with pytest.raises(SchemaOutOfDate, match="upgrader db upgrade"):
+        Registry.open(backend.location)
+    assert Registry.upgrade(backend.location) == head_revision()
+    assert _diff(backend.url) == []
+    with Registry.open(backend.location) as reg:
+        assert reg.set_interface(8).embedding_dim == 7
+
+
+def test_schema_one_step_behind_is_refused_with_the_upgrade_command(migrated) -> None:
+    downgrade(migrated.url, "-1")
+    with pytest.raises(SchemaOutOfDate) as err:
+        Registry.open(migrated.location)
+    assert "upgrader db upgrade" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_schema_from_the_future_is_refused_and_left_alone(migrated) -> None:
+    engine = make_engine(migrated.url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+    with pytest.raises(SchemaFromFuture, match="upgrade the upgrader package"):
+        Registry.open(migrated.location)
+    with pytest.raises(SchemaFromFuture):
+        Registry.open(migrated.location, create=True)
+    with pytest.raises(SchemaFromFuture):
+        Registry.upgrade(migrated.location)
+    assert _version(migrated.url) == "9999_from_the_future"
+
+
+def test_missing_workspace_names_the_init_command(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceNotFound, match=r"upgrader init --home"):
+        Registry.open(tmp_path / "nowhere")
+    # A directory that exists but holds no registry: refused, and no empty database left behind.
+    with pytest.raises(WorkspaceNotFound):
+        Registry.open(tmp_path)
+    assert not (tmp_path / "registry.db").exists()
+    with pytest.raises(WorkspaceNotFound):
+        Registry.upgrade(tmp_path / "nowhere")
+
+
+def test_create_makes_directory_and_home_env_is_the_default(tmp_path: Path, monkeypatch) -> None:
+    home = tmp_path / "a" / "b"
+    monkeypatch.setenv("UPGRADER_HOME", str(home))
+    with Registry.open(create=True) as reg:
+        assert reg.home == home.resolve()
+        assert reg.url.endswith("registry.db")
+        reg.set_interface(4)
+    with Registry.open() as reg:
+        assert reg.interface().num_classes == 4
+
+
+def test_unmigrated_postgres_database_is_not_a_workspace(backend) -> None:
+    if backend.name != "postgres":
+        pytest.skip("an empty SQLite directory is covered by test_missing_workspace_names_the_init_command")
+    with pytest.raises(WorkspaceNotFound):
+        Registry.open(backend.location)
+
+
+def test_alembic_command_line_from_an_ini(tmp_path: Path) -> None:
+    (tmp_path / ".upgrader").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), "upgrade", "head"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with Registry.open(tmp_path / ".upgrader") as reg:
+        assert reg.set_interface(3).embedding_dim == 2
