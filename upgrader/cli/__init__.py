@@ -1,0 +1,30 @@
+"""The ``upgrader`` command line: thin Typer commands over :mod:`upgrader` services."""
+
+from __future__ import annotations
+
+import typer
+
+from upgrader.cli import gallery_cmds, gate_cmds, train_cmds, workspace_cmds
+
+app = typer.Typer(
+    name="upgrader",
+    help="Upgrade the embedding model behind a retrieval service without re-indexing its gallery, "
+    "with proof before it goes live.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+gallery_app = typer.Typer(help="The production gallery: add items, see its composition.", no_args_is_help=True)
+db_app = typer.Typer(help="The registry database.", no_args_is_help=True)
+app.add_typer(gallery_app, name="gallery")
+app.add_typer(db_app, name="db")
+
+workspace_cmds.register(app, db_app)
+train_cmds.register(app)
+gate_cmds.register(app)
+gallery_cmds.register(app, gallery_app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

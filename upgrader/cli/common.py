@@ -1,0 +1,123 @@
+"""Shared pieces of the CLI: options, error handling, JSON output and Rich rendering."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from registry.errors import RegistryError, UnknownGeneration
+
+from upgrader.errors import GateRefused, InvalidRequest, UpgraderError
+from upgrader.workspace import Workspace, open_workspace
+
+#: Exit codes (DESIGN 5): 1 error, 2 usage, 3 gate refused.
+EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 1, 2, 3
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="UPGRADER_HOME", help="Workspace folder (default ./.upgrader).", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn the product's errors into one line on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GateRefused as exc:
+            err_console.print(f"[bold red]refused:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_GATE) from None
+        except InvalidRequest as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USAGE) from None
+        except UnknownGeneration as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_ERROR) from None
+        except (UpgraderError, RegistryError) as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def workspace(home: Path | None) -> Iterator[Workspace]:
+    """Open the workspace named by --home / UPGRADER_HOME for one command."""
+    ws = open_workspace(home)
+    try:
+        yield ws
+    finally:
+        ws.close()
+
+
+def jsonable(obj: Any) -> Any:
+    """Dataclasses, numpy values, datetimes and paths as plain JSON values (NaN -> null)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "images"}
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    """Write ``obj`` as JSON on stdout (plain print: no Rich markup or wrapping)."""
+    sys.stdout.write(json.dumps(jsonable(obj), indent=2) + "\n")
+
+
+def pct(x: float | None) -> str:
+    """A [0, 1] metric as a percentage with one decimal, '-' when missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.1f}"
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    """The progress bar long commands share (stderr, so --json stdout stays clean)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+    )
+
+
+def usage_error(message: str) -> None:
+    """Report a usage mistake found by the CLI itself (exit 2)."""
+    raise InvalidRequest(message)

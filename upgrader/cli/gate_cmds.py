@@ -1,0 +1,182 @@
+"""`verify`, `promote`, `rollback`, `matrix`: the compatibility gate from the command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from upgrader import gate
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, pct, print_json, workspace
+from upgrader.errors import GateRefused
+from upgrader.verification import compatibility_matrix, promote as promote_service, rollback as rollback_service, verify as verify_service
+
+Margin = Annotated[float, typer.Option(help="Required margin over the old self-test (metric units, 0..1).")]
+Metric = Annotated[str, typer.Option(help="Primary metric: template_top1, recall_at_1 or mean_ap.")]
+Generation = Annotated[str, typer.Argument(help="Generation id or name.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Attach this module's commands."""
+    app.command("verify")(verify)
+    app.command("promote")(promote)
+    app.command("rollback")(rollback)
+    app.command("matrix")(matrix)
+
+
+def _config(margin: float, metric: str, waive_improvement: bool = False) -> gate.GateConfig:
+    return gate.GateConfig(margin=margin, primary_metric=metric, require_improvement=not waive_improvement)
+
+
+def _checks_table(verdict: gate.GateVerdict, names: dict[int, str]) -> Table:
+    t = Table(title=f"gate ({verdict.kind}) for {names.get(verdict.candidate, verdict.candidate)}: "
+                    + ("[green]PASSED[/]" if verdict.passed else "[red]REFUSED[/]"))
+    for col in ("check", "queries", "gallery", verdict.primary_metric, "threshold", "result"):
+        t.add_column(col)
+    for c in verdict.checks:
+        t.add_row(c.kind, names.get(c.query_gen, str(c.query_gen)), names.get(c.gallery_gen, str(c.gallery_gen)),
+                  pct(c.value), f"{c.comparison} {pct(c.threshold)}", "[green]ok[/]" if c.passed else "[red]FAIL[/]")
+    return t
+
+
+@handle_errors
+def verify(
+    generation: Generation,
+    home: HomeOption = None,
+    margin: Margin = 0.0,
+    metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
+    waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Run the compatibility gate for a generation and store the report (verified or rejected).
+
+    Example: upgrader verify g2-finetune-small_cnn-hoc --margin 0.01
+    """
+    with workspace(home) as ws:
+        run = verify_service(ws, generation, _config(margin, metric, waive_improvement))
+        names = {g.id: g.name for g in ws.registry.list_generations()}
+    if json_out:
+        print_json({"report_id": run.report.id, "status": run.generation.status, **run.verdict.to_dict()})
+    else:
+        console.print(_checks_table(run.verdict, names))
+        for line in run.verdict.reasons:
+            console.print(f"  [red]-[/] {line}")
+        console.print(f"report {run.report.id}: {run.generation.name} is now [bold]{run.generation.status}[/]")
+    if not run.verdict.passed:
+        raise typer.Exit(3)
+
+
+@handle_errors
+def promote(
+    generation: Generation,
+    home: HomeOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses (needs --reason).")] = False,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the alias history.")] = "",
+    actor: Annotated[str | None, typer.Option(help="Who promotes (default: your login name).")] = None,
+    margin: Margin = 0.0,
+    metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
+    waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Move production to a generation once the gate passes for its exact artifact.
+
+    Exit code 3 (and production unchanged) when the gate refuses.
+    Example: upgrader promote g2-finetune-small_cnn-hoc --reason "adds sandals and shirts"
+    """
+    with workspace(home) as ws:
+        try:
+            done = promote_service(ws, generation, actor=actor, reason=reason, force=force,
+                                   config=_config(margin, metric, waive_improvement))
+        except GateRefused as exc:
+            if json_out:
+                print_json({"promoted": False, "report_id": exc.report_id, "error": str(exc)})
+            raise
+        names = {g.id: g.name for g in ws.registry.list_generations()}
+    if json_out:
+        print_json({"promoted": True, **{k: v for k, v in vars(done).items() if k != "report"},
+                    "report_id": done.report.id if done.report else None})
+        return
+    m = done.move
+    how = "[bold red]FORCED[/] " if m.forced else ""
+    console.print(f"{how}production: {names.get(m.from_gen, '-') if m.from_gen else '-'} -> [bold]{names[m.to_gen]}[/] "
+                  f"(gate report {m.gate_report_id}{', reused' if done.reused_report else ''}; by {m.actor}: {m.reason})")
+
+
+@handle_errors
+def rollback(
+    generation: Annotated[str | None, typer.Argument(help="Generation to roll back to (default: the previous production).")] = None,
+    home: HomeOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Roll back even if the gate refuses (needs --reason).")] = False,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the alias history.")] = "",
+    actor: Annotated[str | None, typer.Option(help="Who rolls back (default: your login name).")] = None,
+    margin: Margin = 0.0,
+    metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
+    json_out: JsonOption = False,
+) -> None:
+    """Move production back to an older generation, if it can read the gallery items written since.
+
+    Example: upgrader rollback --reason "latency regression"
+    """
+    with workspace(home) as ws:
+        try:
+            done = rollback_service(ws, generation, actor=actor, reason=reason, force=force, config=_config(margin, metric))
+        except GateRefused as exc:
+            if json_out:
+                print_json({"rolled_back": False, "report_id": exc.report_id, "error": str(exc)})
+            raise
+        names = {g.id: g.name for g in ws.registry.list_generations()}
+    if json_out:
+        print_json({"rolled_back": True, "move": done.move, "forced": done.forced, "report_id": done.report.id if done.report else None})
+        return
+    m = done.move
+    console.print(f"{'[bold red]FORCED[/] ' if m.forced else ''}production rolled back: "
+                  f"{names.get(m.from_gen, '-') if m.from_gen else '-'} -> [bold]{names[m.to_gen]}[/] (report {m.gate_report_id})")
+
+
+@handle_errors
+def matrix(
+    home: HomeOption = None,
+    live: Annotated[bool, typer.Option("--live", help="Only generations with items in the gallery.")] = False,
+    generations: Annotated[list[str] | None, typer.Option("--gen", help="Generations to include (repeat).")] = None,
+    metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
+    json_out: JsonOption = False,
+) -> None:
+    """Print the compatibility matrix C[query gen][gallery gen] with AC and AM.
+
+    Example: upgrader matrix --metric recall_at_1
+    """
+    with workspace(home) as ws:
+        view = compatibility_matrix(ws, generations, live_only=live, metric=metric)
+    if json_out:
+        print_json({
+            "generations": [{"id": g.id, "name": g.name} for g in view.generations], "metric": view.metric,
+            "matrix": view.matrix, "ac": view.average_compatibility, "am": view.average_multimodel_accuracy,
+            "production": view.production, "live": view.live,
+        })
+        return
+    console.print(render_matrix(view))
+
+
+def render_matrix(view) -> Table:  # MatrixView
+    """The matrix as a Rich table: rows query generation, columns gallery generation; failing cells red."""
+    m = view.matrix
+    t = Table(title=f"compatibility matrix ({view.metric}, %) — rows: query gen, columns: gallery gen",
+              caption=f"AC {view.average_compatibility:.3f}   AM {100 * view.average_multimodel_accuracy:.2f}")
+    t.add_column("query \\ gallery")
+    for g in view.generations:
+        t.add_column(str(g.id), justify="right")
+    for ti, gt in enumerate(view.generations):
+        cells = []
+        for j, _ in enumerate(view.generations):
+            v = m[ti, j]
+            if j == ti:
+                cells.append(f"[bold]{pct(v)}[/]")
+            elif j < ti:
+                ok = v > m[j, j]
+                cells.append(f"[{'green' if ok else 'red'}]{pct(v)}[/]")
+            else:
+                cells.append(f"[dim]{pct(v)}[/]")
+        star = "*" if gt.id == view.production else ""
+        t.add_row(f"{gt.id} {gt.name}{star}", *cells)
+    return t

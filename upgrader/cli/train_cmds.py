@@ -1,0 +1,157 @@
+"""`train`, `replace`, `export`: the commands that need torch (imported only when they run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, pct, print_json, progress_bar, workspace
+
+if TYPE_CHECKING:
+    from upgrader.train_service import TrainOutcome, TrainRequest
+    from upgrader.workspace import Workspace
+
+
+def register(app: typer.Typer) -> None:
+    """Attach this module's commands."""
+    app.command("train")(train)
+    app.command("replace")(replace)
+    app.command("export")(export)
+
+
+Classes = Annotated[str, typer.Option(help="New classes to learn: indices '4-5', '4,5' or names.")]
+Dataset = Annotated[str | None, typer.Option(help="Dataset (default: the workspace's).")]
+Method = Annotated[str, typer.Option(help="hoc (compatible, default), ce, er or bct.")]
+Epochs = Annotated[int, typer.Option(help="Passes over the new data.")]
+PerClass = Annotated[int | None, typer.Option(help="At most this many training images per class.")]
+Memory = Annotated[int, typer.Option(help="Rehearsal images kept per class for later generations.")]
+Name = Annotated[str | None, typer.Option(help="Generation name (default g<N>-<kind>-<arch>-<method>).")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+BatchSize = Annotated[int, typer.Option(help="Batch size (half rehearsal memory when fine-tuning).")]
+LR = Annotated[float, typer.Option(help="Peak SGD learning rate (cosine schedule).")]
+Seed = Annotated[int | None, typer.Option(help="Training seed (default: the workspace's).")]
+
+
+def run_training(ws: Workspace, req: TrainRequest, *, quiet: bool = False) -> TrainOutcome:
+    """Train with a live progress bar (epoch, loss, accuracy) on stderr."""
+    from upgrader.train_service import train_and_register
+
+    if quiet:
+        return train_and_register(ws, req)
+    with progress_bar() as bar:
+        task = bar.add_task(f"training {req.kind}", total=None, info="")
+
+        def on_step(p) -> None:  # TrainProgress
+            bar.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step,
+                       info=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} acc {100 * p.accuracy:.1f}%")
+
+        return train_and_register(ws, req, progress=on_step)
+
+
+def _report(out: TrainOutcome, json_out: bool) -> None:
+    if json_out:
+        print_json(out)
+        return
+    g = out.generation
+    last = out.history[-1] if out.history else {}
+    console.print(
+        f"[green]registered[/] generation [bold]{g.name}[/] (id {g.id}, {g.architecture}/{g.method}, status {g.status}): "
+        f"{out.seconds:.1f}s at {out.images_per_second:.0f} img/s, final loss {last.get('loss', float('nan')):.3f}, "
+        f"train acc {pct(last.get('accuracy'))}%; ONNX parity cos >= {out.export_parity['min_cosine']:.6f}"
+    )
+    console.print(f"next: upgrader verify {g.name}   then   upgrader promote {g.name}")
+
+
+@handle_errors
+def train(
+    classes: Classes,
+    home: HomeOption = None,
+    finetune: Annotated[bool | None, typer.Option("--finetune/--initial", help="Fine-tune production (default when one exists) or train an initial generation.")] = None,
+    parent: Annotated[str | None, typer.Option(help="Fine-tune this generation instead of production.")] = None,
+    dataset: Dataset = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture of an initial generation (small_cnn, resnet_narrow, resnet18).")] = None,
+    method: Method = "hoc",
+    epochs: Epochs = 3,
+    batch_size: BatchSize = 128,
+    lr: LR = 0.05,
+    per_class: PerClass = None,
+    memory_per_class: Memory = 20,
+    name: Name = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    json_out: JsonOption = False,
+) -> None:
+    """Train a generation: initial (first of the lineage) or a fine-tune of production on new classes.
+
+    Example: upgrader train --classes 0-3 --epochs 3          (initial)
+             upgrader train --classes 4,5 --finetune           (from production)
+    """
+    from upgrader.train_service import TrainRequest
+
+    with workspace(home) as ws:
+        if finetune is None:
+            finetune = ws.registry.get_alias() is not None or parent is not None
+        req = TrainRequest(
+            kind="finetune" if finetune else "initial", classes=(classes,), dataset=dataset, arch=arch, method=method,
+            epochs=epochs, batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class,
+            parent=parent, name=name, seed=seed, device=device,
+        )
+        out = run_training(ws, req, quiet=json_out)
+    _report(out, json_out)
+
+
+@handle_errors
+def replace(
+    classes: Classes,
+    arch: Annotated[str, typer.Option(help="The new architecture (small_cnn, resnet_narrow, resnet18).")],
+    home: HomeOption = None,
+    dataset: Dataset = None,
+    method: Method = "hoc",
+    epochs: Epochs = 3,
+    batch_size: BatchSize = 128,
+    lr: LR = 0.05,
+    per_class: PerClass = None,
+    memory_per_class: Memory = 20,
+    init_weights: Annotated[Path | None, typer.Option(help="Checkpoint of the new architecture to start from.")] = None,
+    no_anchor: Annotated[bool, typer.Option("--no-anchor", help="Train without production as the compatibility anchor.")] = False,
+    name: Name = None,
+    seed: Seed = None,
+    device: Device = "auto",
+    json_out: JsonOption = False,
+) -> None:
+    """Replace the architecture: train a new model on the same interface, anchored on production.
+
+    Example: upgrader replace --arch resnet_narrow --classes 6,7 --epochs 4
+    """
+    from upgrader.train_service import TrainRequest
+
+    req = TrainRequest(
+        kind="replacement", classes=(classes,), dataset=dataset, arch=arch, method=method, epochs=epochs,
+        batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class,
+        init_weights=str(init_weights) if init_weights else None, anchor=not no_anchor, name=name, seed=seed, device=device,
+    )
+    with workspace(home) as ws:
+        out = run_training(ws, req, quiet=json_out)
+    _report(out, json_out)
+
+
+@handle_errors
+def export(
+    generation: Annotated[str, typer.Argument(help="Generation id or name.")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Re-export a generation's checkpoint to ONNX (a new artifact: verify again before promoting).
+
+    Example: upgrader export g2-finetune-small_cnn-hoc
+    """
+    from upgrader.train_service import reexport
+
+    with workspace(home) as ws:
+        gen = reexport(ws, generation)
+    if json_out:
+        print_json(gen)
+        return
+    console.print(f"exported {gen.name} to {gen.onnx_path} (sha256 {gen.onnx_sha256[:16]}…)")

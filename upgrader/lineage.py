@@ -1,0 +1,101 @@
+"""Registering generations: every generation's probe embeddings come from its ONNX artifact.
+
+Registration is the step that makes the gate possible: the probe queries and the probe gallery stored
+in the registry are embedded by the generation's artifact through ONNX Runtime (the same path a
+server takes, not PyTorch) and stored beside the generation. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from registry import Generation, NewGeneration
+from registry.entities import PROBE_SPLITS
+
+from upgrader.embedder import Embedder, sha256_file
+from upgrader.errors import ArtifactError, InterfaceMismatch
+from upgrader.workspace import Workspace
+
+
+def check_artifact_interface(ws: Workspace, embedder: Embedder) -> None:
+    """Refuse an artifact whose K or embedding dim differs from the workspace interface.
+
+    Raises:
+        InterfaceMismatch: the artifact was built for another interface; it cannot be compatible.
+    """
+    iface = ws.registry.interface()
+    meta = embedder.metadata
+    k = int(meta.get("num_classes", -1))
+    dim = int(meta.get("embedding_dim", -1))
+    if k != iface.num_classes or dim != iface.embedding_dim:
+        raise InterfaceMismatch(
+            f"artifact {embedder.path} has K={k}, dim={dim} but the workspace interface is "
+            f"K={iface.num_classes}, dim={iface.embedding_dim}; train it with --num-classes "
+            f"{iface.num_classes} (a generation with another K can never be compatible)"
+        )
+
+
+def embed_probe_set(ws: Workspace, gen: Generation, *, threads: int | None = None) -> dict[str, int]:
+    """Embed both probe splits with ``gen``'s artifact and store them; returns items per split."""
+    embedder = open_embedder(ws, gen, threads=threads)
+    counts: dict[str, int] = {}
+    for split in PROBE_SPLITS:
+        probe = ws.registry.probe_set(split)
+        feats = embedder.embed(probe.images)  # [N, K-1] float32, L2-normalised
+        ws.registry.put_probe_embeddings(gen.id, split, probe.item_ids, feats)
+        counts[split] = int(len(probe.item_ids))
+    return counts
+
+
+def open_embedder(ws: Workspace, gen: Generation, *, threads: int | None = None, verify_sha: bool = True) -> Embedder:
+    """Load ``gen``'s ONNX artifact, checking that its bytes are the ones registered.
+
+    Raises:
+        ArtifactError: the file is missing or its sha256 differs from the registry's record.
+    """
+    path = ws.resolve(gen.onnx_path)
+    if not path.is_file():
+        raise ArtifactError(
+            f"artifact of generation {gen.name} is missing at {path}; re-export it with `upgrader export {gen.name}`"
+        )
+    if verify_sha:
+        actual = sha256_file(path)
+        if actual != gen.onnx_sha256:
+            raise ArtifactError(
+                f"artifact of generation {gen.name} at {path} has sha256 {actual[:12]}… but the registry "
+                f"recorded {gen.onnx_sha256[:12]}…; it was modified after registration — re-export it "
+                f"with `upgrader export {gen.name}`"
+            )
+    return Embedder(path, threads=threads)
+
+
+def register_generation(ws: Workspace, new: NewGeneration, *, threads: int | None = None) -> Generation:
+    """Record a trained, exported generation and embed the probe set with its artifact.
+
+    The artifact's interface is checked before anything is written; if embedding the probe set fails,
+    the generation stays registered as a candidate without probe embeddings and ``verify`` re-embeds.
+    """
+    path = ws.resolve(new.onnx_path)
+    embedder = Embedder(path, threads=threads)
+    check_artifact_interface(ws, embedder)
+    new = replace(new, onnx_sha256=sha256_file(path), onnx_metadata=dict(embedder.metadata))
+    gen = ws.registry.add_generation(new)
+    embed_probe_set(ws, gen, threads=threads)
+    return gen
+
+
+def has_probe_embeddings(ws: Workspace, gen_id: int) -> bool:
+    """Whether both probe splits are embedded for ``gen_id`` with as many rows as the probe set."""
+    counts = ws.registry.probe_counts()
+    for split in PROBE_SPLITS:
+        ids, _ = ws.registry.get_probe_embeddings(gen_id, split)
+        if len(ids) != counts.get(split, 0):
+            return False
+    return True
+
+
+def artifact_paths(ws: Workspace, name: str) -> dict[str, Path]:
+    """Where a generation's files live: ``onnx``, ``checkpoint`` and rehearsal ``memory``."""
+    d = ws.generation_dir(name)
+    return {"onnx": d / "model.onnx", "checkpoint": d / "checkpoint.pt", "memory": d / "memory.npz"}
