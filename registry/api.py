@@ -6,9 +6,11 @@ no open session between calls, so one instance may be shared by several threads.
 
 from __future__ import annotations
 
+import gc
 import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from registry import gallery, migrations
 from registry.codec import EMBEDDING_DTYPES, EmbeddingCodec
-from registry.db import UnitOfWork, is_sqlite, make_engine
+from registry.db import UnitOfWork, is_sqlite, json_value, make_engine
 from registry.entities import (
     GENERATION_KINDS,
     GENERATION_STATUSES,
@@ -92,6 +94,22 @@ def _resolve_location(location: str | os.PathLike[str] | None) -> tuple[str, Pat
         home, db = path, path / DB_FILENAME
     url = URL.create("sqlite", database=str(db))
     return url.render_as_string(hide_password=False), home, str(home)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while millions of row tuples are created.
+
+    Every fetched row is a new GC-tracked tuple; with the collector on, its repeated passes over
+    the growing heap double the time of a large gallery load. Nothing cyclic is created meanwhile.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _chunks(seq: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
@@ -594,14 +612,14 @@ class Registry:
                 architecture=new.architecture,
                 parent_id=new.parent_id,
                 num_classes=new.num_classes,
-                train_config=dict(new.train_config),
+                train_config=json_value(dict(new.train_config), "train_config"),
                 data_fingerprint=new.data_fingerprint,
                 onnx_path=str(new.onnx_path),
                 onnx_sha256=new.onnx_sha256,
                 onnx_metadata={str(k): str(v) for k, v in new.onnx_metadata.items()},
                 checkpoint_path=None if new.checkpoint_path is None else str(new.checkpoint_path),
                 status="candidate",
-                metrics=dict(new.metrics),
+                metrics=json_value(dict(new.metrics), "metrics"),
             )
             s.add(row)
             s.flush()
@@ -759,7 +777,7 @@ class Registry:
         Raises:
             UnknownGeneration: a generation id that does not exist.
         """
-        triples = [(int(q), int(g), dict(m)) for q, g, m in items]
+        triples = [(int(q), int(g), json_value(dict(m), "evaluation metrics")) for q, g, m in items]
         out: list[Evaluation] = []
         with self._uow.session(write=True) as s:
             gens = {q for q, _, _ in triples} | {g for _, g, _ in triples}
@@ -818,7 +836,7 @@ class Registry:
                 artifact_sha256=artifact_sha256,
                 passed=bool(passed),
                 kind=kind,
-                report=dict(report),
+                report=json_value(dict(report), "the gate report"),
             )
             s.add(row)
             s.flush()
@@ -1047,28 +1065,33 @@ class Registry:
         ext: list[str] = []
         gens: list[int] = []
         labels: list[str | None] = []
-        parts: list[np.ndarray] = []
-        with self._uow.session() as s:
-            # Chunks: each chunk's blobs are joined and decoded at once, so the per-row bytes
-            # objects of the whole gallery never live at the same time.
+        matrix = np.empty((0, codec.dim), dtype=np.float32)
+        filled = 0
+        with self._uow.session() as s, _gc_paused():
+            conn = s.connection()
+            # One preallocated matrix filled chunk by chunk: a single copy of the embeddings, and
+            # the per-row bytes objects of only one chunk alive at a time.
+            matrix = np.empty((gallery.count_items(conn, after_row_id, gens_filter), codec.dim), np.float32)
             for ids_c, ext_c, gen_c, lab_c, blob_c in gallery.iter_items(
-                s.connection(), after_row_id=after_row_id, generation_ids=gens_filter, chunk=LOAD_CHUNK
+                conn, after_row_id=after_row_id, generation_ids=gens_filter, chunk=LOAD_CHUNK
             ):
                 row_ids.extend(ids_c)
                 ext.extend(ext_c)
                 gens.extend(gen_c)
                 labels.extend(lab_c)
-                parts.append(codec.decode(blob_c))
-        if parts:
-            matrix = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        else:
-            matrix = np.zeros((0, codec.dim), dtype=np.float32)
+                block = codec.decode_raw(blob_c)
+                if filled + len(block) > len(matrix):
+                    # Rows committed after the count (READ COMMITTED backends): grow.
+                    matrix = np.concatenate([matrix[:filled], np.empty((len(block), codec.dim), np.float32)])
+                matrix[filled : filled + len(block)] = block
+                filled += len(block)
+        matrix = matrix[:filled] if filled < len(matrix) else matrix
         return GalleryMatrix(
             row_ids=np.asarray(row_ids, dtype=np.int64),
             external_ids=ext,
             generation_ids=np.asarray(gens, dtype=np.int64),
             labels=labels,
-            matrix=np.ascontiguousarray(matrix, dtype=np.float32),
+            matrix=np.ascontiguousarray(matrix),
         )
 
     def delete_gallery_items(self, external_ids: Iterable[str]) -> int:

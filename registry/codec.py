@@ -124,6 +124,22 @@ class EmbeddingCodec:
                 f"{len(joined)} bytes for {len(blobs)} rows; the registry is corrupt or was written "
                 f"by another workspace"
             )
-        mat = np.frombuffer(joined, dtype=np.dtype(self.dtype).newbyteorder("<")).reshape(len(blobs), self.dim)
         # astype copies, so the result owns writable memory (frombuffer over bytes is read-only).
-        return mat.astype(np.float32, order="C")
+        return self._view(joined, len(blobs)).astype(np.float32, order="C")
+
+    def decode_raw(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """Like :meth:`decode` but returns a read-only view in the storage dtype (no copy).
+
+        For callers that copy the rows into a matrix of their own anyway.
+        """
+        joined = b"".join(blobs)
+        if len(joined) != len(blobs) * self.row_bytes:
+            raise EmbeddingError(
+                f"stored embeddings do not decode as {self.dtype}[{self.dim}]: "
+                f"{len(joined)} bytes for {len(blobs)} rows; the registry is corrupt or was written "
+                f"by another workspace"
+            )
+        return self._view(joined, len(blobs))
+
+    def _view(self, joined: bytes, rows: int) -> np.ndarray:
+        return np.frombuffer(joined, dtype=np.dtype(self.dtype).newbyteorder("<")).reshape(rows, self.dim)

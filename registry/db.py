@@ -62,6 +62,22 @@ def json_dumps(value: Any) -> str:
     return json.dumps(_json_ready(value), allow_nan=False)
 
 
+def json_value(value: Any, what: str) -> Any:
+    """Check a value is storable as JSON and return its plain-Python form (numpy converted, NaN null).
+
+    Args:
+        value: the value to store.
+        what: how to name it in the error.
+
+    Raises:
+        ConstraintViolation: the value holds something JSON cannot represent.
+    """
+    try:
+        return json.loads(json_dumps(value))
+    except (TypeError, ValueError) as err:
+        raise ConstraintViolation(f"cannot store {what}: {err}; pass plain JSON-able values") from None
+
+
 def is_sqlite(url: URL) -> bool:
     """Whether a URL points at SQLite."""
     return url.get_backend_name() == "sqlite"
@@ -143,6 +159,10 @@ def translate(err: exc.SQLAlchemyError) -> RegistryError:
                 f"a referenced row does not exist ({text}); register the generation or item first"
             )
         return ConstraintViolation(f"the registry refused the write ({text}); fix the input")
+    if isinstance(err, exc.StatementError) and not isinstance(err, exc.DBAPIError):
+        # Raised before the database saw anything: a value SQLAlchemy could not bind (e.g. an
+        # object in a JSON column that is not JSON-able).
+        return ConstraintViolation(f"cannot store a value ({text}); pass plain JSON-able values")
     if isinstance(err, exc.OperationalError):
         return BackendError(f"database error: {text}; check the database is reachable and not full")
     return BackendError(f"database error: {text}")

@@ -50,6 +50,21 @@ def insert_items(
     conn.exec_driver_sql(sql, rows)
 
 
+def _filter_sql(ph: str, after_row_id: int, generation_ids: Sequence[int] | None) -> tuple[str, list[int]]:
+    sql = "WHERE id > " + ph
+    params = [int(after_row_id)]
+    if generation_ids is not None:
+        sql += f" AND generation_id IN ({', '.join([ph] * len(generation_ids))})" if generation_ids else " AND 1 = 0"
+        params.extend(int(g) for g in generation_ids)
+    return sql, params
+
+
+def count_items(conn: Connection, after_row_id: int, generation_ids: Sequence[int] | None) -> int:
+    """Number of rows :func:`iter_items` would return (used to preallocate the matrix)."""
+    where, params = _filter_sql(_placeholder(conn), after_row_id, generation_ids)
+    return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM gallery_items {where}", tuple(params)).scalar_one())
+
+
 def iter_items(
     conn: Connection, *, after_row_id: int, generation_ids: Sequence[int] | None, chunk: int
 ) -> Iterator[tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], tuple[str | None, ...], tuple[bytes, ...]]]:
@@ -58,15 +73,11 @@ def iter_items(
     Yields:
         ``(row_ids, external_ids, generation_ids, labels, blobs)`` for each chunk.
     """
-    ph = _placeholder(conn)
-    sql = "SELECT id, external_id, generation_id, label, embedding FROM gallery_items WHERE id > " + ph
-    extra: list[int] = []
-    if generation_ids is not None:
-        extra = [int(g) for g in generation_ids]
-        if not extra:
-            return
-        sql += f" AND generation_id IN ({', '.join([ph] * len(extra))})"
-    sql += f" ORDER BY id LIMIT {int(chunk)}"
+    if generation_ids is not None and not generation_ids:
+        return
+    where, params0 = _filter_sql(_placeholder(conn), 0, generation_ids)
+    extra = params0[1:]
+    sql = f"SELECT id, external_id, generation_id, label, embedding FROM gallery_items {where} ORDER BY id LIMIT {int(chunk)}"
     dbapi_error = conn.dialect.loaded_dbapi.Error
     last = int(after_row_id)
     # Keyset pagination (id > last ... LIMIT n): bounded memory on every backend without relying

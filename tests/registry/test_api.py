@@ -370,3 +370,10 @@ def test_database_failures_surface_as_registry_errors(ready: Registry, make_gen)
         ready.gallery_counts()
     assert not type(err.value).__module__.startswith("sqlalchemy")
     assert "\n" not in str(err.value)
+
+
+def test_values_that_cannot_be_stored_are_refused_cleanly(ready: Registry, make_gen) -> None:
+    g = make_gen("g1")
+    with pytest.raises(ConstraintViolation, match="JSON-able"):
+        ready.add_gate_report(g.id, g.onnx_sha256, True, "promote", {"when": object()})
+    assert ready.gate_reports() == []
