@@ -197,21 +197,25 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     load_before = os.getloadavg()
-    results = [bench_size(n, args, rng) for n in sizes]
-    report = {
-        "benchmark": "gallery top-k search",
-        "machine": {"python": platform.python_version(), "numpy": np.__version__, "faiss": faiss.__version__,
-                    "cpus": os.cpu_count(), "faiss_threads": args.threads, "platform": platform.platform(),
-                    "blas_threads_env": {v: os.environ.get(v) for v in
-                                         ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
-                    # other work on the machine skews timings; the load average shows how much
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-        "args": vars(args),
-        "results": results,
-    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    results: list[dict[str, Any]] = []
+    for n in sizes:
+        results.append(bench_size(n, args, rng))
+        # Rewritten after every size, so a long run that is stopped still leaves what it measured.
+        report = {
+            "benchmark": "gallery top-k search",
+            "machine": {"python": platform.python_version(), "numpy": np.__version__,
+                        "faiss": faiss.__version__, "cpus": os.cpu_count(), "faiss_threads": args.threads,
+                        "platform": platform.platform(),
+                        "blas_threads_env": {v: os.environ.get(v) for v in
+                                             ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+                        # other work on the machine skews timings; the load average shows how much
+                        "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+            "args": vars(args),
+            "results": results,
+        }
+        out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {out}")
     return 0
 
