@@ -119,10 +119,17 @@ def _setup(location: str, dim: int, dtype: str) -> tuple[Registry, list[tuple[in
     return reg, targets
 
 
-def _ingest(reg: Registry, gen_id: int, start: int, count: int, batch: int, dim: int, seed: int) -> float:
-    """Add ``count`` items (ids ``item-{start}``...) in batches; returns the seconds spent in the registry."""
+def _ingest(
+    reg: Registry, gen_id: int, start: int, count: int, batch: int, dim: int, seed: int
+) -> tuple[float, float]:
+    """Add ``count`` items (ids ``item-{start}``...) in batches.
+
+    Returns:
+        (wall seconds, CPU seconds of this process) spent inside the registry calls.
+    """
     rng = np.random.default_rng(seed)
     spent = 0.0
+    cpu = 0.0
     done = 0
     while done < count:
         n = min(batch, count - done)
@@ -130,11 +137,12 @@ def _ingest(reg: Registry, gen_id: int, start: int, count: int, batch: int, dim:
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         ids = [f"item-{start + done + i}" for i in range(n)]
         labels = [f"class-{(start + done + i) % 100}" for i in range(n)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         reg.add_gallery_items(gen_id, ids, x, labels=labels)
         spent += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         done += n
-    return spent
+    return spent, cpu
 
 
 def _moves(reg: Registry, targets: list[tuple[int, int]], moves: int) -> list[float]:
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--batch", type=int, default=10_000, help="items per add_gallery_items call")
     parser.add_argument("--dim", type=int, default=127, help="embedding dimension (K-1)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="gallery storage dtype")
-    parser.add_argument("--moves", type=int, default=50, help="alias moves timed per gallery size")
+    parser.add_argument("--moves", type=int, default=200, help="alias moves timed per gallery size")
     parser.add_argument("--loads", type=int, default=2, help="gallery loads timed (best and all reported)")
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--pg-url", default=os.environ.get("UPGRADER_TEST_PG_URL"), help="PostgreSQL URL (postgres backend)")
@@ -184,24 +192,27 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         # 1. Ingest rate on a fresh workspace.
         large, large_targets = _setup(large_loc, args.dim, args.dtype)
         gen_a = large_targets[0][0]
-        secs = _ingest(large, gen_a, 0, args.items, args.batch, args.dim, seed=1)
+        secs, cpu = _ingest(large, gen_a, 0, args.items, args.batch, args.dim, seed=1)
         results["ingest"] = {
             "items": args.items,
             "batch": args.batch,
             "seconds": round(secs, 3),
+            "cpu_seconds": round(cpu, 3),
             "embeddings_per_s": round(args.items / secs, 1),
         }
-        print(f"ingest  {args.items:>9,} items: {secs:7.2f} s  {args.items / secs:>10,.0f} embeddings/s")
+        print(f"ingest  {args.items:>9,} items: {secs:7.2f} s  {args.items / secs:>10,.0f} embeddings/s (cpu {cpu:.2f} s)")
 
         # 2. Grow the same gallery to --load-items (second generation, a mixed gallery), then load it.
         rest = args.load_items - args.items
-        grow = _ingest(large, large_targets[1][0], args.items, rest, args.batch, args.dim, seed=2) if rest else 0.0
+        grow = _ingest(large, large_targets[1][0], args.items, rest, args.batch, args.dim, seed=2)[0] if rest else 0.0
         load_times = []
+        load_cpu = []
         shape: tuple[int, ...] = ()
         for _ in range(args.loads):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             gm = large.load_gallery()
             load_times.append(time.perf_counter() - t0)
+            load_cpu.append(time.process_time() - c0)
             shape = gm.matrix.shape
             assert gm.matrix.flags.c_contiguous and gm.matrix.dtype == np.float32
             del gm
@@ -211,22 +222,25 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "seconds_first": round(load_times[0], 3),
             "seconds_best": round(min(load_times), 3),
             "seconds_all": [round(t, 3) for t in load_times],
+            "cpu_seconds_all": [round(t, 3) for t in load_cpu],
             "embeddings_per_s_best": round(args.load_items / min(load_times), 1),
             "grow_seconds": round(grow, 3),
             "grow_embeddings_per_s": round(rest / grow, 1) if rest else None,
         }
-        print(f"load    {args.load_items:>9,} items: {min(load_times):7.2f} s best ({', '.join(f'{t:.2f}' for t in load_times)})")
+        print(
+            f"load    {args.load_items:>9,} items: {min(load_times):7.2f} s best "
+            f"({', '.join(f'{t:.2f}' for t in load_times)}; cpu {', '.join(f'{t:.2f}' for t in load_cpu)})"
+        )
 
-        # 3. Alias moves, small gallery vs large gallery, interleaved in rounds so machine noise hits both.
+        # 3. Alias moves, small gallery vs large gallery.
         small, small_targets = _setup(small_loc, args.dim, args.dtype)
         _ingest(small, small_targets[0][0], 0, args.small, args.batch, args.dim, seed=3)
         small_t: list[float] = []
         large_t: list[float] = []
-        rounds = 5
-        for r in range(rounds):
-            n = args.moves // rounds + (1 if r < args.moves % rounds else 0)
-            small_t += _moves(small, small_targets, n)
-            large_t += _moves(large, large_targets, n)
+        # Alternate small and large two moves at a time, so machine noise hits both alike.
+        for r in range((args.moves + 1) // 2):
+            small_t += _moves(small, small_targets, 2)
+            large_t += _moves(large, large_targets, 2)
         med_s, med_l = statistics.median(small_t), statistics.median(large_t)
         results["alias_move"] = {
             "moves_each": len(small_t),
@@ -246,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         small.close()
         large.close()
 
+    results["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -377,3 +377,24 @@ def test_values_that_cannot_be_stored_are_refused_cleanly(ready: Registry, make_
     with pytest.raises(ConstraintViolation, match="JSON-able"):
         ready.add_gate_report(g.id, g.onnx_sha256, True, "promote", {"when": object()})
     assert ready.gate_reports() == []
+
+
+def test_alias_move_never_touches_gallery_rows(ready: Registry, make_gen, passing_report, unit_rows) -> None:
+    from sqlalchemy import event
+
+    g1, g2 = make_gen("g1"), make_gen("g2")
+    ready.add_gallery_items(g1.id, [f"i{i}" for i in range(100)], unit_rows(100))
+    r2 = passing_report(g2)
+    statements: list[str] = []
+    engine = ready._uow.engine  # white-box: watch the SQL a promotion sends
+
+    def watch(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        statements.append(statement.lower())
+
+    event.listen(engine, "before_cursor_execute", watch)
+    try:
+        ready.move_alias(g2.id, actor="t", reason="r", gate_report_id=r2.id)
+    finally:
+        event.remove(engine, "before_cursor_execute", watch)
+    assert statements and not any("gallery_items" in s for s in statements)
+    assert ready.gallery_counts() == {g1.id: 100}
