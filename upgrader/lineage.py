@@ -99,3 +99,55 @@ def artifact_paths(ws: Workspace, name: str) -> dict[str, Path]:
     """Where a generation's files live: ``onnx``, ``checkpoint`` and rehearsal ``memory``."""
     d = ws.generation_dir(name)
     return {"onnx": d / "model.onnx", "checkpoint": d / "checkpoint.pt", "memory": d / "memory.npz"}
+
+
+def import_artifact(
+    ws: Workspace,
+    source: Path,
+    *,
+    name: str,
+    kind: str = "replacement",
+    method: str = "external",
+    parent: str | None = None,
+) -> Generation:
+    """Register an ONNX artifact trained elsewhere (``upgrader register``).
+
+    The file is checked (metadata, interface) before it is copied into the workspace, so a refused
+    artifact leaves nothing behind; the copy is written to a temporary name and renamed.
+
+    Raises:
+        ArtifactError: unreadable or not an upgrader artifact. InterfaceMismatch: another K.
+    """
+    import shutil
+    import tempfile
+
+    embedder = Embedder(source)
+    check_artifact_interface(ws, embedder)
+    reg = ws.registry
+    parent_id = reg.get_generation(parent).id if parent else reg.get_alias()
+    dest = artifact_paths(ws, name)["onnx"]
+    if dest.parent.exists():
+        raise ArtifactError(f"{dest.parent} exists already; choose another --name")
+    dest.parent.mkdir(parents=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".onnx", dir=dest.parent)
+        with open(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+        Path(tmp).replace(dest)
+        return register_generation(
+            ws,
+            NewGeneration(
+                name=name,
+                kind=kind,
+                method=method,
+                architecture=embedder.metadata.get("architecture", "unknown"),
+                onnx_path=ws.relative(dest),
+                onnx_sha256="",
+                num_classes=int(embedder.metadata["num_classes"]),
+                parent_id=parent_id,
+                train_config={"imported_from": str(source)},
+            ),
+        )
+    except BaseException:
+        shutil.rmtree(dest.parent, ignore_errors=True)
+        raise

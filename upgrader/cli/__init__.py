@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from upgrader.cli import gallery_cmds, gate_cmds, train_cmds, workspace_cmds
+from upgrader.cli import demo_cmd, gallery_cmds, gate_cmds, train_cmds, workspace_cmds
 
 app = typer.Typer(
     name="upgrader",
@@ -23,6 +23,7 @@ workspace_cmds.register(app, db_app)
 train_cmds.register(app)
 gate_cmds.register(app)
 gallery_cmds.register(app, gallery_app)
+demo_cmd.register(app)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("replace")(replace)
     app.command("export")(export)
+    app.command("register")(register_artifact)
 
 
 Classes = Annotated[str, typer.Option(help="New classes to learn: indices '4-5', '4,5' or names.")]
@@ -155,3 +156,31 @@ def export(
         print_json(gen)
         return
     console.print(f"exported {gen.name} to {gen.onnx_path} (sha256 {gen.onnx_sha256[:16]}…)")
+
+
+@handle_errors
+def register_artifact(
+    artifact: Annotated[Path, typer.Argument(help="An ONNX artifact exported by upgrader (uint8 NHWC in, L2-normalised features out).")],
+    name: Annotated[str, typer.Option(help="Generation name.")],
+    home: HomeOption = None,
+    kind: Annotated[str, typer.Option(help="initial, finetune or replacement.")] = "replacement",
+    method: Annotated[str, typer.Option(help="How it was trained (free text, e.g. hoc).")] = "external",
+    parent: Annotated[str | None, typer.Option(help="Parent generation (default: production).")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Register an artifact trained elsewhere: checked against the interface, then probe-embedded.
+
+    Example: upgrader register ./model.onnx --name vendor-v2 --method hoc
+    """
+    from upgrader.lineage import import_artifact
+
+    if not artifact.is_file():
+        from upgrader.cli.common import usage_error
+
+        usage_error(f"no such artifact: {artifact}")
+    with workspace(home) as ws:
+        gen = import_artifact(ws, artifact, name=name, kind=kind, method=method, parent=parent)
+    if json_out:
+        print_json(gen)
+        return
+    console.print(f"[green]registered[/] {gen.name} (id {gen.id}); next: upgrader verify {gen.name}")

@@ -1,0 +1,221 @@
+"""Sequential upgrade scenarios run through the real services: the demo's story and the study's.
+
+Each step trains a generation (initial, fine-tune or replacement), puts it through the gate with
+``promote``, adds the step's new classes to the gallery embedded by the new production generation,
+and measures search accuracy on the mixed-generation gallery next to a full re-index.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from upgrader import gate
+from upgrader.datasets import load_items
+from upgrader.errors import GateRefused
+from upgrader.gallery import add_images, composition, label_accuracy, production_embedder
+from upgrader.probe import probe_uris
+from upgrader.datasets import excluded_indices, item_uris
+from upgrader.train_service import TrainRequest, train_and_register
+from upgrader.verification import compatibility_matrix, promote
+from upgrader.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Step:
+    """One upgrade: what kind of generation, which new classes (dataset indices), which architecture."""
+
+    kind: str  # initial | finetune | replacement
+    classes: tuple[int, ...]  # new classes, as indices into the dataset's classes
+    arch: str  # architecture of the generation
+
+
+#: short: the demo's story. long: 2 classes then 8 steps of one class, replacements at steps 3 and 6.
+SCENARIOS: dict[str, tuple[Step, ...]] = {
+    "short": (
+        Step("initial", (0, 1, 2, 3), "small_cnn"),
+        Step("finetune", (4, 5), "small_cnn"),
+        Step("replacement", (6, 7), "resnet_narrow"),
+        Step("finetune", (8, 9), "resnet_narrow"),
+    ),
+    "long": (
+        Step("initial", (0, 1), "small_cnn"),
+        Step("finetune", (2,), "small_cnn"),
+        Step("finetune", (3,), "small_cnn"),
+        Step("replacement", (4,), "resnet_narrow"),
+        Step("finetune", (5,), "resnet_narrow"),
+        Step("finetune", (6,), "resnet_narrow"),
+        Step("replacement", (7,), "resnet_wide"),
+        Step("finetune", (8,), "resnet_wide"),
+        Step("finetune", (9,), "resnet_wide"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """Sizes of a scenario run. The defaults are the full demo on a 2-core CPU."""
+
+    method: str = "hoc"  # training method of every step
+    epochs: int = 4  # epochs of the initial and fine-tune steps
+    replacement_epochs: int = 6  # epochs of a replacement (a new model learns from scratch)
+    train_per_class: int | None = 2000  # training images per new class (None: all)
+    memory_per_class: int = 20  # rehearsal images kept per class
+    replacement_memory_per_class: int | None = None  # replacements see this many per old class (None: memory_per_class)
+    gallery_per_class: int = 300  # gallery items added per new class after each promotion
+    batch_size: int = 128
+    lr: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    force_refused: bool = False  # promote refused generations anyway (recorded as forced) so the chain goes on
+
+
+@dataclass
+class StepResult:
+    """What one step produced and measured."""
+
+    step: int
+    kind: str
+    arch: str
+    classes: list[str]
+    generation_id: int
+    generation_name: str
+    train_seconds: float
+    gate_passed: bool
+    promoted: bool
+    forced: bool
+    gate_reasons: list[str]
+    self_test: float  # M(t, t), template top-1 on the probe set
+    gallery_items: int  # gallery size after the step
+    gallery_by_generation: dict[int, int]
+    mixed_accuracy: float  # top-1 label accuracy of probe queries on the stored (mixed) gallery
+    reindex_accuracy: float  # the same after re-embedding the whole gallery with production
+    seconds: float  # wall time of the whole step
+
+
+@dataclass
+class ScenarioResult:
+    """A finished scenario: per-step figures and the final compatibility matrix."""
+
+    scenario: str
+    method: str
+    seed: int
+    steps: list[StepResult] = field(default_factory=list)
+    generation_ids: list[int] = field(default_factory=list)
+    matrix: list[list[float]] = field(default_factory=list)
+    ac: float = float("nan")
+    am: float = float("nan")
+    seconds: float = 0.0
+
+
+Log = Callable[[str], None]
+
+
+def _gallery_images(ws: Workspace, cls: tuple[int, ...], per_class: int, seed: int) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """Gallery items for the new classes: test-split items outside the probe set."""
+    spec = ws.config.dataset
+    ds = load_items(spec, "test")
+    banned = excluded_indices(spec, "test", probe_uris(ws))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in cls:
+        idx = np.setdiff1d(np.flatnonzero(ds.labels == c), banned)
+        chosen.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+    idx = np.sort(np.concatenate(chosen))
+    part = ds.take(idx)
+    return part.images, [f"test-{i}" for i in idx], part.class_names(), item_uris(spec, "test", idx)
+
+
+def run_scenario(
+    ws: Workspace,
+    name: str,
+    config: ScenarioConfig,
+    *,
+    log: Log = lambda _: None,
+    on_progress: Callable | None = None,
+) -> ScenarioResult:
+    """Run scenario ``name`` in ``ws`` (which must be freshly initialised) and measure it."""
+    steps = SCENARIOS[name]
+    result = ScenarioResult(scenario=name, method=config.method, seed=config.seed)
+    start = time.perf_counter()
+    gallery_images: list[np.ndarray] = []
+    gallery_labels: list[str] = []
+    chain: list[int] = []
+    classes_all = load_items(ws.config.dataset, "test").classes
+    for i, step in enumerate(steps, 1):
+        t0 = time.perf_counter()
+        names = [classes_all[c] for c in step.classes]
+        log(f"step {i}/{len(steps)}: {step.kind} {step.arch} ({config.method}) on {', '.join(names)}")
+        replacement = step.kind == "replacement"
+        req = TrainRequest(
+            kind=step.kind,
+            classes=tuple(names),
+            arch=step.arch if step.kind != "finetune" else None,
+            method=config.method,
+            epochs=config.replacement_epochs if replacement else config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            per_class=config.train_per_class,
+            memory_per_class=config.memory_per_class,
+            seed=config.seed + i,
+            device=config.device,
+            name=f"g{i}-{step.kind}-{step.arch}-{config.method}",
+            extra={},
+        )
+        out = train_and_register(ws, req, progress=on_progress)
+        gen = out.generation
+        passed, forced, reasons = True, False, []
+        try:
+            done = promote(ws, gen.id, reason=f"scenario {name} step {i}", actor="scenario")
+            passed = done.report.passed if done.report else True
+        except GateRefused as exc:
+            passed = False
+            reasons = list(ws.registry.get_gate_report(exc.report_id).report.get("reasons", [])) if exc.report_id else [str(exc)]
+            log(f"  gate refused {gen.name}: {'; '.join(reasons)}")
+            if config.force_refused:
+                promote(ws, gen.id, reason=f"scenario {name} step {i}: continue the chain past a refusal", force=True, actor="scenario")
+                forced = True
+        promoted = passed or forced
+        if promoted:
+            chain.append(gen.id)
+            imgs, ids, labels, uris = _gallery_images(ws, step.classes, config.gallery_per_class, config.seed + 100 + i)
+            add_images(ws, imgs, [f"{ids_i}" for ids_i in ids], labels=labels, source_uris=uris)
+            gallery_images.append(imgs)
+            gallery_labels.extend(labels)
+        comp = composition(ws)
+        prod, embedder = production_embedder(ws)
+        stored = ws.registry.load_gallery()
+        probe = ws.registry.probe_set("query")
+        _, queries = ws.registry.get_probe_embeddings(prod.id, "query")
+        mixed = label_accuracy(queries, probe.class_names, stored.matrix, stored.labels)
+        reindexed = embedder.embed(np.concatenate(gallery_images)) if gallery_images else stored.matrix
+        reindex = label_accuracy(queries, probe.class_names, reindexed, gallery_labels)
+        self_test = gate.retrieval_metrics(
+            ws.registry.get_probe_embeddings(gen.id, "query")[1], probe.vertices,
+            ws.registry.get_probe_embeddings(gen.id, "gallery")[1], ws.registry.probe_set("gallery").vertices,
+        ).template_top1
+        sr = StepResult(
+            step=i, kind=step.kind, arch=step.arch, classes=names, generation_id=gen.id, generation_name=gen.name,
+            train_seconds=out.seconds, gate_passed=passed, promoted=promoted, forced=forced, gate_reasons=reasons,
+            self_test=self_test, gallery_items=comp.total, gallery_by_generation={g.id: n for g, n in comp.counts},
+            mixed_accuracy=mixed, reindex_accuracy=reindex, seconds=time.perf_counter() - t0,
+        )
+        result.steps.append(sr)
+        log(f"  {gen.name}: self-test {100 * self_test:.1f}%, gate {'passed' if passed else 'REFUSED'}"
+            f"{' (forced)' if forced else ''}; mixed gallery {100 * mixed:.1f}% vs re-index {100 * reindex:.1f}% "
+            f"({comp.total} items) in {sr.seconds:.0f}s")
+    view = compatibility_matrix(ws, chain)
+    result.generation_ids = chain
+    result.matrix = view.matrix.tolist()
+    result.ac = view.average_compatibility
+    result.am = view.average_multimodel_accuracy
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def quick(config: ScenarioConfig) -> ScenarioConfig:
+    """The --quick sizes: fewer images and epochs, same story."""
+    return replace(config, epochs=2, replacement_epochs=3, train_per_class=600, gallery_per_class=100)
