@@ -10,8 +10,13 @@ For each gallery size: top-k single-query latency (p50 / p99) and batch throughp
 plus build times and ratios against numpy. Data: float32, L2-normalised, half uniform on the sphere and
 half around a few cluster centres; queries are half perturbed gallery items, half random.
 
-    .venv/bin/python bench/search_bench.py                       # 100k and 1M, dim 127
+    .venv/bin/python bench/search_bench.py                       # 100k and 1M, dim 127; HNSW at 100k only
+    .venv/bin/python bench/search_bench.py --hnsw-max-size 0     # HNSW at 1M too (its build: ~15 min)
     .venv/bin/python bench/search_bench.py --sizes 20000 --queries 100
+
+Besides single queries and one large batch, ``small_batch_qps`` times batches of ``--small-batch``
+queries (what a server that batches concurrent requests sends). Threads default to 1 (see
+upgrader.search: OpenMP counts are per thread, and extra threads spin on a loaded machine).
 
 Prints a table and writes JSON (default bench/results/search_bench.json). Not a test.
 """
@@ -27,7 +32,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+
+def _pin_numpy_threads(argv: list[str]) -> None:
+    """Give numpy's OpenBLAS the same thread count as FAISS (``--threads``), so the side-by-side is fair.
+
+    OpenBLAS reads its thread count when numpy is first imported, hence before ``import numpy``; an
+    explicit OPENBLAS_NUM_THREADS in the environment wins.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--threads", type=int, default=1)
+    known, _ = pre.parse_known_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(max(1, known.threads)))
+
+
+_pin_numpy_threads(sys.argv[1:])
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -97,6 +117,17 @@ def throughput(fn: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
     return queries.shape[0] / (time.perf_counter() - t0)
 
 
+def small_batch_qps(fn: Callable[[np.ndarray], Any], queries: np.ndarray, size: int) -> float:
+    """Queries/s when ``queries`` arrive in batches of ``size`` (one call per batch)."""
+    fn(queries[:size])  # warm-up
+    t0 = time.perf_counter()
+    done = 0
+    for s in range(0, queries.shape[0], size):
+        fn(queries[s : s + size])
+        done += queries[s : s + size].shape[0]
+    return done / (time.perf_counter() - t0)
+
+
 def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
     k = args.k
     t0 = time.perf_counter()
@@ -109,26 +140,32 @@ def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> di
     gens = (np.arange(n) % 3) + 1  # three generations, as a mixed gallery has
     res: dict[str, Any] = {"size": n, "dim": args.dim, "k": k}
 
+    sb = args.small_batch
+
     # numpy baseline
     lat = latency(lambda q: numpy_topk(gallery, q, k), single_q)
     qps = throughput(lambda q: numpy_topk(gallery, q, k), batch_q)
-    res["numpy"] = {**lat, "qps": qps, "build_s": 0.0}
-    print(f"numpy  p50 {lat['p50_ms']:8.3f} ms  p99 {lat['p99_ms']:8.3f} ms  {qps:10.1f} q/s", flush=True)
+    sqps = small_batch_qps(lambda q: numpy_topk(gallery, q, k), batch_q, sb)
+    res["numpy"] = {**lat, "qps": qps, "small_batch_qps": sqps, "build_s": 0.0}
+    print(f"numpy  p50 {lat['p50_ms']:8.3f} ms  p99 {lat['p99_ms']:8.3f} ms  {qps:10.1f} q/s  "
+          f"(batches of {sb}: {sqps:.1f} q/s)", flush=True)
 
     # flat
     t0 = time.perf_counter()
-    flat = GallerySearch(args.dim)
+    flat = GallerySearch(args.dim, threads=args.threads)
     flat.add(rows, ids, gens, None, gallery)
     build = time.perf_counter() - t0
     lat = latency(lambda q: flat.search_arrays(q, k), single_q)
     hits_lat = latency(lambda q: flat.search(q, k), single_q[: min(100, len(single_q))])
     qps = throughput(lambda q: flat.search_arrays(q, k), batch_q)
+    sqps = small_batch_qps(lambda q: flat.search_arrays(q, k), batch_q, sb)
     _, ref_idx = numpy_topk(gallery, batch_q[:200], k)
     _, pos = flat.search_arrays(batch_q[:200], k)
     agree = float(np.mean(flat.row_ids_at(pos) - 1 == ref_idx))
-    res["flat"] = {**lat, "qps": qps, "build_s": build, "hits_p50_ms": hits_lat["p50_ms"],
+    res["flat"] = {**lat, "qps": qps, "small_batch_qps": sqps, "build_s": build, "hits_p50_ms": hits_lat["p50_ms"],
                    "agreement_with_numpy": agree}
     print(f"flat   p50 {lat['p50_ms']:8.3f} ms  p99 {lat['p99_ms']:8.3f} ms  {qps:10.1f} q/s  "
+          f"(batches of {sb}: {sqps:.1f} q/s)  "
           f"build {build:.1f}s  (Hit objects p50 {hits_lat['p50_ms']:.3f} ms; same ids as numpy: {agree:.4f})",
           flush=True)
 
@@ -139,23 +176,25 @@ def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> di
     else:
         efs = [int(e) for e in args.ef_search.split(",") if e.strip()]
         t0 = time.perf_counter()
-        hnsw = GallerySearch(args.dim, index="hnsw", hnsw_m=args.hnsw_m,
+        hnsw = GallerySearch(args.dim, index="hnsw", hnsw_m=args.hnsw_m, threads=args.build_threads,
                              ef_construction=args.ef_construction, ef_search=efs[0])
         hnsw.add(rows, ids, gens, None, gallery)
         build = time.perf_counter() - t0
+        hnsw.threads = args.threads  # build on --build-threads, search like flat
         print(f"hnsw   build {build:.1f}s (M {args.hnsw_m}, efConstruction {args.ef_construction})", flush=True)
         res["hnsw_by_ef"] = {}
         for ef in efs:
             hnsw.ef_search = ef  # read at every search
             lat = latency(lambda q: hnsw.search_arrays(q, k), single_q)
             qps = throughput(lambda q: hnsw.search_arrays(q, k), batch_q)
+            sqps = small_batch_qps(lambda q: hnsw.search_arrays(q, k), batch_q, sb)
             recall = measure_recall(hnsw, flat, batch_q, k)
             # Queries near a gallery item have real neighbours; random queries in 127-d have none
             # (the top-k are near-equidistant), which is the worst case for any graph index.
             half = batch_q.shape[0] // 2
             recall_near = measure_recall(hnsw, flat, batch_q[:half], k)
             recall_random = measure_recall(hnsw, flat, batch_q[half:], k)
-            res["hnsw_by_ef"][str(ef)] = {**lat, "qps": qps, "build_s": build, f"recall_at_{k}": recall,
+            res["hnsw_by_ef"][str(ef)] = {**lat, "qps": qps, "small_batch_qps": sqps, "build_s": build, f"recall_at_{k}": recall,
                                           f"recall_at_{k}_near_queries": recall_near,
                                           f"recall_at_{k}_random_queries": recall_random,
                                           "m": args.hnsw_m, "ef_construction": args.ef_construction,
@@ -168,11 +207,13 @@ def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> di
     base = res["numpy"]
     compared = {"flat": res["flat"], **{f"hnsw(ef={ef})": r for ef, r in res["hnsw_by_ef"].items()}}
     res["ratios_vs_numpy"] = {
-        name: {"p50_speedup": base["p50_ms"] / r["p50_ms"], "qps_speedup": r["qps"] / base["qps"]}
+        name: {"p50_speedup": base["p50_ms"] / r["p50_ms"], "qps_speedup": r["qps"] / base["qps"],
+               "small_batch_qps_speedup": r["small_batch_qps"] / base["small_batch_qps"]}
         for name, r in compared.items()
     }
     for name, r in res["ratios_vs_numpy"].items():
-        print(f"{name:12s} vs numpy: single-query p50 x{r['p50_speedup']:.1f}, batch q/s x{r['qps_speedup']:.1f}")
+        print(f"{name:12s} vs numpy: single-query p50 x{r['p50_speedup']:.2f}, batch q/s x{r['qps_speedup']:.2f}, "
+              f"batches of {sb} x{r['small_batch_qps_speedup']:.2f}")
     return res
 
 
@@ -187,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=40)
     p.add_argument("--ef-search", default="64,128,256", help="comma-separated HNSW efSearch values")
-    p.add_argument("--hnsw-max-size", type=int, default=0, help="skip HNSW above this size (0: never)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="FAISS OpenMP threads")
+    p.add_argument("--hnsw-max-size", type=int, default=100_000,
+                   help="skip HNSW above this size (0: never skip; HNSW at 1M builds for ~15 min on 2 cores)")
+    p.add_argument("--small-batch", type=int, default=8, help="queries per call in the small-batch throughput")
+    p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads per search (GallerySearch threads=)")
+    p.add_argument("--build-threads", type=int, default=os.cpu_count() or 1, help="FAISS threads for the HNSW build")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "search_bench.json"))
     args = p.parse_args(argv)
@@ -207,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "gallery top-k search",
             "machine": {"python": platform.python_version(), "numpy": np.__version__,
                         "faiss": faiss.__version__, "cpus": os.cpu_count(), "faiss_threads": args.threads,
+                        "faiss_blas_threshold": int(faiss.cvar.distance_compute_blas_threshold),
                         "platform": platform.platform(),
                         "blas_threads_env": {v: os.environ.get(v) for v in
                                              ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
