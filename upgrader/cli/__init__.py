@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from upgrader.cli import demo_cmd, gallery_cmds, gate_cmds, train_cmds, workspace_cmds
+from upgrader.cli import dashboard_cmd, demo_cmd, gallery_cmds, gate_cmds, serve_cmd, study_cmd, train_cmds, workspace_cmds
 
 app = typer.Typer(
     name="upgrader",
@@ -24,6 +24,9 @@ train_cmds.register(app)
 gate_cmds.register(app)
 gallery_cmds.register(app, gallery_app)
 demo_cmd.register(app)
+dashboard_cmd.register(app)
+study_cmd.register(app)
+serve_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,90 @@
+"""`upgrader study`: the compatibility study (scenarios x methods x seeds) and its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, progress_bar
+
+
+def register(app: typer.Typer) -> None:
+    """Attach this module's command."""
+    app.command("study")(study)
+
+
+def _ms(stat: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    if stat.get("mean") is None:
+        return "-"
+    return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
+
+
+def render_summary(data: dict[str, Any]) -> Table:
+    """The report's results table for people."""
+    t = Table(title="compatibility study: mean ± std over seeds (accuracies in %)")
+    for col in ("scenario", "method", "runs", "AC", "AM", "final self-test", "mixed gallery", "full re-index", "gate refusals"):
+        t.add_column(col)
+    for scenario, methods in data["summary"].items():
+        for method, s in methods.items():
+            refusals = "; ".join(f"s{seed}: {','.join(map(str, st)) or '-'}" for seed, st in s["refused_steps"].items())
+            t.add_row(scenario, method, str(s["runs"]), _ms(s["ac"], 1.0, 3), _ms(s["am"]), _ms(s["final_self_test"]),
+                      _ms(s["final_mixed"]), _ms(s["final_reindex"]), refusals or "-")
+    return t
+
+
+@handle_errors
+def study(
+    out: Annotated[Path, typer.Option("--out", help="Output folder: results.json, report.md, PNG figures, workspaces/.")],
+    dataset: Annotated[str, typer.Option(help="Dataset spec (fashion-mnist, an IDX folder, an image folder, a .npz) with >= 10 classes.")] = "fashion-mnist",
+    scenario: Annotated[str, typer.Option(help="short (4 then 2+2+2 classes) or long (2 then 8 x 1 class); 'short,long' runs both.")] = "short",
+    methods: Annotated[str, typer.Option(help="Comma-separated training methods: hoc, ce, er, bct.")] = "hoc,ce,er,bct",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0 .. N-1) per method.")] = 3,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    epochs: Annotated[int, typer.Option(help="Epochs of initial and fine-tune steps.")] = 2,
+    replacement_epochs: Annotated[int | None, typer.Option(help="Epochs of a replacement (default: --epochs + 1).", show_default=False)] = None,
+    train_per_class: Annotated[int, typer.Option(help="Training images per new class.")] = 300,
+    gallery_per_class: Annotated[int, typer.Option(help="Gallery items added per new class after each promotion.")] = 50,
+    probe_per_class: Annotated[int, typer.Option(help="Probe queries and probe gallery items per class.")] = 50,
+    num_classes: Annotated[int, typer.Option("--num-classes", "-k", help="Interface K of each run's workspace.")] = 64,
+    force_refused: Annotated[bool, typer.Option("--force-refused/--no-force-refused", help="Force refused generations (recorded) so the chain goes on.")] = True,
+    keep_workspaces: Annotated[bool, typer.Option("--keep-workspaces/--no-keep-workspaces", help="Keep each run's workspace under OUT/workspaces.")] = True,
+    json_out: JsonOption = False,
+) -> None:
+    """Run the upgrade scenario for each method and seed through the real registry, export, embedder and gate,
+    then write results.json, report.md and PNG figures to --out.
+
+    Example: upgrader study --scenario short --methods hoc,er --seeds 3 --out ./study
+    """
+    from upgrader.study import StudyConfig, parse_methods, parse_scenarios, run_study
+
+    config = StudyConfig(
+        out=str(out), dataset=dataset, scenarios=parse_scenarios(scenario), methods=parse_methods(methods), seeds=seeds,
+        device=device, num_classes=num_classes, epochs=epochs, replacement_epochs=replacement_epochs,
+        train_per_class=train_per_class, gallery_per_class=gallery_per_class, probe_per_class=probe_per_class,
+        force_refused=force_refused, keep_workspaces=keep_workspaces,
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("study", total=None, info="")
+
+        def on_run(done: int, total: int, record: Any, label: str) -> None:
+            info = label if record is None else f"{label}: {record.status}"
+            bar.update(task, completed=done, total=total, info=info)
+
+        def log(message: str) -> None:
+            bar.console.print(message, highlight=False)
+
+        data = run_study(config, log=log, on_run=on_run)
+    if json_out:
+        print_json(data)
+    else:
+        console.print(render_summary(data))
+        for c in data["targets"]:
+            mark = "-" if c["met"] is None else ("[green]met[/]" if c["met"] else "[red]not met[/]")
+            console.print(f"{mark}  {c['target']} ({c['wanted']}): {c['measured']}", highlight=False)
+        console.print(f"report: {Path(config.out) / 'report.md'}; figures: {', '.join(data['figures'])}")
+    if data["runs_failed"]:
+        err_console.print(f"[bold red]{data['runs_failed']} run(s) failed[/]; see results.json")
+        raise typer.Exit(1)
