@@ -292,6 +292,10 @@ class GallerySearch:
         with self._lock.read():
             return len(self._slot_of)
 
+    def __contains__(self, external_id: object) -> bool:
+        """Whether a row with this external id is in the index (removed rows are not)."""
+        return external_id in self._slot_of
+
     @property
     def last_row_id(self) -> int:
         """Highest registry row id ever added (0 when none): the cursor for ``load_gallery(after_row_id=)``.

@@ -1,0 +1,135 @@
+"""QueryService: mixed-generation search, add, sync with other writers, deletions, promotion swaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from registry.errors import DuplicateItem
+from upgrader.errors import InvalidRequest
+from upgrader.lineage import open_embedder
+from upgrader.serving import BadImage, ImageTooLarge, QueryService, ServingConfig, decode_image
+from upgrader.verification import promote
+from upgrader.workspace import open_workspace
+
+MANUAL = ServingConfig(poll_seconds=0)  # no watcher thread: the tests call refresh() themselves
+
+
+def test_search_returns_items_of_all_three_generations(case) -> None:  # type: ignore[no-untyped-def]
+    with QueryService(case.home, MANUAL) as svc:
+        queries = np.concatenate([case.images[g][:2] for g in ("g1", "g2", "g3")])  # [6, 28, 28, 1]
+        result = svc.search(queries, k=60)
+        assert result.generation.name == "g3"  # queries embedded by production
+        found = {h.generation_id for row in result.hits for h in row}
+        assert found == {case.gen_ids["g1"], case.gen_ids["g2"], case.gen_ids["g3"]}
+        for row in result.hits:
+            assert len(row) == 60 and [h.score for h in row] == sorted((h.score for h in row), reverse=True)
+        # an item production itself wrote is found first, as itself
+        top = result.hits[4][0]
+        assert (top.external_id, top.generation_id) == (case.ids["g3"][0], case.gen_ids["g3"])
+        assert top.score == pytest.approx(1.0, abs=1e-4)
+        assert svc.status().items_by_generation == {case.gen_ids[g]: 20 for g in ("g1", "g2", "g3")}
+
+
+def test_embed_uses_the_production_artifact(case) -> None:  # type: ignore[no-untyped-def]
+    with QueryService(case.home, MANUAL) as svc:
+        out = svc.embed(case.spare[:3])
+        reference = open_embedder(svc.workspace, svc.snapshot().generation).embed(case.spare[:3])
+        assert out.generation.name == "g3" and out.embeddings.shape == (3, 15)
+        np.testing.assert_allclose(out.embeddings, reference, atol=1e-6)
+
+
+def test_add_is_searchable_at_once_and_refusals_change_nothing(case) -> None:  # type: ignore[no-untyped-def]
+    with QueryService(case.home, MANUAL) as svc:
+        added = svc.add(case.spare[:2], ["new-0", "new-1"], labels=["x", None])
+        assert (added.added, added.gallery_items, added.generation.name) == (2, 62, "g3")
+        hit = svc.search(case.spare[1:2], k=1).hits[0][0]
+        assert (hit.external_id, hit.label, hit.generation_id) == ("new-1", None, case.gen_ids["g3"])
+        before = svc.workspace.registry.gallery_counts()
+        with pytest.raises(DuplicateItem):
+            svc.add(case.spare[2:4], ["fresh", "new-0"])  # one known id: the whole batch is refused
+        with pytest.raises(InvalidRequest, match="ids"):
+            svc.add(case.spare[2:4], ["a"])
+        with pytest.raises(InvalidRequest, match="shape"):
+            svc.search(np.zeros((1, 32, 32, 1), np.uint8), k=1)
+        with pytest.raises(InvalidRequest, match="k must be"):
+            svc.search(case.spare[:1], k=0)
+        with pytest.raises(BadImage):
+            svc.add([b"not an image"], ["z"])
+        assert svc.workspace.registry.gallery_counts() == before and len(svc.status().items_by_generation) == 3
+        assert svc.status().gallery_items == 62
+
+
+def test_items_added_by_another_process_and_deletions_are_picked_up(case) -> None:  # type: ignore[no-untyped-def]
+    with QueryService(case.home, ServingConfig(poll_seconds=0, recount_seconds=0.001)) as svc:
+        with open_workspace(case.home) as other:  # e.g. `upgrader gallery add` in another process
+            gen = other.registry.get_generation("production")
+            feats = open_embedder(other, gen).embed(case.spare[:3])
+            other.registry.add_gallery_items(gen.id, ["cli-0", "cli-1", "cli-2"], feats)
+            svc.refresh()
+            assert svc.status().gallery_items == 63
+            assert svc.search(case.spare[2:3], k=1).hits[0][0].external_id == "cli-2"
+            other.registry.delete_gallery_items(["cli-2", case.ids["g1"][0]])
+            svc.refresh()  # the recount sees 61 rows in the registry, 63 in the index: rebuild
+        st = svc.status()
+        assert (st.gallery_items, st.rebuilds, st.last_error) == (61, 1, None)
+        ids = {h.external_id for h in svc.search(case.spare[2:3], k=61).hits[0]}
+        assert "cli-2" not in ids and case.ids["g1"][0] not in ids and "cli-1" in ids
+
+
+def test_promotion_swaps_the_snapshot_and_requests_in_flight_keep_theirs(case) -> None:  # type: ignore[no-untyped-def]
+    with QueryService(case.home, MANUAL) as svc:
+        old = svc.snapshot()  # what a request in flight holds
+        with open_workspace(case.home) as other:
+            promote(other, "g4", force=True, reason="test")
+        assert svc.snapshot() is old  # nothing changes until the watcher's tick
+        svc.refresh()
+        new = svc.snapshot()
+        assert (old.generation.name, new.generation.name) == ("g3", "g4")
+        assert svc.status().reloads == 1
+        # the old snapshot still embeds (its request finishes on g3); new requests use g4
+        np.testing.assert_allclose(old.embedder.embed(case.spare[:1]),
+                                   open_embedder(svc.workspace, old.generation).embed(case.spare[:1]), atol=1e-6)
+        result = svc.search(case.spare[:1], k=60)
+        assert result.generation.name == "g4"
+        assert len({h.generation_id for h in result.hits[0]}) == 3  # same gallery, not re-embedded
+        added = svc.add(case.spare[:1], ["after-promotion"])
+        assert added.generation.name == "g4"
+        assert svc.workspace.registry.gallery_counts()[case.gen_ids["g4"]] == 1
+
+
+def test_a_broken_new_artifact_keeps_the_old_generation_serving(case) -> None:  # type: ignore[no-untyped-def]
+    with QueryService(case.home, MANUAL) as svc:
+        with open_workspace(case.home) as other:
+            promote(other, "g4", force=True, reason="test")
+            path = other.resolve(other.registry.get_generation("g4").onnx_path)
+        path.write_bytes(path.read_bytes()[:-10] + b"tampered!!")
+        svc.refresh()
+        st = svc.status()
+        assert st.serving is not None and st.serving.name == "g3" and st.production_alias == case.gen_ids["g4"]
+        assert st.last_error is not None and "sha256" in st.last_error
+        assert svc.search(case.spare[:1], k=1).generation.name == "g3"
+
+
+def test_decode_image_resizes_and_guards(png) -> None:  # type: ignore[no-untyped-def]
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    out = decode_image(png(rgb), (28, 28, 1))
+    assert out.shape == (28, 28, 1) and out.dtype == np.uint8
+    with pytest.raises(BadImage):
+        decode_image(b"GIF89a-not-really", (28, 28, 1))
+    with pytest.raises(ImageTooLarge, match="1200x10"):
+        decode_image(png(np.zeros((10, 1200, 1), np.uint8)), (28, 28, 1), max_side=1000)
+
+
+def test_watcher_follows_a_promotion_on_its_own(case) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    with QueryService(case.home, ServingConfig(poll_seconds=0.05)) as svc:
+        assert svc.status().watching
+        with open_workspace(case.home) as other:
+            promote(other, "g4", force=True, reason="test")
+        deadline = time.monotonic() + 10
+        while svc.snapshot().generation.name != "g4" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert svc.snapshot().generation.name == "g4"
+    assert not svc.status().watching  # close() stopped it
