@@ -1,0 +1,72 @@
+"""Fixtures of the dashboard tests: real workspaces built once per session, copied per test."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from textual.pilot import Pilot
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from builders import build_fresh_workspace, build_snapshot_workspace, export_artifacts  # noqa: E402
+
+FROZEN = "2025-01-01 12:00"
+
+
+def frozen_time(_: datetime) -> str:
+    """Every timestamp as one fixed string, so screens do not depend on when the workspace was built."""
+    return FROZEN
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="session")
+def snapshot_master(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_snapshot_workspace(tmp_path_factory.mktemp("snapshot") / "ws", artifacts)
+
+
+@pytest.fixture(scope="session")
+def fresh_master(artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fresh_workspace(tmp_path_factory.mktemp("fresh") / "ws", artifacts)
+
+
+@pytest.fixture
+def snapshot_ws(snapshot_master: Path, tmp_path: Path) -> Path:
+    """A private copy of the snapshot workspace (always named ``ws``: the header shows the name)."""
+    return Path(shutil.copytree(snapshot_master, tmp_path / "ws"))
+
+
+@pytest.fixture
+def fresh_ws(fresh_master: Path, tmp_path: Path) -> Path:
+    """A private copy of the fresh workspace."""
+    return Path(shutil.copytree(fresh_master, tmp_path / "ws"))
+
+
+async def settle(pilot: Pilot) -> None:
+    """Wait until every worker (and what it scheduled on the UI thread) is done."""
+    for _ in range(4):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+def text_of(widget: Widget) -> str:
+    """What a Static shows, as plain text."""
+    assert isinstance(widget, Static)
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))
+    console.print(widget.content)
+    return console.export_text()
+
+
+def rows_of(table: DataTable) -> list[list[str]]:
+    """A DataTable's cells as plain strings, in display order."""
+    return [[getattr(c, "plain", str(c)) for c in table.get_row_at(i)] for i in range(table.row_count)]

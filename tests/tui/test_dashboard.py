@@ -1,0 +1,265 @@
+"""The dashboard driven as a person would (Textual Pilot) on real workspaces."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import frozen_time, rows_of, settle, text_of
+from textual.widgets import DataTable, Input, Select
+
+from tui.app import DashboardApp
+from tui.modals import ConfirmModal, TrainFormModal
+from upgrader.dashboard import alias_history
+from upgrader.workspace import open_workspace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def production_of(home: Path) -> str | None:
+    """Production as the services see it (not as the dashboard shows it)."""
+    with open_workspace(home) as ws:
+        moves = alias_history(ws)
+    return moves[-1].to_name if moves else None
+
+
+def notes(app: DashboardApp) -> list[tuple[str, str]]:
+    """(severity, message) of every notification shown so far."""
+    return [(n.severity, n.message) for n in app._notifications]
+
+
+async def select_generation(pilot, name: str) -> None:
+    """Move the lineage cursor to the row of ``name``."""
+    table = pilot.app.query_one("#lineage", DataTable)
+    for i, row in enumerate(rows_of(table)):
+        if row[1].endswith(name):
+            table.move_cursor(row=i)
+            await settle(pilot)
+            return
+    raise AssertionError(f"{name} not in the lineage table")
+
+
+async def test_views_show_the_workspace(snapshot_ws: Path) -> None:
+    app = DashboardApp(snapshot_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        rows = rows_of(app.query_one("#lineage", DataTable))
+        assert [r[0] for r in rows] == ["1", "2", "3"]
+        assert rows[1][1] == "└─★ g2-finetune" and rows[1][5].strip() == "production"  # marked, child of g1
+        assert rows[2][1].strip() == "└─g3-replacement" and rows[2][5].strip() == "rejected"
+        assert "production: g2-finetune" in app.sub_title
+
+        await pilot.press("2")
+        await settle(pilot)
+        matrix = rows_of(app.query_one("#matrix", DataTable))
+        assert len(matrix) == 3 and len(matrix[0]) == 4  # label + one column per generation
+        assert "✗" in matrix[1][1]  # g2 queries on g1's gallery fail the criterion
+        assert "◆" in matrix[0][1]
+        summary = text_of(app.query_one("#matrix-summary"))
+        assert "AC" in summary and "AM" in summary and "all generations" in summary
+        await pilot.press("l")  # live generations only: g1 and g2 wrote the gallery
+        await settle(pilot)
+        assert len(rows_of(app.query_one("#matrix", DataTable))) == 2
+        assert "live generations" in text_of(app.query_one("#matrix-summary"))
+
+        await pilot.press("3")
+        await settle(pilot)
+        chart = text_of(app.query_one("#gallery-chart"))
+        assert "items 30" in chart and "66.7 %" in chart  # 20 of 30 items still on g1
+        assert "1 g1-initial" in chart and "2 g2-finetune ★" in chart
+
+        await pilot.press("4")
+        await settle(pilot)
+        history = rows_of(app.query_one("#history-view", DataTable))
+        assert history[0][2] == "g1-initial → g2-finetune" and history[0][3] == "alice"
+        assert history[0][5].strip() == "FORCED" and history[0][6] == "adds classes 4-5"
+        assert history[1][2] == "— → g1-initial"
+        assert not [n for n in notes(app) if n[0] == "error"]
+
+
+async def test_selecting_a_generation_shows_its_details(snapshot_ws: Path) -> None:
+    app = DashboardApp(snapshot_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        details = text_of(app.query_one("#details"))
+        assert details.startswith("g2-finetune")  # production is highlighted on start
+        await pilot.press("down")
+        await settle(pilot)
+        details = text_of(app.query_one("#details"))
+        with open_workspace(snapshot_ws) as ws:
+            g3 = ws.registry.get_generation("g3-replacement")
+        assert details.startswith("g3-replacement")
+        assert "parent            g2-finetune" in details
+        assert g3.onnx_sha256 in details and "artifacts/g3-replacement/model.onnx" in details
+        assert "imported_from: g3-replacement.onnx" in details  # training config
+        assert "embedding_dim: 15" in details  # ONNX metadata
+        assert "gate reports (1, newest first)" in details and "REFUSED" in details
+        assert "compatibility: gen g3-replacement queries on gen g1-initial gallery" in details
+
+
+async def test_promoting_an_incompatible_candidate_is_refused(snapshot_ws: Path) -> None:
+    app = DashboardApp(snapshot_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await select_generation(pilot, "g3-replacement")
+        await pilot.press("p")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmModal)
+        body = text_of(app.screen.query_one("#dialog-text"))
+        assert "Promotion of g3-replacement refused by the compatibility gate" in body
+        assert "Production stays on g2-finetune" in body and "✗ compatibility" in body
+        assert not app.screen.query("#confirm")  # nothing to confirm: only Close
+        assert ("error", "Promotion of g3-replacement refused: production stays on g2-finetune.") in notes(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.snapshot.production.name == "g2-finetune"
+    assert production_of(snapshot_ws) == "g2-finetune"
+
+
+async def test_promoting_a_compatible_candidate_moves_production(fresh_ws: Path) -> None:
+    app = DashboardApp(fresh_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await select_generation(pilot, "g2-finetune")
+        await pilot.press("p")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmModal)
+        body = text_of(app.screen.query_one("#dialog-text"))
+        assert "passed" in body and "production: g1-initial → g2-finetune" in body
+        app.screen.query_one("#reason", Input).value = "better self-test"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.snapshot.production.name == "g2-finetune"
+        await pilot.press("4")
+        await settle(pilot)
+        newest = rows_of(app.query_one("#history-view", DataTable))[0]
+        assert newest[2] == "g1-initial → g2-finetune" and newest[5] == "no" and newest[6] == "better self-test"
+    assert production_of(fresh_ws) == "g2-finetune"
+
+
+async def _fill_training_form(pilot, *, classes: str, epochs: str, per_class: str) -> None:
+    app = pilot.app
+    await pilot.press("n")  # a replacement: the imported generations have no checkpoint to fine-tune
+    await pilot.pause()
+    form = app.screen
+    assert isinstance(form, TrainFormModal)
+    form.query_one("#arch", Select).value = "small_cnn"
+    form.query_one("#classes", Input).value = classes
+    form.query_one("#epochs", Input).value = epochs
+    form.query_one("#per_class", Input).value = per_class
+    await pilot.click("#confirm")
+    await settle(pilot)  # the request is checked in a worker
+    assert isinstance(app.screen, ConfirmModal), notes(app)
+
+
+async def test_training_from_the_form_streams_progress_and_registers_a_candidate(fresh_ws: Path) -> None:
+    app = DashboardApp(fresh_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        seen: list[tuple[int, int, float]] = []
+        panel = app.query_one("#training")
+        original = panel.update_progress
+        panel.update_progress = lambda name, p: (seen.append((p.epoch, p.step, p.loss)), original(name, p))
+        await _fill_training_form(pilot, classes="0-1", epochs="1", per_class="20")
+        plan = text_of(app.screen.query_one("#dialog-text"))
+        assert "train g3-replacement-small_cnn-hoc" in plan and "production does not move" in plan
+        await pilot.click("#confirm")
+        await pilot.pause()
+        assert panel.display and app.workers  # training runs in a worker ...
+        await pilot.press("4")  # ... while the UI still answers
+        await pilot.pause()
+        assert app.query_one("#views").active == "history"
+        await settle(pilot)
+        assert not panel.display
+        assert seen and all(s[0] == 1 for s in seen)
+        assert any("g3-replacement-small_cnn-hoc registered as a candidate" in m for _, m in notes(app))
+        rows = rows_of(app.query_one("#lineage", DataTable))
+        assert rows[-1][1].endswith("g3-replacement-small_cnn-hoc") and rows[-1][5].strip() == "candidate"
+        assert app.query_one("#lineage", DataTable).cursor_row == len(rows) - 1  # the new one is highlighted
+
+
+async def test_cancel_stops_training_and_writes_nothing(fresh_ws: Path) -> None:
+    app = DashboardApp(fresh_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await _fill_training_form(pilot, classes="0-9", epochs="20", per_class="")
+        await pilot.click("#confirm")
+        await pilot.pause()
+        await pilot.press("x")
+        await settle(pilot)
+        assert ("warning", "Training cancelled; nothing was written.") in notes(app)
+        assert len(rows_of(app.query_one("#lineage", DataTable))) == 2
+    assert not (fresh_ws / "artifacts" / "g3-replacement-small_cnn-hoc").exists()
+
+
+async def test_service_errors_are_notifications(snapshot_ws: Path) -> None:
+    app = DashboardApp(snapshot_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("v")  # production is highlighted: there is nothing to verify it against
+        await pilot.press("enter")
+        await settle(pilot)
+        assert any(s == "error" and "production already" in m for s, m in notes(app))
+        await select_generation(pilot, "g1-initial")
+        await pilot.press("b")  # roll back to g1: it cannot read the items g2 wrote
+        await settle(pilot)
+        assert "production: g2-finetune → g1-initial" in text_of(app.screen.query_one("#dialog-text"))
+        app.screen.query_one("#reason", Input).value = "try"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert any(s == "error" and "rollback to g1-initial refused" in m for s, m in notes(app))
+        await pilot.press("n")
+        await pilot.pause()
+        app.screen.query_one("#classes", Input).value = "0-1"  # replacement without an architecture
+        await pilot.click("#confirm")
+        await settle(pilot)
+        assert any(s == "error" and "needs --arch" in m for s, m in notes(app))
+        assert app.is_running
+    assert production_of(snapshot_ws) == "g2-finetune"
+
+
+async def test_refresh_picks_up_changes_made_elsewhere(snapshot_ws: Path) -> None:
+    from upgrader.verification import promote
+
+    app = DashboardApp(snapshot_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        with open_workspace(snapshot_ws) as ws:  # what `upgrader promote --force` in another terminal does
+            promote(ws, "g3-replacement", force=True, reason="from the CLI", actor="bob")
+        await pilot.press("r")
+        await settle(pilot)
+        assert app.snapshot.production.name == "g3-replacement"
+        assert rows_of(app.query_one("#history-view", DataTable))[0][3] == "bob"
+
+
+async def test_palette_themes_and_footer(snapshot_ws: Path) -> None:
+    app = DashboardApp(snapshot_ws, time_format=frozen_time)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        for action in ("Verify selected generation", "Promote selected generation", "Roll back production",
+                       "Fine-tune production", "Train a replacement", "Cancel training", "Refresh",
+                       "Show compatibility matrix", "Toggle light / dark theme"):
+            assert action in titles
+        keys = {k for k, b in app.active_bindings.items() if b.binding.show and b.enabled}
+        assert {"v", "p", "b", "t", "n", "r", "d", "q"} <= keys
+        assert app.query_one("#lineage").region.bottom <= 24
+        await pilot.press("d")
+        assert app.theme == "textual-light"
+        await pilot.press("d")
+        assert app.theme == "textual-dark"
+        await pilot.press("ctrl+p")
+        await pilot.press(*"gallery")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.query_one("#views").active == "gallery"
+
+
+def test_the_dashboard_imports_no_torch() -> None:
+    code = "import sys, tui.app; bad = [m for m in ('torch',) if m in sys.modules]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    for path in (ROOT / "tui").glob("*.py"):
+        source = path.read_text()
+        assert "import torch" not in source and "sqlalchemy" not in source and ".registry" not in source, path

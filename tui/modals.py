@@ -1,0 +1,168 @@
+"""Modal screens: the confirmation every action goes through, and the training form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import RenderableType
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from upgrader.dashboard import ARCHITECTURES, METHODS, TRAIN_KINDS, TrainForm
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """The person confirmed; ``reason`` is what they typed (empty when the modal asks for none)."""
+
+    reason: str = ""
+
+
+class ConfirmModal(ModalScreen[Confirmed | None]):
+    """Shows exactly what an action will do; confirm (optionally with a reason) or cancel.
+
+    With ``can_confirm=False`` it only explains (a refused promotion) and offers Close.
+    """
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(
+        self,
+        title: str,
+        body: RenderableType,
+        *,
+        confirm_label: str = "Confirm",
+        can_confirm: bool = True,
+        ask_reason: str | None = None,
+        default_reason: str = "",
+        variant: str = "primary",
+    ) -> None:
+        super().__init__()
+        self.title_text = title
+        self.body = body
+        self.confirm_label = confirm_label
+        self.can_confirm = can_confirm
+        self.ask_reason = ask_reason
+        self.default_reason = default_reason
+        self.variant = variant
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog"):
+            yield Label(self.title_text, id="dialog-title")
+            with VerticalScroll(id="dialog-body"):
+                yield Static(self.body, id="dialog-text")
+            if self.can_confirm and self.ask_reason is not None:
+                yield Input(value=self.default_reason, placeholder=self.ask_reason, id="reason", compact=True)
+            with Horizontal(id="dialog-buttons"):
+                if self.can_confirm:
+                    yield Button(self.confirm_label, variant=self.variant, id="confirm", compact=True)
+                yield Button("Cancel" if self.can_confirm else "Close", id="cancel", compact=True)
+
+    def on_mount(self) -> None:
+        focus = "#reason" if self.can_confirm and self.ask_reason is not None else ("#confirm" if self.can_confirm else "#cancel")
+        self.query_one(focus).focus()
+
+    def _confirm(self) -> None:
+        reason = self.query_one("#reason", Input).value.strip() if self.ask_reason is not None else ""
+        self.dismiss(Confirmed(reason))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "confirm":
+            self._confirm()
+        else:
+            self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._confirm()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class TrainFormModal(ModalScreen[TrainForm | None]):
+    """The training form: kind, dataset, classes, architecture, epochs, method, images per class, name."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, kind: str, dataset: str, default_classes: str = "") -> None:
+        super().__init__()
+        self.kind = kind
+        self.dataset = dataset
+        self.default_classes = default_classes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="form", classes="dialog"):
+            yield Label("Train a new generation", id="dialog-title")
+            with Grid(id="form-grid"):
+                yield Label("kind")
+                yield Select([(k, k) for k in TRAIN_KINDS], value=self.kind, allow_blank=False, id="kind", compact=True)
+                yield Label("dataset")
+                yield Input(value=self.dataset, id="dataset", compact=True)
+                yield Label("classes")
+                yield Input(value=self.default_classes, placeholder="4-6 or 4,5 or names", id="classes", compact=True)
+                yield Label("architecture")
+                yield Select([("parent's / small_cnn", "")] + [(a, a) for a in ARCHITECTURES], value="", allow_blank=False, id="arch", compact=True)
+                yield Label("epochs")
+                yield Input(value="3", id="epochs", type="integer", compact=True)
+                yield Label("method")
+                yield Select([(m, m) for m in METHODS], value="hoc", allow_blank=False, id="method", compact=True)
+                yield Label("images/class")
+                yield Input(value="", placeholder="all", id="per_class", type="integer", compact=True)
+                yield Label("name")
+                yield Input(value="", placeholder="default g<N>-<kind>-<arch>-<method>", id="name", compact=True)
+            yield Static("", id="form-error")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Review…", variant="primary", id="confirm", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#classes", Input).focus()
+
+    def _form(self) -> TrainForm | None:
+        def text(widget_id: str) -> str:
+            return self.query_one(f"#{widget_id}", Input).value.strip()
+
+        epochs = text("epochs")
+        per_class = text("per_class")
+        if not epochs.isdigit() or int(epochs) < 1:
+            self.query_one("#form-error", Static).update("[red]epochs must be a whole number ≥ 1[/]")
+            return None
+        if per_class and (not per_class.isdigit() or int(per_class) < 1):
+            self.query_one("#form-error", Static).update("[red]images/class must be a whole number ≥ 1 (or empty)[/]")
+            return None
+        if not text("classes"):
+            self.query_one("#form-error", Static).update("[red]name the classes to train on, e.g. 4-6[/]")
+            return None
+        return TrainForm(
+            kind=str(self.query_one("#kind", Select).value),
+            classes=text("classes"),
+            dataset=text("dataset"),
+            arch=str(self.query_one("#arch", Select).value or ""),
+            epochs=int(epochs),
+            method=str(self.query_one("#method", Select).value),
+            per_class=int(per_class) if per_class else None,
+            name=text("name"),
+        )
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "confirm":
+            form = self._form()
+            if form is not None:
+                self.dismiss(form)
+        else:
+            self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        form = self._form()
+        if form is not None:
+            self.dismiss(form)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
