@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -455,6 +455,10 @@ class GateInputs:
     # (None when the file is missing or unreadable).
     registered_sha256: str
     artifact_sha256: str | None
+    # Per generation id: the vertex indices of the classes it was trained on (cumulative over its
+    # lineage). A pair (q, g) is scored on the probe classes both generations learnt; a generation
+    # missing here (an imported artifact, say) counts as knowing every probe class.
+    classes: Mapping[int, Sequence[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -580,6 +584,46 @@ def _json_float(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def shared_classes(a: Sequence[int] | None, b: Sequence[int] | None) -> frozenset[int] | None:
+    """Classes two generations both learnt; None (all probe classes) when neither says.
+
+    Why: a generation's embeddings of classes it never learnt carry no class promise. A candidate
+    that learns class k moves k to its own vertex, away from where an older generation happened to
+    put it, so scoring the pair on k would fail even a perfectly stationary upgrade.
+    """
+    if not a and not b:
+        return None
+    if not a:
+        return frozenset(int(x) for x in b or ())
+    if not b:
+        return frozenset(int(x) for x in a)
+    return frozenset(int(x) for x in a) & frozenset(int(x) for x in b)
+
+
+def restrict(emb: np.ndarray, labels: np.ndarray, classes: frozenset[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``emb`` / ``labels`` whose label is in ``classes`` (all rows for None)."""
+    labels = np.asarray(labels)
+    if classes is None:
+        return np.asarray(emb), labels
+    keep = np.isin(labels, np.fromiter(classes, dtype=np.int64, count=len(classes)))
+    return np.asarray(emb)[keep], labels[keep]
+
+
+def pair_metrics(
+    query_emb: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_emb: np.ndarray,
+    gallery_labels: np.ndarray,
+    classes: frozenset[int] | None = None,
+) -> RetrievalMetrics:
+    """:func:`retrieval_metrics` over the probe items of ``classes`` only (all for None)."""
+    q, ql = restrict(query_emb, query_labels, classes)
+    g, gl = restrict(gallery_emb, gallery_labels, classes)
+    if len(g) == 0 or len(q) == 0:
+        return RetrievalMetrics(0.0, 0.0, 0.0, 0, len(q))
+    return retrieval_metrics(q, ql, g, gl)
+
+
 class _Evaluator:
     """Validates the inputs once and evaluates each (query gen, gallery gen) pair at most once."""
 
@@ -589,6 +633,10 @@ class _Evaluator:
         self.gl = np.asarray(inputs.gallery_labels)
         self.evaluations: dict[tuple[int, int], RetrievalMetrics] = {}
         self.formal: dict[tuple[int, int], FormalCheck] = {}
+        self._over: dict[tuple[int, int, frozenset[int] | None], RetrievalMetrics] = {}
+
+    def shared(self, a: int, b: int) -> frozenset[int] | None:
+        return shared_classes(self.inputs.classes.get(a), self.inputs.classes.get(b))
 
     def _query(self, gen: int) -> np.ndarray:
         emb = self.inputs.query_embeddings.get(gen)
@@ -613,18 +661,27 @@ class _Evaluator:
         return np.asarray(emb)
 
     def metrics(self, q: int, g: int) -> RetrievalMetrics:
+        """M(q, g) on the classes both learnt: the matrix entry, recorded in ``evaluations``."""
         key = (q, g)
         if key not in self.evaluations:
-            self.evaluations[key] = retrieval_metrics(self._query(q), self.ql, self._gallery(g), self.gl)
+            self.evaluations[key] = self.over(q, g, self.shared(q, g))
         return self.evaluations[key]
+
+    def over(self, q: int, g: int, classes: frozenset[int] | None) -> RetrievalMetrics:
+        """M(q, g) on the probe items of ``classes``."""
+        key = (q, g, classes)
+        if key not in self._over:
+            self._over[key] = pair_metrics(self._query(q), self.ql, self._gallery(g), self.gl, classes)
+        return self._over[key]
 
     def formal_check(self, new: int, old: int) -> FormalCheck:
         key = (new, old)
         if key not in self.formal:
-            self.formal[key] = formal_compatibility(
-                self._query(new), self._query(old), self._gallery(old), self.ql, self.gl,
-                new_gen=new, old_gen=old,
-            )
+            classes = self.shared(new, old)
+            nq, ql = restrict(self._query(new), self.ql, classes)
+            oq, _ = restrict(self._query(old), self.ql, classes)
+            og, gl = restrict(self._gallery(old), self.gl, classes)
+            self.formal[key] = formal_compatibility(nq, oq, og, ql, gl, new_gen=new, old_gen=old)
         return self.formal[key]
 
 
@@ -701,7 +758,9 @@ def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> 
             notes.append(f"gen {t} is already live; it is not checked against itself")
             continue
         value = ev.metrics(t, j).get(cfg.primary_metric)
-        self_j = ev.metrics(j, j).get(cfg.primary_metric)
+        ev.metrics(j, j)  # the diagonal entry, for the report's matrix
+        # M(j, j) on the same classes as M(t, j): the classes both learnt (usually all of j's).
+        self_j = ev.over(j, j, ev.shared(t, j)).get(cfg.primary_metric)
         threshold = self_j + cfg.margin
         ok = value > threshold
         checks.append(GateCheck("compatibility", t, j, value, threshold, ok, j, ">"))
@@ -719,7 +778,10 @@ def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> 
     elif prod == t:
         notes.append(f"gen {t} is production already: the improvement check does not apply")
     else:
-        self_p = ev.metrics(prod, prod).get(cfg.primary_metric)
+        # Production's self-test on the candidate's classes: would serving with t beat serving with
+        # p on everything t is meant to serve?
+        ev.metrics(prod, prod)  # the diagonal entry, for the report's matrix
+        self_p = ev.over(prod, prod, ev.shared(t, t)).get(cfg.primary_metric)
         if cfg.require_improvement:
             ok = self_t > self_p
             checks.append(GateCheck("improvement", t, t, self_t, self_p, ok, prod, ">"))
@@ -803,7 +865,8 @@ def evaluate_rollback(
             notes.append(f"gen {j} has no items in the gallery: not checked")
             continue
         value = ev.metrics(o, j).get(cfg.primary_metric)
-        self_j = ev.metrics(j, j).get(cfg.primary_metric)
+        ev.metrics(j, j)  # the diagonal entry, for the report's matrix
+        self_j = ev.over(j, j, ev.shared(o, j)).get(cfg.primary_metric)
         threshold = self_j - cfg.margin
         ok = value >= threshold
         checks.append(GateCheck("rollback", o, j, value, threshold, ok, j, ">="))

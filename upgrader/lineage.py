@@ -85,6 +85,13 @@ def register_generation(ws: Workspace, new: NewGeneration, *, threads: int | Non
     return gen
 
 
+def known_classes(gen: Generation) -> list[int] | None:
+    """Vertex indices of the classes ``gen`` was trained on (its lineage's, cumulatively), or None
+    for a generation that does not say (an imported artifact): it then counts as knowing them all."""
+    vertices = gen.train_config.get("vertices")
+    return [int(v) for v in vertices] if vertices else None
+
+
 def has_probe_embeddings(ws: Workspace, gen_id: int) -> bool:
     """Whether both probe splits are embedded for ``gen_id`` with as many rows as the probe set."""
     counts = ws.registry.probe_counts()

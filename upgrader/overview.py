@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from registry import AliasMove, Generation
 
 from upgrader import gate
-from upgrader.lineage import has_probe_embeddings
+from upgrader.lineage import has_probe_embeddings, known_classes
 from upgrader.workspace import Workspace
 
 
@@ -58,8 +58,10 @@ def self_tests(ws: Workspace, metric: str = gate.DEFAULT_PRIMARY_METRIC) -> dict
             continue
         if q_labels is None:
             q_labels, g_labels = reg.probe_set("query").vertices, reg.probe_set("gallery").vertices
-        m = gate.retrieval_metrics(
-            reg.get_probe_embeddings(gen.id, "query")[1], q_labels, reg.get_probe_embeddings(gen.id, "gallery")[1], g_labels
+        classes = known_classes(gen)
+        m = gate.pair_metrics(
+            reg.get_probe_embeddings(gen.id, "query")[1], q_labels, reg.get_probe_embeddings(gen.id, "gallery")[1],
+            g_labels, frozenset(classes) if classes else None,
         )
         out[gen.id] = m.get(metric)
         missing.append((gen.id, gen.id, m.as_dict()))

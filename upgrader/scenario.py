@@ -17,6 +17,7 @@ from upgrader import gate
 from upgrader.datasets import load_items
 from upgrader.errors import GateRefused
 from upgrader.gallery import add_images, composition, label_accuracy, production_embedder
+from upgrader.lineage import known_classes
 from upgrader.probe import probe_uris
 from upgrader.datasets import excluded_indices, item_uris
 from upgrader.train_service import TrainRequest, train_and_register
@@ -193,9 +194,11 @@ def run_scenario(
         mixed = label_accuracy(queries, probe.class_names, stored.matrix, stored.labels)
         reindexed = embedder.embed(np.concatenate(gallery_images)) if gallery_images else stored.matrix
         reindex = label_accuracy(queries, probe.class_names, reindexed, gallery_labels)
-        self_test = gate.retrieval_metrics(
+        classes = known_classes(gen)
+        self_test = gate.pair_metrics(
             ws.registry.get_probe_embeddings(gen.id, "query")[1], probe.vertices,
             ws.registry.get_probe_embeddings(gen.id, "gallery")[1], ws.registry.probe_set("gallery").vertices,
+            frozenset(classes) if classes else None,
         ).template_top1
         sr = StepResult(
             step=i, kind=step.kind, arch=step.arch, classes=names, generation_id=gen.id, generation_name=gen.name,

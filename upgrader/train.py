@@ -379,6 +379,13 @@ def train_generation(
         for p in anchor.parameters():
             p.requires_grad_(False)
 
+    # The softmax ranges over the vertices of the classes the lineage has learnt (this data and the
+    # memory); the other preallocated vertices are reserved. Including them would push every feature
+    # away from dozens of unused vertices, i.e. towards one common direction shared by all classes,
+    # which squeezes the classes together and makes small drifts between generations costly.
+    active = sorted(set(vertices_np.tolist()) | (set(mem[1].tolist()) if mem else set()))
+    class_mask = torch.full((num_classes,), float("-inf"), device=device)  # [K]
+    class_mask[active] = 0.0
     ce_loss = SimplexCrossEntropy()
     compat = CompatibilityLoss(config.lam, config.mu)
     influence: BCTInfluenceLoss | None = None
@@ -439,6 +446,7 @@ def train_generation(
             x01 = x01.contiguous(memory_format=memory_format)
             with autocast:
                 feats, logits = net(model.normalize(x01))  # [B, K-1], [B, K]
+                logits = logits.float() + class_mask  # [B, K], reserved vertices out of the softmax
                 old_feats = None
                 if anchor is not None:
                     with torch.no_grad():

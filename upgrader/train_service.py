@@ -233,6 +233,7 @@ def train_and_register(
                     "per_class": req.per_class,
                     "anchor": anchor_gen.name if anchor_gen and anchor_ckpt else None,
                     "memory_items": len(memory) if memory is not None else 0,
+                    "vertices": result.meta["vertices"],  # classes learnt so far (new + memory)
                 },
                 data_fingerprint=new_ds.fingerprint(),
                 onnx_metadata=exported.metadata,

@@ -19,7 +19,7 @@ from registry.entities import PRODUCTION
 from upgrader import gate
 from upgrader.embedder import sha256_file
 from upgrader.errors import GateRefused, InvalidRequest, NoProduction
-from upgrader.lineage import embed_probe_set, has_probe_embeddings
+from upgrader.lineage import embed_probe_set, has_probe_embeddings, known_classes
 from upgrader.workspace import Workspace
 
 
@@ -103,7 +103,18 @@ def _inputs(ws: Workspace, gen: Generation, gens: Iterable[int]) -> gate.GateInp
         production=production,
         registered_sha256=gen.onnx_sha256,
         artifact_sha256=_current_sha(ws, gen),
+        classes=class_sets(ws, [gen.id, *needed]),
     )
+
+
+def class_sets(ws: Workspace, gen_ids: Iterable[int]) -> dict[int, list[int]]:
+    """Classes each generation learnt (generations that don't say are left out: they know all)."""
+    out: dict[int, list[int]] = {}
+    for gid in dict.fromkeys(gen_ids):
+        classes = known_classes(ws.registry.get_generation(gid))
+        if classes is not None:
+            out[gid] = classes
+    return out
 
 
 def _store(ws: Workspace, gen: Generation, verdict: gate.GateVerdict, *, set_status: bool) -> Verification:
@@ -269,10 +280,12 @@ def compatibility_matrix(
     ids = [g.id for g in gens]
     queries, galleries = _load_probe(ws, ids)
     q_labels, g_labels = _probe_labels(ws)
+    classes = class_sets(ws, ids)
     results: dict[tuple[int, int], gate.RetrievalMetrics] = {}
     for t in ids:
         for j in ids:
-            results[(t, j)] = gate.retrieval_metrics(queries[t], q_labels, galleries[j], g_labels)
+            shared = gate.shared_classes(classes.get(t), classes.get(j))
+            results[(t, j)] = gate.pair_metrics(queries[t], q_labels, galleries[j], g_labels, shared)
     reg.record_evaluations((q, g, m.as_dict()) for (q, g), m in results.items())
     matrix = gate.matrix_from_pairs(ids, {pair: m.get(metric) for pair, m in results.items()})
     return MatrixView(
