@@ -416,6 +416,8 @@ def render_report(data: dict[str, Any]) -> str:
         f"({cfg['replacement_epochs'] if cfg['replacement_epochs'] is not None else cfg['epochs'] + 1} for a replacement), "
         f"{cfg['memory_per_class']} rehearsal images per class, {cfg['gallery_per_class']} gallery items per new class, "
         f"probe set {cfg['probe_per_class']} queries + {cfg['probe_per_class']} gallery items per class.",
+        f"Code: commit `{(data.get('code') or {}).get('git_commit') or '?'}`"
+        + (f", uncommitted: {', '.join(data['code']['uncommitted'])}" if (data.get('code') or {}).get('uncommitted') else "") + ".",
         f"Status: {data['status']} — {data['runs_done']} of {data['runs_planned']} runs finished"
         + (f", {data['runs_failed']} failed" if data["runs_failed"] else "") + f"; {data['seconds']:.0f} s so far.",
         "",
@@ -479,8 +481,23 @@ def render_report(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def provenance() -> dict[str, Any]:
+    """The code the study ran: git commit and uncommitted training-side files (the numbers depend on the recipe)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    info: dict[str, Any] = {"git_commit": None, "uncommitted": []}
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10).stdout  # noqa: E731
+        info["git_commit"] = run("rev-parse", "HEAD").strip() or None
+        info["uncommitted"] = [line[3:] for line in run("status", "--porcelain", "--untracked-files=no").splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a git checkout (an installed package): nothing to record
+    return info
+
+
 def write_outputs(config: StudyConfig, runs: Sequence[RunRecord], *, started: float, planned: int, final: bool,
-                  figures: bool = True) -> dict[str, Any]:
+                  figures: bool = True, code: dict[str, Any] | None = None) -> dict[str, Any]:
     """Aggregate and (re)write results.json, report.md and the figures; return the results.json content."""
     out = Path(config.out)
     summary = summarise(runs)
@@ -489,6 +506,7 @@ def write_outputs(config: StudyConfig, runs: Sequence[RunRecord], *, started: fl
         "status": "finished" if final else "running",
         "written_at": datetime.now(timezone.utc).isoformat(),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "code": code or {},
         "config": asdict(config) | {"scenarios": list(config.scenarios), "methods": list(config.methods)},
         "runs_planned": planned,
         "runs_done": sum(r.status == "done" for r in runs),
@@ -535,6 +553,7 @@ def run_study(
     validate(config)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    code = provenance()  # taken at the start: the recipe in memory is the one imported now
     todo = plan(config)
     runs: list[RunRecord] = []
     for i, (scenario, method, seed) in enumerate(todo):
@@ -547,7 +566,7 @@ def run_study(
         if record.status == "done":
             log(f"  {label}: AC {record.ac:.3f}, AM {100 * record.am:.1f}, refused steps {record.refused_steps or 'none'} "
                 f"in {record.seconds:.0f}s")
-        write_outputs(config, runs, started=started, planned=len(todo), final=False, figures=i < len(todo) - 1)
+        write_outputs(config, runs, started=started, planned=len(todo), final=False, figures=i < len(todo) - 1, code=code)
         if on_run:
             on_run(i + 1, len(todo), record, label)
-    return write_outputs(config, runs, started=started, planned=len(todo), final=True)
+    return write_outputs(config, runs, started=started, planned=len(todo), final=True, code=code)

@@ -68,6 +68,8 @@ def self_test_figure(scenario: str, methods: dict[str, Any], path: Path) -> None
         refused = [i for i, passed in enumerate(s["gate_passed_by_step"]) if not all(passed)]
         if refused:
             ax.scatter(x[refused], mean[refused], marker="x", s=80, color="black", zorder=5)
+    steps = max((len(s["self_test_by_step"]) for s in methods.values()), default=0)
+    ax.set_xticks(np.arange(1, steps + 1))
     ax.scatter([], [], marker="x", color="black", label="gate refused (some seed)")
     ax.set_xlabel("generation (scenario step)")
     ax.set_ylabel("self-test template top-1 %")
@@ -83,7 +85,7 @@ def gallery_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
     """Mixed-gallery search accuracy after each promotion next to the full re-index upper bound."""
     plt = _plt()
     n = len(methods)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4), dpi=110, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(3.4 * n, 6.5), 3.6), dpi=110, sharey=True, squeeze=False)
     for ax, (method, s) in zip(axes[0], methods.items()):
         mixed, reidx = 100 * _arr(s["mixed_by_step"], "mean"), 100 * _arr(s["reindex_by_step"], "mean")
         mstd, rstd = 100 * _arr(s["mixed_by_step"], "std"), 100 * _arr(s["reindex_by_step"], "std")
@@ -97,7 +99,7 @@ def gallery_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("probe top-1 on the gallery %")
     axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{scenario}: search on the mixed gallery vs full re-index (mean ± std over seeds)", fontsize=10)
+    fig.suptitle(f"{scenario}: search on the mixed gallery vs full re-index\n(mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -74,7 +74,7 @@ def study(
             bar.update(task, completed=done, total=total, info=info)
 
         def log(message: str) -> None:
-            bar.console.print(message, highlight=False)
+            bar.console.print(message, highlight=False, soft_wrap=True)
 
         data = run_study(config, log=log, on_run=on_run)
     if json_out:
