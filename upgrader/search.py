@@ -34,13 +34,19 @@ calling thread at every search and add. The default is 1: a server gets its para
 concurrent requests, and a second OpenMP thread on a busy machine mostly spins in barriers (single
 query latency got several times worse under load with 2 threads on 2 cores).
 
-Exact batch search uses BLAS. FAISS picks its BLAS kernel (sgemm + heap) over its one-query-at-a-time
-SIMD kernel by ``faiss.cvar.distance_compute_blas_threshold``, which FAISS 1.15 compares against
-``n_queries * dim`` and ships at 128000 — so batches of up to ~1000 queries at dim 127 never used BLAS
-and were ~3x slower than numpy matmul + argpartition. Measured at 100k x 127 on one thread: the SIMD
-kernel wins for 1-3 queries, BLAS from 4 queries on (4x faster than numpy at 1000). GallerySearch
-sets the threshold to ``4 * dim`` (``blas_min_queries``); the variable is process-wide in FAISS, so the
-last GallerySearch constructed decides it, which only ever changes speed, never results.
+Exact search picks its kernel by batch size, so it is never slower than plain numpy:
+
+* 1 query — FAISS's SIMD kernel (dot products and a heap in one pass over the gallery; ~1.3-1.6x
+  faster than numpy ``gallery @ q`` + ``argpartition``).
+* 2 to ``blas_min_queries - 1`` queries — numpy matmul + ``argpartition`` on a zero-copy view of the
+  FAISS storage (under the read lock): here FAISS's SIMD kernel costs one full pass per query and its
+  BLAS kernel works in 1024-row blocks with per-block heaps, both measured slower than one GEMM.
+* ``blas_min_queries`` (16) and more — FAISS's BLAS kernel (sgemm + heap): 2-6x numpy at 1000 queries.
+  FAISS chooses it by ``faiss.cvar.distance_compute_blas_threshold``, which FAISS 1.15 compares with
+  ``n_queries * dim`` and ships at 128000, so batches of up to ~1000 queries at dim 127 never used
+  BLAS and were ~3x *slower* than numpy. GallerySearch sets it to ``blas_min_queries * dim``; the
+  variable is process-wide, so the last GallerySearch constructed decides it — which only ever
+  changes speed, never results.
 
 Incremental sync with the registry::
 
@@ -170,7 +176,8 @@ class GallerySearch:
             the module docstring); None leaves the calling thread's OpenMP setting alone.
         seed: seed of the IVF training sample.
         blas_min_queries: exact search of at least this many queries at once uses FAISS's BLAS
-            kernel (sets ``faiss.cvar.distance_compute_blas_threshold``, process-wide); 0 leaves it.
+            kernel (sets ``faiss.cvar.distance_compute_blas_threshold``, process-wide); smaller
+            batches of 2+ queries use numpy matmul (module docstring). 0 leaves FAISS's threshold.
 
     Raises:
         ValueError: a bad ``dim``, ``index`` or parameter.
@@ -189,7 +196,7 @@ class GallerySearch:
         train_size: int = 100_000,
         threads: int | None = 1,
         seed: int = 0,
-        blas_min_queries: int = 4,
+        blas_min_queries: int = 16,
     ) -> None:
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
@@ -209,6 +216,7 @@ class GallerySearch:
             # FAISS 1.15 compares n_queries * dim with this (see the module docstring).
             faiss.cvar.distance_compute_blas_threshold = int(blas_min_queries) * int(dim)
         self.threads = None if threads is None else int(threads)
+        self.blas_min_queries = int(blas_min_queries)
         self.dim = int(dim)
         self.kind: IndexKind = index
         self.hnsw_m = int(hnsw_m)
@@ -229,6 +237,7 @@ class GallerySearch:
         self._slot_of: dict[str, int] = {}  # live external id -> slot
         self._last_row_id = 0
         self._hnsw_inner: Any = None
+        self._flat_inner: Any = None  # typed IndexFlatIP handle: its storage is read by the numpy path
         self._quantizer: Any = None  # IVF's coarse quantizer must outlive the index (SWIG ownership)
         self._index: Any = self._new_index()
 
@@ -241,7 +250,9 @@ class GallerySearch:
 
     def _new_index(self) -> Any:
         if self.kind == "flat":
-            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            inner = faiss.IndexFlatIP(self.dim)
+            self._flat_inner = inner
+            return faiss.IndexIDMap2(inner)
         if self.kind == "hnsw":
             inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = self.ef_construction
@@ -437,6 +448,10 @@ class GallerySearch:
                         np.full((q.shape[0], k), -1, dtype=np.int64))
             # The recall knobs are read at every search (a caller may tune them on a live index) and
             # passed per call, so concurrent searches never write shared index state.
+            nq = q.shape[0]
+            if self.kind == "flat" and 2 <= nq < self.blas_min_queries:
+                scores, positions = self._numpy_topk(q, int(k))
+                return scores, positions
             params: Any = None
             if self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, int(k)))
@@ -446,6 +461,26 @@ class GallerySearch:
         scores = scores.astype(np.float32, copy=False)
         scores[positions < 0] = -np.inf
         return scores, positions.astype(np.int64, copy=False)
+
+    def _numpy_topk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of a small batch by one matmul over FAISS's own storage. Caller holds the read lock.
+
+        The views are valid only while no add or remove can reallocate the storage: hence the lock.
+        """
+        n = int(self._index.ntotal)
+        vectors = faiss.rev_swig_ptr(self._flat_inner.get_xb(), n * self.dim).reshape(n, self.dim)  # [N, D] view
+        slots = faiss.rev_swig_ptr(self._index.id_map.data(), n)  # [N] view: storage row -> slot
+        kk = min(k, n)
+        sims = q @ vectors.T  # [Q, N]
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (q.shape[0], 1))
+        top = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        rows = np.take_along_axis(part, order, axis=1)
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+        positions = np.full((q.shape[0], k), -1, dtype=np.int64)
+        scores[:, :kk] = np.take_along_axis(top, order, axis=1)
+        positions[:, :kk] = slots[rows]
+        return scores, positions
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k hits per query, nearest first (see :meth:`search_arrays` for arguments)."""

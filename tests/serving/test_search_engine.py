@@ -30,7 +30,7 @@ def _numpy_topk(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nd
     return np.take_along_axis(s, idx, axis=1), idx
 
 
-@pytest.mark.parametrize("nq", [1, 3, 4, 50])  # both sides of the BLAS threshold (4 queries)
+@pytest.mark.parametrize("nq", [1, 3, 15, 16, 50])  # each kernel: FAISS SIMD, numpy matmul, FAISS BLAS
 def test_exact_search_equals_numpy_brute_force(nq: int) -> None:
     rng = np.random.default_rng(nq)
     chunks = [_unit(rng, 1500), _unit(rng, 700), _unit(rng, 800)]  # three generations, added incrementally
@@ -48,6 +48,24 @@ def test_exact_search_equals_numpy_brute_force(nq: int) -> None:
     hits = gs.search(queries, 10)
     expected_gen = np.searchsorted(np.cumsum([len(c) for c in chunks]), ref_idx, side="right") + 1
     assert [[h.generation_id for h in row] for row in hits] == expected_gen.tolist()
+
+
+@pytest.mark.parametrize("nq", [1, 5, 20])
+def test_exact_search_after_removals_and_with_k_above_size(nq: int) -> None:
+    rng = np.random.default_rng(11)
+    gallery = _unit(rng, 300)
+    gs = GallerySearch(DIM)
+    _add(gs, gallery, 0, 1)
+    gone = [f"id-{i}" for i in range(0, 300, 3)]
+    assert gs.remove(gone) == 100 and "id-0" not in gs and "id-1" in gs
+    keep = np.array([i for i in range(300) if i % 3])
+    queries = _unit(rng, nq)
+    _, ref = _numpy_topk(gallery[keep], queries, 7)
+    _, positions = gs.search_arrays(queries, 7)
+    np.testing.assert_array_equal(gs.row_ids_at(positions) - 1, keep[ref])
+    scores, positions = gs.search_arrays(queries, 250)  # more than the 200 rows left
+    assert (positions[:, :200] >= 0).all() and (positions[:, 200:] == -1).all()
+    assert np.isneginf(scores[:, 200:]).all()
 
 
 def test_searches_run_while_rows_are_added() -> None:
