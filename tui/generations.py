@@ -19,13 +19,13 @@ from tui.render import TimeFormat, human_bytes, lineage_order, pct, status_badge
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "id"),
     ("generation", "name"),
+    ("status", "status"),
     ("kind", "kind"),
     ("arch", "arch"),
     ("method", "method"),
-    ("status", "status"),
-    ("created", "created"),
     ("self %", "self"),
     ("size", "size"),
+    ("created", "created"),
 )
 
 
@@ -84,13 +84,13 @@ class GenerationsView(Vertical):
             table.add_row(
                 Text(str(g.id), justify="right"),
                 name,
+                status_badge(g.status),
                 g.kind,
                 g.architecture,
                 g.method,
-                status_badge(g.status),
-                self.time_format(g.created_at),
                 Text(pct(row.self_test), justify="right"),
-                Text(human_bytes(row.artifact_bytes), justify="right"),
+                Text(human_bytes(row.artifact_bytes, compact=True), justify="right"),
+                self.time_format(g.created_at),
                 key=str(g.id),
             )
         if keep is not None and str(keep) in table.rows:

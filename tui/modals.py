@@ -106,7 +106,7 @@ class TrainFormModal(ModalScreen[TrainForm | None]):
                 yield Label("classes")
                 yield Input(value=self.default_classes, placeholder="4-6 or 4,5 or names", id="classes", compact=True)
                 yield Label("architecture")
-                yield Select([("parent's / small_cnn", "")] + [(a, a) for a in ARCHITECTURES], value="", allow_blank=False, id="arch", compact=True)
+                yield Select([("parent's / small_cnn", "")] + [(a, a) for a in ARCHITECTURES], value="small_cnn" if self.kind == "replacement" else "", allow_blank=False, id="arch", compact=True)
                 yield Label("epochs")
                 yield Input(value="3", id="epochs", type="integer", compact=True)
                 yield Label("method")

@@ -41,13 +41,15 @@ def pct(x: float | None) -> str:
     return f"{100 * x:.1f}"
 
 
-def human_bytes(n: int | None) -> str:
-    """1536 -> '1.5 KiB'; None -> 'missing'."""
+def human_bytes(n: int | None, *, compact: bool = False) -> str:
+    """1536 -> '1.5 KiB' ('1.5K' compact); None -> 'missing'."""
     if n is None:
         return "missing"
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
+            if compact:
+                return f"{size:.0f}{unit[0]}" if size >= 100 or unit == "B" else f"{size:.1f}{unit[0]}"
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"

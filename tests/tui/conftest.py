@@ -53,10 +53,16 @@ def fresh_ws(fresh_master: Path, tmp_path: Path) -> Path:
 
 
 async def settle(pilot: Pilot) -> None:
-    """Wait until every worker (and what it scheduled on the UI thread) is done."""
-    for _ in range(4):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
+    """Wait until every worker (and what it scheduled on the UI thread) is done and the app is quiet."""
+    app = pilot.app
+    quiet = 0
+    for _ in range(200):
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.02)
+        busy = any(not w.is_finished for w in app.workers)
+        quiet = 0 if busy else quiet + 1
+        if quiet >= 3:
+            return
 
 
 def text_of(widget: Widget) -> str:

@@ -46,8 +46,8 @@ async def test_views_show_the_workspace(snapshot_ws: Path) -> None:
         await settle(pilot)
         rows = rows_of(app.query_one("#lineage", DataTable))
         assert [r[0] for r in rows] == ["1", "2", "3"]
-        assert rows[1][1] == "└─★ g2-finetune" and rows[1][5].strip() == "production"  # marked, child of g1
-        assert rows[2][1].strip() == "└─g3-replacement" and rows[2][5].strip() == "rejected"
+        assert rows[1][1] == "└─★ g2-finetune" and rows[1][2].strip() == "production"  # marked, child of g1
+        assert rows[2][1].strip() == "└─g3-replacement" and rows[2][2].strip() == "rejected"
         assert "production: g2-finetune" in app.sub_title
 
         await pilot.press("2")
@@ -175,7 +175,7 @@ async def test_training_from_the_form_streams_progress_and_registers_a_candidate
         assert seen and all(s[0] == 1 for s in seen)
         assert any("g3-replacement-small_cnn-hoc registered as a candidate" in m for _, m in notes(app))
         rows = rows_of(app.query_one("#lineage", DataTable))
-        assert rows[-1][1].endswith("g3-replacement-small_cnn-hoc") and rows[-1][5].strip() == "candidate"
+        assert rows[-1][1].endswith("g3-replacement-small_cnn-hoc") and rows[-1][2].strip() == "candidate"
         assert app.query_one("#lineage", DataTable).cursor_row == len(rows) - 1  # the new one is highlighted
 
 
@@ -211,7 +211,8 @@ async def test_service_errors_are_notifications(snapshot_ws: Path) -> None:
         assert any(s == "error" and "rollback to g1-initial refused" in m for s, m in notes(app))
         await pilot.press("n")
         await pilot.pause()
-        app.screen.query_one("#classes", Input).value = "0-1"  # replacement without an architecture
+        app.screen.query_one("#classes", Input).value = "0-1"
+        app.screen.query_one("#arch", Select).value = ""  # a replacement without an architecture
         await pilot.click("#confirm")
         await settle(pilot)
         assert any(s == "error" and "needs --arch" in m for s, m in notes(app))
