@@ -11,7 +11,7 @@ from textual.widgets import ProgressBar, Static
 
 
 class TrainingPanel(Horizontal):
-    """Docked above the footer while a run is going; hidden otherwise."""
+    """Above the footer while a run is going (status line, then the bar); hidden otherwise."""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="train-status")
