@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upgrader.data import augment_batch, batch_indices
+from upgrader.batches import augment_batch, batch_indices
 from upgrader.errors import CheckpointError, ModelError, TrainingCancelled, TrainingError
 from upgrader.losses import BCTInfluenceLoss, CompatibilityLoss, SimplexCrossEntropy
 from upgrader.models import Encoder, build_model, rebuild_model

@@ -14,8 +14,6 @@ from upgrader.data import (
     FASHION_MNIST_CLASSES,
     ImageDataset,
     RehearsalMemory,
-    augment_batch,
-    batch_indices,
     load_dataset,
     load_npz,
     probe_splits,
@@ -24,6 +22,7 @@ from upgrader.data import (
     split_per_class,
     subsample_per_class,
 )
+from upgrader.batches import augment_batch, batch_indices
 from upgrader.errors import DataError
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -73,6 +72,7 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """
     with workspace(home) as ws:
         st = workspace_status(ws)
+        names = {g.id: g.name for g in ws.registry.list_generations()}
     if json_out:
         print_json(st)
         return
@@ -89,7 +89,8 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
         " (" + ", ".join(f"gen {g}: {n}" for g, n in sorted(st.gallery_by_generation.items())) + ")" if st.gallery_total else ""))
     if st.last_move:
         m = st.last_move
-        t.add_row("last promotion", f"{m.from_gen} -> {m.to_gen} by {m.actor} at {m.at:%Y-%m-%d %H:%M} ({m.reason})")
+        t.add_row("last promotion", f"{names.get(m.from_gen, '-') if m.from_gen else '-'} -> {names.get(m.to_gen, m.to_gen)} "
+                  f"by {m.actor} at {m.at:%Y-%m-%d %H:%M}{' (forced)' if m.forced else ''}: {m.reason}")
     console.print(t)
 
 
