@@ -78,6 +78,7 @@ class CompatibilityLoss(nn.Module):
         new_feats: torch.Tensor,
         old_feats: torch.Tensor | None,
         labels: torch.Tensor,
+        hoc_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Combined loss; without an anchor (``old_feats`` None) plain simplex CE.
 
@@ -86,10 +87,16 @@ class CompatibilityLoss(nn.Module):
             new_feats: raw features [N, K-1] of the new model.
             old_feats: raw features [N, K-1] of the anchor on the same images, or None.
             labels: vertex indices [N].
+            hoc_rows: bool [N], the samples the HOC term covers (default all): the trainer passes the
+                samples of classes the anchor learnt.
         """
         ce = self.ce(logits, labels)
         if old_feats is None:
             return ce
+        if hoc_rows is not None:
+            if int(hoc_rows.sum()) < 2:
+                return ce
+            new_feats, old_feats, labels = new_feats[hoc_rows], old_feats[hoc_rows], labels[hoc_rows]
         return self.lam * ce + (1.0 - self.lam) * self.hoc(new_feats, old_feats, labels)
 
 
