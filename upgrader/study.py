@@ -62,11 +62,12 @@ class StudyConfig:
     seeds: int = 3  # seeds 0 .. seeds-1 (also the probe draw of each run's workspace)
     device: str = "auto"  # auto | cpu | cuda
     num_classes: int = 64  # interface K (preallocated vertices)
-    epochs: int = 2  # epochs of initial and fine-tune steps (the --quick demo's)
-    replacement_epochs: int | None = None  # epochs of a replacement (None: epochs + 1)
-    train_per_class: int = 300  # training images per new class (half the --quick demo's)
-    memory_per_class: int = 20  # rehearsal images kept per class
-    gallery_per_class: int = 50  # gallery items added per new class after each promotion
+    initial_epochs: int = 1  # epochs of the first generation (the --quick demo's)
+    epochs: int = 2  # epochs of a fine-tune (the --quick demo's)
+    replacement_epochs: int | None = None  # epochs of a replacement (None: 2 x epochs)
+    train_per_class: int = 600  # training images per new class (the --quick demo's)
+    memory_per_class: int = 300  # rehearsal images kept per class (the --quick demo's; see ScenarioConfig)
+    gallery_per_class: int = 100  # gallery items added per new class after each promotion
     probe_per_class: int = 50  # probe queries and probe gallery items per class (each)
     batch_size: int = 128
     lr: float = 0.05
@@ -80,8 +81,9 @@ class StudyConfig:
 
         return ScenarioConfig(
             method=method,
+            initial_epochs=self.initial_epochs,
             epochs=self.epochs,
-            replacement_epochs=self.replacement_epochs if self.replacement_epochs is not None else self.epochs + 1,
+            replacement_epochs=self.replacement_epochs if self.replacement_epochs is not None else 2 * self.epochs,
             train_per_class=self.train_per_class,
             memory_per_class=self.memory_per_class,
             gallery_per_class=self.gallery_per_class,
@@ -413,7 +415,7 @@ def render_report(data: dict[str, Any]) -> str:
         f"Dataset `{cfg['dataset']}`, K = {cfg['num_classes']}; scenarios {', '.join(cfg['scenarios'])}; methods "
         f"{', '.join(cfg['methods'])}; seeds 0..{cfg['seeds'] - 1}; device `{cfg['device']}`.",
         f"Sizes: {cfg['train_per_class']} training images per new class, {cfg['epochs']} epochs "
-        f"({cfg['replacement_epochs'] if cfg['replacement_epochs'] is not None else cfg['epochs'] + 1} for a replacement), "
+        f"({cfg['replacement_epochs'] if cfg['replacement_epochs'] is not None else 2 * cfg['epochs']} for a replacement), "
         f"{cfg['memory_per_class']} rehearsal images per class, {cfg['gallery_per_class']} gallery items per new class, "
         f"probe set {cfg['probe_per_class']} queries + {cfg['probe_per_class']} gallery items per class.",
         f"Code: commit `{(data.get('code') or {}).get('git_commit') or '?'}`"

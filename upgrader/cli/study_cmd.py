@@ -43,10 +43,12 @@ def study(
     methods: Annotated[str, typer.Option(help="Comma-separated training methods: hoc, ce, er, bct.")] = "hoc,ce,er,bct",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0 .. N-1) per method.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    epochs: Annotated[int, typer.Option(help="Epochs of initial and fine-tune steps.")] = 2,
-    replacement_epochs: Annotated[int | None, typer.Option(help="Epochs of a replacement (default: --epochs + 1).", show_default=False)] = None,
-    train_per_class: Annotated[int, typer.Option(help="Training images per new class.")] = 300,
-    gallery_per_class: Annotated[int, typer.Option(help="Gallery items added per new class after each promotion.")] = 50,
+    initial_epochs: Annotated[int, typer.Option(help="Epochs of the first generation.")] = 1,
+    epochs: Annotated[int, typer.Option(help="Epochs of a fine-tune.")] = 2,
+    replacement_epochs: Annotated[int | None, typer.Option(help="Epochs of a replacement (default: 2 x --epochs).", show_default=False)] = None,
+    train_per_class: Annotated[int, typer.Option(help="Training images per new class.")] = 600,
+    memory_per_class: Annotated[int, typer.Option(help="Rehearsal images kept per class.")] = 300,
+    gallery_per_class: Annotated[int, typer.Option(help="Gallery items added per new class after each promotion.")] = 100,
     probe_per_class: Annotated[int, typer.Option(help="Probe queries and probe gallery items per class.")] = 50,
     num_classes: Annotated[int, typer.Option("--num-classes", "-k", help="Interface K of each run's workspace.")] = 64,
     force_refused: Annotated[bool, typer.Option("--force-refused/--no-force-refused", help="Force refused generations (recorded) so the chain goes on.")] = True,
@@ -62,8 +64,9 @@ def study(
 
     config = StudyConfig(
         out=str(out), dataset=dataset, scenarios=parse_scenarios(scenario), methods=parse_methods(methods), seeds=seeds,
-        device=device, num_classes=num_classes, epochs=epochs, replacement_epochs=replacement_epochs,
-        train_per_class=train_per_class, gallery_per_class=gallery_per_class, probe_per_class=probe_per_class,
+        device=device, num_classes=num_classes, initial_epochs=initial_epochs, epochs=epochs,
+        replacement_epochs=replacement_epochs, train_per_class=train_per_class, memory_per_class=memory_per_class,
+        gallery_per_class=gallery_per_class, probe_per_class=probe_per_class,
         force_refused=force_refused, keep_workspaces=keep_workspaces,
     )
     with progress_bar() as bar:

@@ -1,0 +1,110 @@
+"""verify, promote, rollback, matrix, register: the gate through the CLI on a real workspace."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+
+
+def _reports(home: Path) -> int:
+    with sqlite3.connect(home / "registry.db") as con:
+        return con.execute("SELECT count(*) FROM gate_reports").fetchone()[0]
+
+
+def _production(invoke, home: Path) -> str:
+    return invoke("status", "--json", home=home).json()["production"]["name"]
+
+
+def test_verify_stores_a_report_and_marks_the_generation(invoke, seeded: Path) -> None:
+    res = invoke("verify", "g2", "--json", home=seeded)
+    body = res.json()
+    assert res.exit_code in (0, 3)
+    assert body["candidate"] == 2 and body["kind"] == "promote"
+    assert {c["kind"] for c in body["checks"]} >= {"compatibility", "improvement"}
+    assert body["status"] == ("verified" if body["passed"] else "rejected")
+    assert _reports(seeded) == 2  # the first promotion's report and this one
+
+
+def test_promote_moves_production_for_a_compatible_generation(invoke, seeded: Path) -> None:
+    res = invoke("promote", "g2", "--reason", "adds classes 4-5", "--json", home=seeded)
+    assert res.exit_code == 0, res.stderr
+    assert res.json()["promoted"] is True
+    assert _production(invoke, seeded) == "g2"
+    moves = invoke("history", "--json", home=seeded).json()
+    assert [m["to_gen"] for m in moves] == [1, 2]
+    assert moves[-1]["reason"] == "adds classes 4-5" and moves[-1]["forced"] is False
+    again = invoke("promote", "g2", home=seeded)
+    assert again.exit_code == 2 and "production already" in again.stderr
+
+
+def test_promote_refuses_an_incompatible_generation(invoke, seeded: Path) -> None:
+    before = _reports(seeded)
+    res = invoke("promote", "g3-er", home=seeded)
+    assert res.exit_code == 3
+    assert "g3-er" in res.stderr and "gen 1 gallery" in res.stderr  # names the failing pair
+    assert _production(invoke, seeded) == "g1"
+    assert len(invoke("history", "--json", home=seeded).json()) == 1
+    assert _reports(seeded) == before + 1  # only the report was written
+
+
+def test_force_needs_a_reason_and_is_recorded(invoke, seeded: Path) -> None:
+    res = invoke("promote", "g3-er", "--force", home=seeded)
+    assert res.exit_code == 2 and "--reason" in res.stderr
+    assert _production(invoke, seeded) == "g1"
+    forced = invoke("promote", "g3-er", "--force", "--reason", "emergency", "--json", home=seeded)
+    assert forced.exit_code == 0, forced.stderr
+    moves = invoke("history", "--json", home=seeded).json()
+    assert moves[-1]["forced"] is True and moves[-1]["reason"] == "emergency"
+
+
+def test_a_tampered_artifact_is_refused(invoke, seeded: Path) -> None:
+    onnx = seeded / "artifacts" / "g2" / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    res = invoke("promote", "g2", home=seeded)
+    assert res.exit_code != 0
+    assert "sha256" in res.stderr
+    assert _production(invoke, seeded) == "g1"
+
+
+def test_rollback_checks_the_upper_triangle_and_force_overrides(invoke, seeded: Path) -> None:
+    assert invoke("promote", "g3-er", "--force", "--reason", "try the baseline", home=seeded).exit_code == 0
+    assert invoke("gallery", "add", "--classes", "4-6", "--per-class", "20", home=seeded).exit_code == 0
+    refused = invoke("rollback", home=seeded)
+    assert refused.exit_code == 3, refused.stderr
+    assert "g1" in refused.stderr
+    assert _production(invoke, seeded) == "g3-er"
+    allowed = invoke("rollback", "g1", "--force", "--reason", "baseline was a mistake", "--json", home=seeded)
+    assert allowed.exit_code == 0, allowed.stderr
+    assert _production(invoke, seeded) == "g1"
+    last = invoke("history", "--json", home=seeded).json()[-1]
+    assert last["forced"] is True and last["to_gen"] == 1
+
+
+def test_matrix_reports_ac_and_am(invoke, seeded: Path) -> None:
+    res = invoke("matrix", "--gen", "g1", "--gen", "g3-er", "--json", home=seeded)
+    assert res.exit_code == 0, res.stderr
+    body = res.json()
+    m = body["matrix"]
+    assert len(m) == 2 and len(m[0]) == 2
+    assert body["ac"] == (1.0 if m[1][0] > m[0][0] else 0.0)
+    assert body["am"] == pytest.approx((m[0][0] + m[1][0] + m[1][1]) / 3)
+    table = invoke("matrix", home=seeded)
+    assert table.exit_code == 0 and "AC" in table.stdout
+
+
+def test_register_refuses_an_artifact_with_another_k(invoke, seeded: Path, tmp_path: Path) -> None:
+    from upgrader.export import export_onnx
+    from upgrader.models import build_model
+
+    path = tmp_path / "k8.onnx"
+    export_onnx(build_model("small_cnn", num_classes=8, in_channels=1, image_size=28), path)
+    res = invoke("register", str(path), "--name", "k8", home=seeded)
+    assert res.exit_code == 1
+    assert "K=8" in res.stderr and "K=16" in res.stderr
+    assert not (seeded / "artifacts" / "k8").exists()
+    assert "k8" not in invoke("generations", home=seeded).stdout
