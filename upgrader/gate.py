@@ -718,6 +718,41 @@ def _unique(gens: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted({int(g) for g in gens}))
 
 
+def _verdict(
+    kind: VerdictKind,
+    candidate: int,
+    inputs: GateInputs,
+    cfg: GateConfig,
+    ev: _Evaluator,
+    checks: list[GateCheck],
+    reasons: list[str],
+    notes: list[str],
+    require_improvement: bool,
+) -> GateVerdict:
+    """Add the artifact check to ``reasons`` and assemble the verdict."""
+    sha_reason = _sha_reason(inputs)
+    if sha_reason:
+        reasons.append(sha_reason)
+    return GateVerdict(
+        passed=not reasons,
+        kind=kind,
+        candidate=candidate,
+        production=None if inputs.production is None else int(inputs.production),
+        live=_unique(inputs.live),
+        checks=tuple(checks),
+        evaluations=dict(ev.evaluations),
+        formal=dict(ev.formal),
+        reasons=tuple(reasons),
+        margin=cfg.margin,
+        primary_metric=cfg.primary_metric,
+        artifact_sha256=inputs.registered_sha256,
+        artifact_ok=sha_reason is None,
+        require_improvement=require_improvement,
+        check_formal=cfg.check_formal,
+        notes=tuple(notes),
+    )
+
+
 def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> GateVerdict:
     """Decide whether ``inputs.candidate`` may be promoted to production.
 
@@ -795,28 +830,7 @@ def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> 
                 f"improvement waived: gen {t} self-test {self_t:.3f} vs production gen {prod} {self_p:.3f}"
             )
 
-    sha_reason = _sha_reason(inputs)
-    if sha_reason:
-        reasons.append(sha_reason)
-
-    return GateVerdict(
-        passed=not reasons,
-        kind="promote",
-        candidate=t,
-        production=prod,
-        live=live,
-        checks=tuple(checks),
-        evaluations=dict(ev.evaluations),
-        formal=dict(ev.formal),
-        reasons=tuple(reasons),
-        margin=cfg.margin,
-        primary_metric=cfg.primary_metric,
-        artifact_sha256=inputs.registered_sha256,
-        artifact_ok=sha_reason is None,
-        require_improvement=cfg.require_improvement,
-        check_formal=cfg.check_formal,
-        notes=tuple(notes),
-    )
+    return _verdict("promote", t, inputs, cfg, ev, checks, reasons, notes, cfg.require_improvement)
 
 
 def evaluate_rollback(
@@ -879,29 +893,7 @@ def evaluate_rollback(
         if cfg.check_formal and not formal.passed:
             reasons.append(_formal_reason(formal))
 
-    sha_reason = _sha_reason(inputs)
-    if sha_reason:
-        reasons.append(sha_reason)
-
-    prod = None if inputs.production is None else int(inputs.production)
-    return GateVerdict(
-        passed=not reasons,
-        kind="rollback",
-        candidate=o,
-        production=prod,
-        live=live,
-        checks=tuple(checks),
-        evaluations=dict(ev.evaluations),
-        formal=dict(ev.formal),
-        reasons=tuple(reasons),
-        margin=cfg.margin,
-        primary_metric=cfg.primary_metric,
-        artifact_sha256=inputs.registered_sha256,
-        artifact_ok=sha_reason is None,
-        require_improvement=False,
-        check_formal=cfg.check_formal,
-        notes=tuple(notes),
-    )
+    return _verdict("rollback", o, inputs, cfg, ev, checks, reasons, notes, False)
 
 
 __all__ = [

@@ -153,7 +153,6 @@ def run_scenario(
         t0 = time.perf_counter()
         names = [classes_all[c] for c in step.classes]
         log(f"step {i}/{len(steps)}: {step.kind} {step.arch} ({config.method}) on {', '.join(names)}")
-        replacement = step.kind == "replacement"
         req = TrainRequest(
             kind=step.kind,
             classes=tuple(names),
