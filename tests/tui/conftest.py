@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 from textual.pilot import Pilot
 from textual.widget import Widget
+from textual.worker import WorkerCancelled
 from textual.widgets import DataTable, Static
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,7 +58,10 @@ async def settle(pilot: Pilot) -> None:
     app = pilot.app
     quiet = 0
     for _ in range(200):
-        await app.workers.wait_for_complete()
+        try:
+            await app.workers.wait_for_complete()
+        except WorkerCancelled:
+            pass  # an exclusive worker superseded by a newer one (a refresh after a refresh): not an error
         await pilot.pause(0.02)
         busy = any(not w.is_finished for w in app.workers)
         quiet = 0 if busy else quiet + 1
