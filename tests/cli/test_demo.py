@@ -18,8 +18,9 @@ def test_quick_demo_runs_the_story_through_the_gate_and_refuses_the_er_baseline(
     steps = sc["steps"]
     assert len(steps) == 4 and steps[0]["gate_passed"]
     promoted = [s["generation_id"] for s in steps if s["gate_passed"]]
-    # the chain is exactly the generations the gate let through, nothing forced
+    # the chain is exactly the generations the gate let through, nothing forced, and so compatible
     assert sc["generation_ids"] == promoted
+    assert sc["ac"] == 1.0
     history = invoke("history", "--json", home=home).json()
     assert [m["to_gen"] for m in history] == promoted
     assert not any(m["forced"] for m in history)
