@@ -152,11 +152,14 @@ def run_scenario(
     for i, step in enumerate(steps, 1):
         t0 = time.perf_counter()
         names = [classes_all[c] for c in step.classes]
-        log(f"step {i}/{len(steps)}: {step.kind} {step.arch} ({config.method}) on {', '.join(names)}")
+        # A fine-tune keeps production's architecture, whatever the plan said (a refused replacement
+        # leaves the previous architecture in production).
+        prod = ws.registry.get_alias()
+        arch = ws.registry.get_generation(prod).architecture if step.kind == "finetune" and prod is not None else step.arch
         req = TrainRequest(
             kind=step.kind,
             classes=tuple(names),
-            arch=step.arch if step.kind != "finetune" else None,
+            arch=arch if step.kind != "finetune" else None,
             method=config.method,
             epochs={"initial": config.initial_epochs, "replacement": config.replacement_epochs}.get(step.kind, config.epochs),
             batch_size=config.batch_size,
@@ -165,9 +168,10 @@ def run_scenario(
             memory_per_class=config.memory_per_class,
             seed=config.seed + i,
             device=config.device,
-            name=f"g{i}-{step.kind}-{step.arch}-{config.method}",
+            name=f"g{i}-{step.kind}-{arch}-{config.method}",
             extra={},
         )
+        log(f"step {i}/{len(steps)}: {step.kind} {arch} ({config.method}) on {', '.join(names)}")
         out = train_and_register(ws, req, progress=on_progress)
         gen = out.generation
         passed, forced, reasons = True, False, []
@@ -203,7 +207,7 @@ def run_scenario(
             frozenset(classes) if classes else None,
         ).template_top1
         sr = StepResult(
-            step=i, kind=step.kind, arch=step.arch, classes=names, generation_id=gen.id, generation_name=gen.name,
+            step=i, kind=step.kind, arch=arch, classes=names, generation_id=gen.id, generation_name=gen.name,
             train_seconds=out.seconds, gate_passed=passed, promoted=promoted, forced=forced, gate_reasons=reasons,
             self_test=self_test, gallery_items=comp.total, gallery_by_generation={g.id: n for g, n in comp.counts},
             mixed_accuracy=mixed, reindex_accuracy=reindex, seconds=time.perf_counter() - t0,
