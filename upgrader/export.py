@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +73,28 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _strip_provenance(proto: Any) -> None:
+    """Drop the exporter's per-node stack traces and doc strings.
+
+    They hold absolute paths of the source files that built the graph, so the same model exported from
+    two checkouts got two different sha256s; an artifact's bytes should depend on the model alone.
+    """
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        graph.doc_string = ""
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:  # sub-graphs of If / Loop / Scan nodes
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+        for value in list(graph.value_info) + list(graph.input) + list(graph.output):
+            del value.metadata_props[:]
+    del proto.graph.metadata_props[:]
 
 
 def _export_graph(module: nn.Module, example: torch.Tensor, path: str) -> None:
@@ -200,6 +223,7 @@ def export_onnx(
         example = torch.zeros((2, *shape), dtype=torch.uint8)
         _export_graph(module, example, tmp)
         proto = onnx.load(tmp)
+        _strip_provenance(proto)
         del proto.metadata_props[:]
         for key, value in meta.items():
             entry = proto.metadata_props.add()
