@@ -3,7 +3,7 @@
 Ingest and load skip the ORM and SQLAlchemy's per-row parameter and result processing: rows go to
 the driver's ``executemany`` as plain tuples and come back as plain tuples (``exec_driver_sql``), and
 embeddings are decoded a chunk at a time with one ``np.frombuffer`` over the joined blobs. The SQL
-is plain and portable (only the placeholder differs between drivers); errors still pass through
+is plain and portable (only the parameter marker differs between drivers); errors still pass through
 SQLAlchemy, so the unit of work translates them like any other.
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy import Connection, exc
 INSERT_COLUMNS = ("external_id", "label", "source_uri", "generation_id", "embedding")
 
 
-def _placeholder(conn: Connection) -> str:
+def _param_marker(conn: Connection) -> str:
     # pysqlite takes qmark; psycopg and most others take format/pyformat (%s).
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
@@ -41,7 +41,7 @@ def insert_items(
         source_uris: optional sources.
         blobs: encoded embeddings.
     """
-    ph = _placeholder(conn)
+    ph = _param_marker(conn)
     sql = (
         f"INSERT INTO gallery_items ({', '.join(INSERT_COLUMNS)}) "
         f"VALUES ({', '.join([ph] * len(INSERT_COLUMNS))})"
@@ -61,7 +61,7 @@ def _filter_sql(ph: str, after_row_id: int, generation_ids: Sequence[int] | None
 
 def count_items(conn: Connection, after_row_id: int, generation_ids: Sequence[int] | None) -> int:
     """Number of rows :func:`iter_items` would return (used to preallocate the matrix)."""
-    where, params = _filter_sql(_placeholder(conn), after_row_id, generation_ids)
+    where, params = _filter_sql(_param_marker(conn), after_row_id, generation_ids)
     return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM gallery_items {where}", tuple(params)).scalar_one())
 
 
@@ -75,7 +75,7 @@ def iter_items(
     """
     if generation_ids is not None and not generation_ids:
         return
-    where, params0 = _filter_sql(_placeholder(conn), 0, generation_ids)
+    where, params0 = _filter_sql(_param_marker(conn), 0, generation_ids)
     extra = params0[1:]
     sql = f"SELECT id, external_id, generation_id, label, embedding FROM gallery_items {where} ORDER BY id LIMIT {int(chunk)}"
     dbapi_error = conn.dialect.loaded_dbapi.Error
