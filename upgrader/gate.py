@@ -639,26 +639,22 @@ class _Evaluator:
         return shared_classes(self.inputs.classes.get(a), self.inputs.classes.get(b))
 
     def _query(self, gen: int) -> np.ndarray:
-        emb = self.inputs.query_embeddings.get(gen)
-        if emb is None:
-            raise ValueError(f"no probe query embeddings for gen {gen}: embed the probe set first")
-        if np.asarray(emb).shape[0] != self.ql.shape[0]:
-            raise ValueError(
-                f"gen {gen} has {np.asarray(emb).shape[0]} probe query embeddings "
-                f"for {self.ql.shape[0]} probe query labels"
-            )
-        return np.asarray(emb)
+        return self._embeddings(gen, self.inputs.query_embeddings, self.ql, "query")
 
     def _gallery(self, gen: int) -> np.ndarray:
-        emb = self.inputs.gallery_embeddings.get(gen)
+        return self._embeddings(gen, self.inputs.gallery_embeddings, self.gl, "gallery")
+
+    @staticmethod
+    def _embeddings(gen: int, table: Mapping[int, np.ndarray], labels: np.ndarray, split: str) -> np.ndarray:
+        emb = table.get(gen)
         if emb is None:
-            raise ValueError(f"no probe gallery embeddings for gen {gen}: embed the probe set first")
-        if np.asarray(emb).shape[0] != self.gl.shape[0]:
+            raise ValueError(f"no probe {split} embeddings for gen {gen}: embed the probe set first")
+        emb = np.asarray(emb)
+        if emb.shape[0] != labels.shape[0]:
             raise ValueError(
-                f"gen {gen} has {np.asarray(emb).shape[0]} probe gallery embeddings "
-                f"for {self.gl.shape[0]} probe gallery labels"
+                f"gen {gen} has {emb.shape[0]} probe {split} embeddings for {labels.shape[0]} probe {split} labels"
             )
-        return np.asarray(emb)
+        return emb
 
     def metrics(self, q: int, g: int) -> RetrievalMetrics:
         """M(q, g) on the classes both learnt: the matrix entry, recorded in ``evaluations``."""

@@ -116,6 +116,30 @@ def _registry_location(home: Path, config: WorkspaceConfig) -> str:
     return config.db_url or str(home)
 
 
+def registry_location(home: str | Path | None = None) -> str:
+    """Where the workspace's registry lives (its database URL, or the folder), without opening it."""
+    root = resolve_home(home)
+    return _registry_location(root, read_config(root))
+
+
+def read_config(root: Path) -> WorkspaceConfig:
+    """The workspace.json of the workspace at ``root``.
+
+    Raises:
+        WorkspaceError: no workspace there (the message names ``upgrader init``), or a bad file.
+    """
+    cfg_path = root / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise WorkspaceError(
+            f"no upgrader workspace at {root}; create one with `upgrader init --home {root}` "
+            "or point --home / UPGRADER_HOME at an existing one"
+        )
+    try:
+        return WorkspaceConfig(**json.loads(cfg_path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise WorkspaceError(f"{cfg_path} is not a valid workspace file ({exc}); re-create the workspace") from exc
+
+
 def open_workspace(home: str | Path | None = None) -> Workspace:
     """Open an existing workspace.
 
@@ -124,16 +148,7 @@ def open_workspace(home: str | Path | None = None) -> Workspace:
         registry.errors.RegistryError: the registry refuses (schema out of date, ...).
     """
     root = resolve_home(home)
-    cfg_path = root / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise WorkspaceError(
-            f"no upgrader workspace at {root}; create one with `upgrader init --home {root}` "
-            "or point --home / UPGRADER_HOME at an existing one"
-        )
-    try:
-        config = WorkspaceConfig(**json.loads(cfg_path.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise WorkspaceError(f"{cfg_path} is not a valid workspace file ({exc}); re-create the workspace") from exc
+    config = read_config(root)
     try:
         registry = Registry.open(_registry_location(root, config))
     except WorkspaceNotFound as exc:

@@ -15,6 +15,19 @@ from upgrader.verification import compatibility_matrix, promote as promote_servi
 Margin = Annotated[float, typer.Option(help="Required margin over the old self-test (metric units, 0..1).")]
 Metric = Annotated[str, typer.Option(help="Primary metric: template_top1, recall_at_1 or mean_ap.")]
 Generation = Annotated[str, typer.Argument(help="Generation id or name.")]
+Reason = Annotated[str, typer.Option(help="Why; recorded in the alias history.")]
+Actor = Annotated[str | None, typer.Option(help="Who moves production (default: your login name).")]
+
+
+ForcePromote = Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses (needs --reason).")]
+ForceRollback = Annotated[bool, typer.Option("--force", help="Roll back even if the gate refuses (needs --reason).")]
+
+
+def _move_line(move, names: dict[int, str]) -> str:  # AliasMove
+    """'FORCED from -> to' as the promote and rollback commands print it."""
+    forced = "[bold red]FORCED[/] " if move.forced else ""
+    before = names.get(move.from_gen, "-") if move.from_gen else "-"
+    return f"{forced}{before} -> [bold]{names[move.to_gen]}[/]"
 
 
 def register(app: typer.Typer) -> None:
@@ -71,9 +84,9 @@ def verify(
 def promote(
     generation: Generation,
     home: HomeOption = None,
-    force: Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses (needs --reason).")] = False,
-    reason: Annotated[str, typer.Option(help="Why; recorded in the alias history.")] = "",
-    actor: Annotated[str | None, typer.Option(help="Who promotes (default: your login name).")] = None,
+    force: ForcePromote = False,
+    reason: Reason = "",
+    actor: Actor = None,
     margin: Margin = 0.0,
     metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
     waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
@@ -98,8 +111,7 @@ def promote(
                     "report_id": done.report.id if done.report else None})
         return
     m = done.move
-    how = "[bold red]FORCED[/] " if m.forced else ""
-    console.print(f"{how}production: {names.get(m.from_gen, '-') if m.from_gen else '-'} -> [bold]{names[m.to_gen]}[/] "
+    console.print(f"production: {_move_line(m, names)} "
                   f"(gate report {m.gate_report_id}{', reused' if done.reused_report else ''}; by {m.actor}: {m.reason})")
 
 
@@ -107,9 +119,9 @@ def promote(
 def rollback(
     generation: Annotated[str | None, typer.Argument(help="Generation to roll back to (default: the previous production).")] = None,
     home: HomeOption = None,
-    force: Annotated[bool, typer.Option("--force", help="Roll back even if the gate refuses (needs --reason).")] = False,
-    reason: Annotated[str, typer.Option(help="Why; recorded in the alias history.")] = "",
-    actor: Annotated[str | None, typer.Option(help="Who rolls back (default: your login name).")] = None,
+    force: ForceRollback = False,
+    reason: Reason = "",
+    actor: Actor = None,
     margin: Margin = 0.0,
     metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
     json_out: JsonOption = False,
@@ -130,8 +142,7 @@ def rollback(
         print_json({"rolled_back": True, "move": done.move, "forced": done.forced, "report_id": done.report.id if done.report else None})
         return
     m = done.move
-    console.print(f"{'[bold red]FORCED[/] ' if m.forced else ''}production rolled back: "
-                  f"{names.get(m.from_gen, '-') if m.from_gen else '-'} -> [bold]{names[m.to_gen]}[/] (report {m.gate_report_id})")
+    console.print(f"production rolled back: {_move_line(m, names)} (report {m.gate_report_id})")
 
 
 @handle_errors

@@ -11,7 +11,7 @@ from registry import Registry
 
 from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, pct, print_json, workspace
 from upgrader.overview import generation_rows, workspace_status
-from upgrader.workspace import resolve_home
+from upgrader.workspace import registry_location
 
 STATUS_STYLE = {
     "candidate": "yellow",
@@ -147,10 +147,6 @@ def db_upgrade(home: HomeOption = None) -> None:
 
     Example: upgrader db upgrade --home ./ws
     """
-    import json
-
-    root = resolve_home(home)
-    cfg = root / "workspace.json"
-    location = json.loads(cfg.read_text()).get("db_url") if cfg.is_file() else None
-    revision = Registry.upgrade(location or str(root))
-    console.print(f"registry at {location or root} is at revision {revision}")
+    location = registry_location(home)
+    revision = Registry.upgrade(location)
+    console.print(f"registry at {location} is at revision {revision}")
