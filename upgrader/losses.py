@@ -45,6 +45,29 @@ class SimplexCrossEntropy(nn.Module):
         return F.cross_entropy(logits.float(), labels)
 
 
+class VertexAlignmentLoss(nn.Module):
+    """Stationarity term: mean_i (1 - cos(f_i, w_{y_i})), the cosine distance of each feature to its
+    class's vertex of the fixed simplex.
+
+    Why: the CE over the learnt classes' vertices fixes only how a feature compares with those few
+    vertices; the rest of its K-1 dimensions, and a direction shared by all classes, are left to the
+    initialisation. Two generations then agree on class margins but not on where the features lie,
+    so a query of one generation prefers any item of its own generation to the right item of an
+    older one in a mixed gallery. Holding every feature at its vertex is what makes the
+    representation stationary in practice.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        """Args: weight: the simplex vertices [K, K-1] (unit rows)."""
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Args: raw features [N, K-1]; labels vertex indices [N]. Returns a scalar."""
+        cos = (F.normalize(feats.float(), dim=1) * self.weight[labels]).sum(1)  # [N]
+        return (1.0 - cos).mean()
+
+
 class HOCLoss(nn.Module):
     """``hoc_loss`` as a module; normalises raw features itself."""
 

@@ -88,3 +88,20 @@ def test_bct_influence_is_ce_through_old_classifier() -> None:
     loss.backward()
     module = BCTInfluenceLoss(weight)
     assert not list(module.parameters())  # the old classifier never trains
+
+
+def test_vertex_alignment_is_zero_on_the_vertices_and_pulls_features_towards_them() -> None:
+    from upgrader.losses import VertexAlignmentLoss
+    from upgrader.simplex import d_simplex
+
+    w = d_simplex(8)  # [8, 7]
+    labels = torch.tensor([0, 3, 5])
+    align = VertexAlignmentLoss(w)
+    assert align(3.0 * w[labels], labels).item() == pytest.approx(0.0, abs=1e-6)  # scale does not matter
+    assert align(-w[labels], labels).item() == pytest.approx(2.0, abs=1e-6)  # opposite: cosine distance 2
+    feats = torch.randn(3, 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    before = align(feats, labels)
+    before.backward()
+    with torch.no_grad():
+        after = align(feats - 0.1 * feats.grad, labels)
+    assert after.item() < before.item()
