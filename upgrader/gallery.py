@@ -171,6 +171,24 @@ def mixed_gallery_accuracy(ws: Workspace, query_gen: int | None = None) -> float
     return label_accuracy(queries, probe.class_names, gallery.matrix, gallery.labels)
 
 
+def template_accuracy(
+    queries: np.ndarray, query_labels: Sequence[str], gallery: np.ndarray, gallery_labels: Sequence[str | None]
+) -> float:
+    """Share of queries whose nearest class template is their class (DESIGN 3's primary protocol):
+    a template is the mean of a label's gallery items, re-normalised. Queries whose label is absent
+    from the gallery, and unlabelled items, are left out."""
+    glabels = np.array(list(gallery_labels), dtype=object)
+    classes = sorted({lbl for lbl in gallery_labels if lbl is not None})
+    qlabels = np.array(list(query_labels), dtype=object)
+    keep = np.isin(qlabels, classes)
+    if not keep.any():
+        return float("nan")
+    templates = np.stack([gallery[glabels == c].mean(axis=0) for c in classes])  # [C, D]
+    templates /= np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
+    nearest = np.argmax(queries[keep] @ templates.T, axis=1)  # [Q'] index of the top-1 template
+    return float(np.mean(np.array(classes, dtype=object)[nearest] == qlabels[keep]))
+
+
 def label_accuracy(queries: np.ndarray, query_labels: Sequence[str], gallery: np.ndarray, gallery_labels: Sequence[str | None]) -> float:
     """Share of queries whose nearest gallery item (cosine) has the query's label; queries whose label
     is absent from the gallery are left out."""

@@ -8,7 +8,7 @@ and measures search accuracy on the mixed-generation gallery next to a full re-i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from upgrader import gate
 from upgrader.datasets import load_items
 from upgrader.errors import GateRefused
-from upgrader.gallery import add_images, composition, label_accuracy, production_embedder
+from upgrader.gallery import add_images, composition, label_accuracy, production_embedder, template_accuracy
 from upgrader.lineage import known_classes
 from upgrader.probe import probe_uris
 from upgrader.datasets import excluded_indices, item_uris
@@ -92,11 +92,14 @@ class StepResult:
     promoted: bool
     forced: bool
     gate_reasons: list[str]
-    self_test: float  # M(t, t), template top-1 on the probe set
+    self_test: float  # M(t, t), template top-1 on the probe set, over the classes t learnt
+    previous_self_test: float | None  # production's M(p, p) on those same classes before the step (None: first)
     gallery_items: int  # gallery size after the step
     gallery_by_generation: dict[int, int]
-    mixed_accuracy: float  # top-1 label accuracy of probe queries on the stored (mixed) gallery
+    mixed_accuracy: float  # item-level top-1 label accuracy of probe queries on the stored (mixed) gallery
     reindex_accuracy: float  # the same after re-embedding the whole gallery with production
+    mixed_template: float  # template top-1 (DESIGN 3's primary protocol) on the stored (mixed) gallery
+    reindex_template: float  # the same after re-embedding the whole gallery with production
     seconds: float  # wall time of the whole step
 
 
@@ -174,6 +177,8 @@ def run_scenario(
         log(f"step {i}/{len(steps)}: {step.kind} {arch} ({config.method}) on {', '.join(names)}")
         out = train_and_register(ws, req, progress=on_progress)
         gen = out.generation
+        classes = known_classes(gen)
+        previous = None if prod is None else _self_test(ws, prod, classes)
         passed, forced, reasons = True, False, []
         try:
             done = promote(ws, gen.id, reason=f"scenario {name} step {i}", actor="scenario")
@@ -197,25 +202,23 @@ def run_scenario(
         stored = ws.registry.load_gallery()
         probe = ws.registry.probe_set("query")
         _, queries = ws.registry.get_probe_embeddings(prod.id, "query")
-        mixed = label_accuracy(queries, probe.class_names, stored.matrix, stored.labels)
         reindexed = embedder.embed(np.concatenate(gallery_images)) if gallery_images else stored.matrix
-        reindex = label_accuracy(queries, probe.class_names, reindexed, gallery_labels)
-        classes = known_classes(gen)
-        self_test = gate.pair_metrics(
-            ws.registry.get_probe_embeddings(gen.id, "query")[1], probe.vertices,
-            ws.registry.get_probe_embeddings(gen.id, "gallery")[1], ws.registry.probe_set("gallery").vertices,
-            frozenset(classes) if classes else None,
-        ).template_top1
         sr = StepResult(
             step=i, kind=step.kind, arch=arch, classes=names, generation_id=gen.id, generation_name=gen.name,
             train_seconds=out.seconds, gate_passed=passed, promoted=promoted, forced=forced, gate_reasons=reasons,
-            self_test=self_test, gallery_items=comp.total, gallery_by_generation={g.id: n for g, n in comp.counts},
-            mixed_accuracy=mixed, reindex_accuracy=reindex, seconds=time.perf_counter() - t0,
+            self_test=_self_test(ws, gen.id, classes), previous_self_test=previous, gallery_items=comp.total,
+            gallery_by_generation={g.id: n for g, n in comp.counts},
+            mixed_accuracy=label_accuracy(queries, probe.class_names, stored.matrix, stored.labels),
+            reindex_accuracy=label_accuracy(queries, probe.class_names, reindexed, gallery_labels),
+            mixed_template=template_accuracy(queries, probe.class_names, stored.matrix, stored.labels),
+            reindex_template=template_accuracy(queries, probe.class_names, reindexed, gallery_labels),
+            seconds=time.perf_counter() - t0,
         )
         result.steps.append(sr)
-        log(f"  {gen.name}: self-test {100 * self_test:.1f}%, gate {'passed' if passed else 'REFUSED'}"
-            f"{' (forced)' if forced else ''}; mixed gallery {100 * mixed:.1f}% vs re-index {100 * reindex:.1f}% "
-            f"({comp.total} items) in {sr.seconds:.0f}s")
+        log(f"  {gen.name}: self-test {100 * sr.self_test:.1f}%, gate {'passed' if passed else 'REFUSED'}"
+            f"{' (forced)' if forced else ''}; mixed gallery {100 * sr.mixed_template:.1f}% vs re-index "
+            f"{100 * sr.reindex_template:.1f}% (templates), {100 * sr.mixed_accuracy:.1f}% vs "
+            f"{100 * sr.reindex_accuracy:.1f}% (items) ({comp.total} items) in {sr.seconds:.0f}s")
     view = compatibility_matrix(ws, chain)
     result.generation_ids = chain
     result.matrix = view.matrix.tolist()
@@ -223,6 +226,16 @@ def run_scenario(
     result.am = view.average_multimodel_accuracy
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _self_test(ws: Workspace, gen_id: int, classes: Sequence[int] | None) -> float:
+    """M(g, g): template top-1 of generation ``gen_id`` on the probe classes in ``classes`` (all for None)."""
+    reg = ws.registry
+    return gate.pair_metrics(
+        reg.get_probe_embeddings(gen_id, "query")[1], reg.probe_set("query").vertices,
+        reg.get_probe_embeddings(gen_id, "gallery")[1], reg.probe_set("gallery").vertices,
+        frozenset(classes) if classes else None,
+    ).template_top1
 
 
 def quick(config: ScenarioConfig) -> ScenarioConfig:

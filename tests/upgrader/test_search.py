@@ -198,3 +198,15 @@ def test_add_while_searching_from_another_thread() -> None:
     assert len(gs) == 2000
     _, positions = gs.search_arrays(q, 5)
     np.testing.assert_array_equal(gs.row_ids_at(positions) - 1, _brute(g, q, 5)[1])
+
+
+def test_template_accuracy_scores_class_means_not_single_items() -> None:
+    from upgrader.gallery import template_accuracy
+
+    # Class "a" has one stray item right next to the query of "b"; its template (the mean) does not.
+    gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
+    labels = ["a", "a", "b", "a"]
+    queries = np.array([[0.59, 0.81], [1.0, 0.0]], dtype=np.float32)
+    assert template_accuracy(queries, ["b", "a"], gallery, labels) == 1.0
+    assert template_accuracy(queries, ["b", "zzz"], gallery, labels) == 1.0  # a label absent from the gallery is left out
+    assert np.isnan(template_accuracy(queries, ["x", "y"], gallery, labels))

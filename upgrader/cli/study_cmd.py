@@ -25,13 +25,15 @@ def _ms(stat: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
 def render_summary(data: dict[str, Any]) -> Table:
     """The report's results table for people."""
     t = Table(title="compatibility study: mean ± std over seeds (accuracies in %)")
-    for col in ("scenario", "method", "runs", "AC", "AM", "final self-test", "mixed gallery", "full re-index", "gate refusals"):
+    for col in ("scenario", "method", "runs", "AC", "AM", "final self-test", "mixed gallery", "full re-index",
+                "mixed / re-index (items)", "gate refusals"):
         t.add_column(col)
     for scenario, methods in data["summary"].items():
         for method, s in methods.items():
             refusals = "; ".join(f"s{seed}: {','.join(map(str, st)) or '-'}" for seed, st in s["refused_steps"].items())
             t.add_row(scenario, method, str(s["runs"]), _ms(s["ac"], 1.0, 3), _ms(s["am"]), _ms(s["final_self_test"]),
-                      _ms(s["final_mixed"]), _ms(s["final_reindex"]), refusals or "-")
+                      _ms(s["final_mixed"]), _ms(s["final_reindex"]),
+                      f'{_ms(s.get("final_mixed_items", {}))} / {_ms(s.get("final_reindex_items", {}))}', refusals or "-")
     return t
 
 
@@ -43,13 +45,13 @@ def study(
     methods: Annotated[str, typer.Option(help="Comma-separated training methods: hoc, ce, er, bct.")] = "hoc,ce,er,bct",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0 .. N-1) per method.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    initial_epochs: Annotated[int, typer.Option(help="Epochs of the first generation.")] = 1,
-    epochs: Annotated[int, typer.Option(help="Epochs of a fine-tune.")] = 2,
+    initial_epochs: Annotated[int, typer.Option(help="Epochs of the first generation.")] = 5,
+    epochs: Annotated[int, typer.Option(help="Epochs of a fine-tune.")] = 5,
     replacement_epochs: Annotated[int | None, typer.Option(help="Epochs of a replacement (default: 2 x --epochs).", show_default=False)] = None,
     train_per_class: Annotated[int, typer.Option(help="Training images per new class.")] = 600,
     memory_per_class: Annotated[int, typer.Option(help="Rehearsal images kept per class.")] = 300,
     gallery_per_class: Annotated[int, typer.Option(help="Gallery items added per new class after each promotion.")] = 100,
-    probe_per_class: Annotated[int, typer.Option(help="Probe queries and probe gallery items per class.")] = 50,
+    probe_per_class: Annotated[int, typer.Option(help="Probe queries and probe gallery items per class.")] = 100,
     num_classes: Annotated[int, typer.Option("--num-classes", "-k", help="Interface K of each run's workspace.")] = 64,
     force_refused: Annotated[bool, typer.Option("--force-refused/--no-force-refused", help="Force refused generations (recorded) so the chain goes on.")] = True,
     keep_workspaces: Annotated[bool, typer.Option("--keep-workspaces/--no-keep-workspaces", help="Keep each run's workspace under OUT/workspaces.")] = True,
