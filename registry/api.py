@@ -1048,6 +1048,20 @@ class Registry:
             )
             return {int(g): int(c) for g, c in rows}
 
+    def gallery_label_counts(self) -> dict[tuple[int, str | None], int]:
+        """Number of gallery items per (generation id, label); unlabelled items count under None.
+
+        Why: the gate estimates how a candidate's queries rank the real mixed gallery, and needs to
+        know which generation wrote (most of) each class's items there, without loading embeddings.
+        """
+        with self._uow.session() as s:
+            rows = s.execute(
+                select(GalleryItemRow.generation_id, GalleryItemRow.label, func.count()).group_by(
+                    GalleryItemRow.generation_id, GalleryItemRow.label
+                )
+            )
+            return {(int(g), label): int(c) for g, label, c in rows}
+
     def load_gallery(self, *, after_row_id: int = 0, generation_ids: Iterable[int] | None = None) -> GalleryMatrix:
         """Load the gallery (or the rows after a cursor) as a search-ready float32 matrix.
 

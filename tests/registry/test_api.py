@@ -291,6 +291,23 @@ def test_gallery_add_count_load_incremental_and_delete(ready: Registry, make_gen
     assert len(empty) == 0 and empty.matrix.shape == (0, D)
 
 
+def test_gallery_label_counts_group_by_generation_and_label(ready: Registry, make_gen, unit_rows) -> None:
+    g1, g2 = make_gen("g1"), make_gen("g2")
+    assert ready.gallery_label_counts() == {}
+    ready.add_gallery_items(g1.id, [f"a{i}" for i in range(6)], unit_rows(6, seed=1), labels=["a"] * 4 + ["b"] * 2)
+    labels = ["b", "b", "c", None, None]
+    ready.add_gallery_items(g2.id, [f"b{i}" for i in range(5)], unit_rows(5, seed=2), labels=labels)
+    assert ready.gallery_label_counts() == {
+        (g1.id, "a"): 4,
+        (g1.id, "b"): 2,
+        (g2.id, "b"): 2,
+        (g2.id, "c"): 1,
+        (g2.id, None): 2,
+    }
+    ready.delete_gallery_items(["a0", "a1", "a2", "a3"])
+    assert (g1.id, "a") not in ready.gallery_label_counts()
+
+
 @pytest.mark.parametrize(
     ("label", "ids", "emb", "error", "match"),
     [
