@@ -29,6 +29,10 @@ What is measured (DESIGN.md section 3):
   improve on production: ``M(t, t) > M(p, p)``. Rollback to an older ``o`` needs
   ``M(o, j) >= M(j, j) - margin`` for every live gallery generation ``j`` written after ``o``.
 
+* **Mixed gallery estimate** (:mod:`upgrader.mixed_estimate`), promotion only: the candidate's template
+  top-1 on a probe gallery whose classes are embedded by the generations that store them in the real
+  gallery, next to a full re-index. Reported always; a condition only with ``GateConfig.mixed_tolerance``.
+
 * **Formal definition** (Shen et al. 2020), :func:`formal_compatibility`: in expectation over (probe
   query, probe gallery) pairs with cosine distance ``d = 1 - cos``, same-class pairs must be no farther
   across generations than within the old one, and different-class pairs no nearer. It is always
@@ -46,9 +50,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from upgrader.mixed_estimate import MixedEstimate
 
 #: The retrieval metrics the gate computes, in report order.
 METRICS: tuple[str, ...] = ("template_top1", "recall_at_1", "mean_ap")
@@ -67,7 +74,7 @@ METRIC_NAMES: dict[str, str] = {
 # order and relevance matrices stay small (a few hundred MB at most for a 20k-item probe gallery).
 _QUERY_CHUNK = 512
 
-CheckKind = Literal["compatibility", "improvement", "rollback"]
+CheckKind = Literal["compatibility", "improvement", "rollback", "mixed"]
 VerdictKind = Literal["promote", "rollback"]
 
 
@@ -425,10 +432,16 @@ class GateConfig:
     # Make the formal (Shen et al.) inequalities a condition of passing. Off by default: the formal
     # check is always computed and reported, but DESIGN makes the empirical criterion the gate's rule.
     check_formal: bool = False
+    # Promotion also needs the mixed-gallery estimate >= its re-index accuracy - mixed_tolerance (both
+    # template top-1, in [0, 1]). None: the estimate is computed and reported, but decides nothing.
+    mixed_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.margin) or self.margin < 0:
             raise ValueError(f"margin must be a finite number >= 0, got {self.margin!r}")
+        tol = self.mixed_tolerance
+        if tol is not None and (not math.isfinite(tol) or not 0 <= tol <= 1):
+            raise ValueError(f"mixed_tolerance must be a number in [0, 1] or None, got {tol!r}")
         if self.primary_metric not in METRICS:
             raise ValueError(
                 f"unknown primary metric {self.primary_metric!r}; known metrics: {', '.join(METRICS)}"
@@ -459,13 +472,17 @@ class GateInputs:
     # lineage). A pair (q, g) is scored on the probe classes both generations learnt; a generation
     # missing here (an imported artifact, say) counts as knowing every probe class.
     classes: Mapping[int, Sequence[int]] = field(default_factory=dict)
+    # Class vertex -> the live generation that stores most of its items in the production gallery
+    # (mixed_estimate.gallery_owners); a class missing here is indexed by the candidate.
+    gallery_owners: Mapping[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class GateCheck:
     """One comparison the gate made."""
 
-    kind: CheckKind  # "compatibility" (t vs live j), "improvement" (t vs production), "rollback"
+    kind: CheckKind  # "compatibility" (t vs live j), "improvement" (t vs production), "rollback",
+    # or "mixed" (t's mixed-gallery estimate vs its re-index, template top-1)
     query_gen: int  # generation whose probe queries were used for ``value``
     gallery_gen: int  # generation whose probe gallery was used for ``value``
     value: float  # M(query_gen, gallery_gen) in the primary metric
@@ -508,6 +525,8 @@ class GateVerdict:
     require_improvement: bool
     check_formal: bool
     notes: tuple[str, ...] = ()  # informative lines that did not decide anything (skipped checks)
+    mixed: MixedEstimate | None = None  # the mixed-gallery estimate (promotion only)
+    mixed_tolerance: float | None = None  # GateConfig.mixed_tolerance; None: the estimate only reported
 
     @property
     def failing_checks(self) -> tuple[GateCheck, ...]:
@@ -545,6 +564,8 @@ class GateVerdict:
             "primary_metric": self.primary_metric,
             "require_improvement": self.require_improvement,
             "check_formal": self.check_formal,
+            "mixed_tolerance": self.mixed_tolerance,
+            "mixed": self.mixed.to_dict() if self.mixed is not None else None,
             "artifact_sha256": self.artifact_sha256,
             "artifact_ok": self.artifact_ok,
             "reasons": list(self.reasons),
@@ -576,6 +597,8 @@ class GateVerdict:
         if self.passed:
             n = len(self.checks)
             body = f"all {n} check{'s' if n != 1 else ''} passed" if n else "no generation to check against"
+            if self.mixed is not None and self.live:
+                body += f"; {self.mixed.summary()}"
             return f"{head}: {body}."
         return f"{head}: " + "; ".join(self.reasons) + "."
 
@@ -724,6 +747,7 @@ def _verdict(
     reasons: list[str],
     notes: list[str],
     require_improvement: bool,
+    mixed: MixedEstimate | None = None,
 ) -> GateVerdict:
     """Add the artifact check to ``reasons`` and assemble the verdict."""
     sha_reason = _sha_reason(inputs)
@@ -746,6 +770,8 @@ def _verdict(
         require_improvement=require_improvement,
         check_formal=cfg.check_formal,
         notes=tuple(notes),
+        mixed=mixed,
+        mixed_tolerance=cfg.mixed_tolerance if kind == "promote" else None,
     )
 
 
@@ -758,7 +784,9 @@ def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> 
     * improvement, unless ``config.require_improvement`` is False or there is no production (or the
       candidate is production): ``M(t, t) > M(p, p)``;
     * the artifact still hashes to its registered sha256;
-    * the formal definition for every live pair, reported, and required only with ``check_formal``.
+    * the formal definition for every live pair, reported, and required only with ``check_formal``;
+    * the mixed-gallery estimate (:func:`upgrader.mixed_estimate.estimate_mixed`), reported in the
+      notes, and required only with ``mixed_tolerance``: mixed >= re-index - tolerance.
 
     The very first generation (no live generation, no production) passes both parts trivially.
 
@@ -826,7 +854,39 @@ def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> 
                 f"improvement waived: gen {t} self-test {self_t:.3f} vs production gen {prod} {self_p:.3f}"
             )
 
-    return _verdict("promote", t, inputs, cfg, ev, checks, reasons, notes, cfg.require_improvement)
+    mixed = _mixed_check(inputs, cfg, checks, reasons, notes)
+    return _verdict("promote", t, inputs, cfg, ev, checks, reasons, notes, cfg.require_improvement, mixed)
+
+
+def _mixed_check(
+    inputs: GateInputs, cfg: GateConfig, checks: list[GateCheck], reasons: list[str], notes: list[str]
+) -> MixedEstimate:
+    """Estimate the mixed gallery, note it, and add the "mixed" check when a tolerance is set."""
+    # Imported here because mixed_estimate builds on this module's retrieval_metrics.
+    from upgrader.mixed_estimate import estimate_mixed
+
+    t = int(inputs.candidate)
+    est = estimate_mixed(
+        t,
+        inputs.query_labels,
+        inputs.query_embeddings,
+        inputs.gallery_labels,
+        inputs.gallery_embeddings,
+        inputs.gallery_owners,
+        inputs.classes.get(t) or None,  # empty, like missing, means every probe class (shared_classes)
+    )
+    notes.append(est.summary())
+    tol = cfg.mixed_tolerance
+    if tol is not None:
+        threshold = est.reindex - tol
+        ok = est.mixed >= threshold
+        checks.append(GateCheck("mixed", t, t, est.mixed, threshold, ok, t, ">="))
+        if not ok:
+            reasons.append(
+                f"gen {t} on the mixed gallery: estimated template top-1 {est.mixed:.3f} < {est.reindex:.3f} "
+                f"after a re-index - tolerance {tol:.3f} ({est.ownership()})"
+            )
+    return est
 
 
 def evaluate_rollback(

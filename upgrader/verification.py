@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from upgrader import gate
 from upgrader.embedder import sha256_file
 from upgrader.errors import GateRefused, InvalidRequest, NoProduction
 from upgrader.lineage import embed_probe_set, has_probe_embeddings, known_classes
+from upgrader.mixed_estimate import gallery_owners
 from upgrader.workspace import Workspace
 
 
@@ -104,7 +106,14 @@ def _inputs(ws: Workspace, gen: Generation, gens: Iterable[int]) -> gate.GateInp
         registered_sha256=gen.onnx_sha256,
         artifact_sha256=_current_sha(ws, gen),
         classes=class_sets(ws, [gen.id, *needed]),
+        gallery_owners=_owners(ws, live),
     )
+
+
+def _owners(ws: Workspace, live: Sequence[int]) -> dict[int, int]:
+    """Class vertex -> the live generation storing most of its gallery items (one GROUP BY)."""
+    reg = ws.registry
+    return gallery_owners(reg.gallery_label_counts(), reg.interface().label_map, live)
 
 
 def class_sets(ws: Workspace, gen_ids: Iterable[int]) -> dict[int, list[int]]:
@@ -137,7 +146,8 @@ def verify(ws: Workspace, ref: str | int, config: gate.GateConfig | None = None)
 
 def _reusable(ws: Workspace, gen: Generation, kind: str, config: gate.GateConfig) -> GateReport | None:
     """The newest passing report that still describes the present: same artifact, same production,
-    same live generations, same margin and metric; else None (the gate must run again)."""
+    same live generations, same margin, metric and mixed tolerance (and, when that tolerance decides, the
+    same generations storing each class); else None (the gate must run again)."""
     reg = ws.registry
     live = sorted(reg.live_generations())
     production = reg.get_alias()
@@ -153,9 +163,22 @@ def _reusable(ws: Workspace, gen: Generation, kind: str, config: gate.GateConfig
             and body.get("margin") == config.margin
             and body.get("primary_metric") == config.primary_metric
             and body.get("require_improvement", True) == config.require_improvement
+            and body.get("mixed_tolerance") == config.mixed_tolerance
+            and (config.mixed_tolerance is None or _same_owners(ws, body, live))
         ):
             return report
     return None
+
+
+def _same_owners(ws: Workspace, body: dict[str, Any], live: Sequence[int]) -> bool:
+    """A report's mixed check still holds only if each class it counted is stored by the same generation:
+    items added since (with the live set unchanged) can hand a class to another generation."""
+    mixed = body.get("mixed")
+    if not isinstance(mixed, dict):
+        return False
+    owners = _owners(ws, live)
+    candidate = mixed.get("candidate")
+    return all(owners.get(int(v), candidate) == g for v, g in mixed.get("owners", {}).items())
 
 
 def promote(

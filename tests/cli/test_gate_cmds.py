@@ -108,3 +108,21 @@ def test_register_refuses_an_artifact_with_another_k(invoke, seeded: Path, tmp_p
     assert "K=8" in res.stderr and "K=16" in res.stderr
     assert not (seeded / "artifacts" / "k8").exists()
     assert "k8" not in invoke("generations", home=seeded).stdout
+
+
+def test_verify_reports_the_mixed_gallery_estimate_and_takes_a_tolerance(invoke, seeded: Path) -> None:
+    body = invoke("verify", "g2", "--json", home=seeded).json()
+    mixed = body["mixed"]
+    assert body["mixed_tolerance"] is None and "mixed" not in {c["kind"] for c in body["checks"]}
+    assert 0.0 <= mixed["mixed"] <= 1.0 and 0.0 <= mixed["reindex"] <= 1.0
+    assert mixed["drop"] == pytest.approx(mixed["reindex"] - mixed["mixed"])
+    # The gallery holds g1's items of classes 0-3; g2's new classes 4 and 5 would be indexed by g2.
+    assert mixed["owners"] == {"0": 1, "1": 1, "2": 1, "3": 1, "4": 2, "5": 2}
+    strict = invoke("verify", "g2", "--mixed-tolerance", "0", "--json", home=seeded)
+    assert strict.exit_code in (0, 3)
+    check = next(c for c in strict.json()["checks"] if c["kind"] == "mixed")
+    assert strict.json()["mixed_tolerance"] == 0.0
+    assert check["threshold"] == pytest.approx(strict.json()["mixed"]["reindex"])
+    human = invoke("verify", "g2", home=seeded)
+    assert "mixed gallery estimate (template top-1)" in human.stdout
+    assert invoke("verify", "g2", "--mixed-tolerance", "2", home=seeded).exit_code == 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -17,6 +17,8 @@ Metric = Annotated[str, typer.Option(help="Primary metric: template_top1, recall
 Generation = Annotated[str, typer.Argument(help="Generation id or name.")]
 Reason = Annotated[str, typer.Option(help="Why; recorded in the alias history.")]
 Actor = Annotated[str | None, typer.Option(help="Who moves production (default: your login name).")]
+MixedTolerance = Annotated[float | None, typer.Option(
+    help="Also require the mixed-gallery estimate within this much (0..1) of a re-index; default: report only.")]
 
 
 ForcePromote = Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses (needs --reason).")]
@@ -38,8 +40,24 @@ def register(app: typer.Typer) -> None:
     app.command("matrix")(matrix)
 
 
-def _config(margin: float, metric: str, waive_improvement: bool = False) -> gate.GateConfig:
-    return gate.GateConfig(margin=margin, primary_metric=metric, require_improvement=not waive_improvement)
+def _config(
+    margin: float, metric: str, waive_improvement: bool = False, mixed_tolerance: float | None = None
+) -> gate.GateConfig:
+    try:
+        return gate.GateConfig(margin=margin, primary_metric=metric, require_improvement=not waive_improvement,
+                               mixed_tolerance=mixed_tolerance)
+    except ValueError as exc:  # an out-of-range flag is a usage error (exit 2), not a crash
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _mixed_line(mixed: dict[str, Any] | None) -> str | None:
+    """The mixed-gallery estimate of a report dict as one printed line (None when the gate made none)."""
+    if not mixed:
+        return None
+    diff = 100 * (mixed["mixed"] - mixed["reindex"])
+    colour = "green" if diff >= 0 else "yellow"
+    return (f"mixed gallery estimate (template top-1): {pct(mixed['mixed'])}% vs {pct(mixed['reindex'])}% "
+            f"after a re-index, [{colour}]{diff:+.1f} points[/] over {mixed['classes']} classes")
 
 
 def _checks_table(verdict: gate.GateVerdict, names: dict[int, str]) -> Table:
@@ -48,7 +66,10 @@ def _checks_table(verdict: gate.GateVerdict, names: dict[int, str]) -> Table:
     for col in ("check", "queries", "gallery", verdict.primary_metric, "threshold", "result"):
         t.add_column(col)
     for c in verdict.checks:
-        t.add_row(c.kind, names.get(c.query_gen, str(c.query_gen)), names.get(c.gallery_gen, str(c.gallery_gen)),
+        # The mixed estimate is always template top-1, whatever the column's metric.
+        kind = "mixed (template top-1)" if c.kind == "mixed" and verdict.primary_metric != "template_top1" else c.kind
+        gallery_cell = "mixed" if c.kind == "mixed" else names.get(c.gallery_gen, str(c.gallery_gen))
+        t.add_row(kind, names.get(c.query_gen, str(c.query_gen)), gallery_cell,
                   pct(c.value), f"{c.comparison} {pct(c.threshold)}", "[green]ok[/]" if c.passed else "[red]FAIL[/]")
     return t
 
@@ -60,6 +81,7 @@ def verify(
     margin: Margin = 0.0,
     metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
     waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
+    mixed_tolerance: MixedTolerance = None,
     json_out: JsonOption = False,
 ) -> None:
     """Run the compatibility gate for a generation and store the report (verified or rejected).
@@ -67,12 +89,15 @@ def verify(
     Example: upgrader verify g2-finetune-small_cnn-hoc --margin 0.01
     """
     with workspace(home) as ws:
-        run = verify_service(ws, generation, _config(margin, metric, waive_improvement))
+        run = verify_service(ws, generation, _config(margin, metric, waive_improvement, mixed_tolerance))
         names = {g.id: g.name for g in ws.registry.list_generations()}
     if json_out:
         print_json({"report_id": run.report.id, "status": run.generation.status, **run.verdict.to_dict()})
     else:
         console.print(_checks_table(run.verdict, names))
+        if run.verdict.mixed is not None:
+            console.print(_mixed_line(run.verdict.mixed.to_dict()))
+            console.print(f"  [dim]{run.verdict.mixed.ownership()}[/]")
         for line in run.verdict.reasons:
             console.print(f"  [red]-[/] {line}")
         console.print(f"report {run.report.id}: {run.generation.name} is now [bold]{run.generation.status}[/]")
@@ -90,6 +115,7 @@ def promote(
     margin: Margin = 0.0,
     metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
     waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
+    mixed_tolerance: MixedTolerance = None,
     json_out: JsonOption = False,
 ) -> None:
     """Move production to a generation once the gate passes for its exact artifact.
@@ -100,7 +126,7 @@ def promote(
     with workspace(home) as ws:
         try:
             done = promote_service(ws, generation, actor=actor, reason=reason, force=force,
-                                   config=_config(margin, metric, waive_improvement))
+                                   config=_config(margin, metric, waive_improvement, mixed_tolerance))
         except GateRefused as exc:
             if json_out:
                 print_json({"promoted": False, "report_id": exc.report_id, "error": str(exc)})
@@ -113,6 +139,9 @@ def promote(
     m = done.move
     console.print(f"production: {_move_line(m, names)} "
                   f"(gate report {m.gate_report_id}{', reused' if done.reused_report else ''}; by {m.actor}: {m.reason})")
+    line = _mixed_line(done.report.report.get("mixed")) if done.report else None
+    if line:
+        console.print(line)
 
 
 @handle_errors

@@ -1,0 +1,188 @@
+"""The mixed-gallery estimate: who stores each class, and how the candidate ranks that mixed gallery."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from upgrader import gate
+from upgrader.mixed_estimate import MixedEstimate, estimate_mixed, gallery_owners
+
+SHA = "ab" * 32
+NAMES = {f"c{v}": v for v in range(6)}
+
+# --------------------------------------------------------------------------------------------------
+# Owners
+# --------------------------------------------------------------------------------------------------
+
+
+def test_owner_is_the_generation_with_most_items_and_ties_go_to_the_older() -> None:
+    counts = {
+        (1, "c0"): 30, (2, "c0"): 10,  # majority: gen 1
+        (1, "c1"): 5, (3, "c1"): 9,  # majority: gen 3
+        (3, "c2"): 7, (2, "c2"): 7,  # tie: the older gen 2
+        (1, None): 100,  # unlabelled: owns nothing
+        (1, "not-a-class"): 50,  # unknown label: owns nothing
+        (9, "c4"): 80, (2, "c4"): 1,  # gen 9 is not live: its items do not count
+    }
+    assert gallery_owners(counts, NAMES, [1, 2, 3]) == {0: 1, 1: 3, 2: 2, 4: 2}
+    assert gallery_owners({}, NAMES, [1]) == {}
+
+
+# --------------------------------------------------------------------------------------------------
+# A synthetic candidate that is pairwise compatible but ranks the mixed gallery badly
+# --------------------------------------------------------------------------------------------------
+#
+# Six classes on orthogonal axes e0..e5 of a 7-D space. Gen 1 (production, learnt 0-3) is noisy and
+# stores classes 0-3 in the real gallery. Gen 2 learnt 0-5, is cleaner, and (the `ce` failure) adds a
+# direction of its own, 2 * e6, to every feature: its features are rotated away from gen 1's towards
+# e6. Against gen 1's gallery alone that offset shifts every template score equally, so M(2, 1) beats
+# M(1, 1); in the mixed gallery gen 2's own templates of classes 4 and 5 share the offset and attract
+# the queries of classes 0-3. Gen 3 is gen 2 without the offset: a stationary upgrade.
+
+DIM, PER_CLASS = 7, 25
+
+
+def _world() -> dict:
+    rng = np.random.default_rng(0)
+    ql = np.repeat(np.arange(6), PER_CLASS)
+    gl = np.repeat(np.arange(6), PER_CLASS)[::-1].copy()
+    axes = np.eye(DIM)
+
+    def embed(labels: np.ndarray, sigma: float, offset: float) -> np.ndarray:
+        x = axes[labels] + offset * axes[6] + sigma * rng.standard_normal((labels.size, DIM))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    q = {1: embed(ql, 0.8, 0.0), 2: embed(ql, 0.2, 2.0), 3: embed(ql, 0.2, 0.0)}
+    g = {1: embed(gl, 0.8, 0.0), 2: embed(gl, 0.2, 2.0), 3: embed(gl, 0.2, 0.0)}
+    counts = {(1, f"c{v}"): 40 for v in range(4)}
+    return {"ql": ql, "gl": gl, "q": q, "g": g, "owners": gallery_owners(counts, NAMES, [1])}
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    return _world()
+
+
+def _inputs(world: dict, candidate: int) -> gate.GateInputs:
+    return gate.GateInputs(
+        query_labels=world["ql"],
+        gallery_labels=world["gl"],
+        query_embeddings=world["q"],
+        gallery_embeddings=world["g"],
+        candidate=candidate,
+        live=[1],
+        production=1,
+        registered_sha256=SHA,
+        artifact_sha256=SHA,
+        classes={1: [0, 1, 2, 3], candidate: [0, 1, 2, 3, 4, 5]},
+        gallery_owners=world["owners"],
+    )
+
+
+def test_estimate_drops_for_a_candidate_with_a_direction_of_its_own(world: dict) -> None:
+    est = estimate_mixed(2, world["ql"], world["q"], world["gl"], world["g"], world["owners"], range(6))
+    assert est.owners == {0: 1, 1: 1, 2: 1, 3: 1, 4: 2, 5: 2}
+    assert est.classes == 6
+    assert est.reindex > 0.95
+    assert est.mixed < 0.5  # classes 0-3 go to gen 2's templates of 4 and 5
+    assert est.drop == pytest.approx(est.reindex - est.mixed)
+    # The re-index number is the gate's self-test M(2, 2): the same function on the same items.
+    same = gate.retrieval_metrics(world["q"][2], world["ql"], world["g"][2], world["gl"]).template_top1
+    assert est.reindex == pytest.approx(same)
+    d = json.loads(json.dumps(est.to_dict()))
+    assert d["owners"] == {"0": 1, "1": 1, "2": 1, "3": 1, "4": 2, "5": 2}
+    assert d["mixed"] == pytest.approx(est.mixed) and d["drop"] == pytest.approx(est.drop)
+    assert est.summary().startswith(f"mixed gallery estimate: {100 * est.mixed:.1f}% vs {100 * est.reindex:.1f}%")
+    assert "classes 0-3 stored by gen 1, classes 4,5 by candidate gen 2" in est.summary()
+
+
+def test_pairwise_gate_passes_but_the_mixed_check_fails_with_its_numbers(world: dict) -> None:
+    report_only = gate.evaluate_candidate(_inputs(world, 2))
+    assert report_only.passed, report_only.explain()
+    assert [c.kind for c in report_only.checks] == ["compatibility", "improvement"]
+    est = report_only.mixed
+    assert isinstance(est, MixedEstimate) and est.drop > 0.4
+    note = next(n for n in report_only.notes if n.startswith("mixed gallery estimate:"))
+    assert f"{100 * est.mixed:.1f}% vs {100 * est.reindex:.1f}% after a re-index" in note
+    assert f"({100 * (est.mixed - est.reindex):+.1f} points;" in note
+    assert "mixed gallery estimate" in report_only.explain()
+    body = json.loads(json.dumps(report_only.to_dict()))
+    assert body["mixed_tolerance"] is None and body["mixed"]["mixed"] == pytest.approx(est.mixed)
+
+    strict = gate.evaluate_candidate(_inputs(world, 2), gate.GateConfig(mixed_tolerance=0.1))
+    assert not strict.passed
+    mixed = next(c for c in strict.checks if c.kind == "mixed")
+    assert not mixed.passed and mixed.comparison == ">="
+    assert (mixed.query_gen, mixed.gallery_gen, mixed.reference_gen) == (2, 2, 2)
+    assert mixed.value == pytest.approx(est.mixed)
+    assert mixed.threshold == pytest.approx(est.reindex - 0.1)
+    assert strict.reasons == (
+        f"gen 2 on the mixed gallery: estimated template top-1 {est.mixed:.3f} < {est.reindex:.3f} after a "
+        f"re-index - tolerance 0.100 (classes 0-3 stored by gen 1, classes 4,5 by candidate gen 2)",
+    )
+    assert strict.explain().startswith("Gate refused promotion of gen 2")
+    assert strict.to_dict()["mixed_tolerance"] == 0.1
+    # Tolerating the whole drop lets it through.
+    assert gate.evaluate_candidate(_inputs(world, 2), gate.GateConfig(mixed_tolerance=est.drop + 0.01)).passed
+
+
+def test_a_stationary_upgrade_ranks_the_mixed_gallery_like_a_re_index(world: dict) -> None:
+    verdict = gate.evaluate_candidate(_inputs(world, 3), gate.GateConfig(mixed_tolerance=0.05))
+    assert verdict.passed, verdict.explain()
+    assert verdict.mixed is not None and abs(verdict.mixed.drop) <= 0.05
+    # Exactly stationary: gen 4 embeds the old classes' gallery items as gen 1 does, so the mixed
+    # gallery *is* its own gallery and the estimate equals the re-index.
+    g4 = world["g"][3].copy()
+    old = world["gl"] < 4
+    g4[old] = world["g"][1][old]
+    galleries = {**world["g"], 4: g4}
+    queries = {**world["q"], 4: world["q"][3]}
+    est = estimate_mixed(4, world["ql"], queries, world["gl"], galleries, world["owners"], None)
+    assert est.mixed == est.reindex and est.drop == 0.0
+    assert "(+0.0 points; classes 0-3 stored by gen 1, classes 4,5 by candidate gen 4)" in est.summary()
+
+
+def test_unowned_classes_are_indexed_by_the_candidate_and_classes_restrict(world: dict) -> None:
+    nobody = estimate_mixed(2, world["ql"], world["q"], world["gl"], world["g"], {}, None)
+    assert nobody.mixed == nobody.reindex and set(nobody.owners.values()) == {2}
+    only_new = estimate_mixed(2, world["ql"], world["q"], world["gl"], world["g"], world["owners"], [4, 5])
+    assert only_new.classes == 2 and only_new.owners == {4: 2, 5: 2}
+    assert only_new.mixed == only_new.reindex
+    first = gate.evaluate_candidate(
+        gate.GateInputs(**{**_inputs(world, 1).__dict__, "live": [], "production": None, "gallery_owners": {}})
+    )
+    assert first.passed and first.mixed is not None and first.mixed.drop == 0.0
+    assert "mixed gallery estimate" not in first.explain()  # nothing is stored yet: nothing to say
+
+
+def test_missing_owner_embeddings_and_bad_tolerances_are_refused(world: dict) -> None:
+    with pytest.raises(ValueError, match="no probe gallery embeddings for gen 7"):
+        estimate_mixed(2, world["ql"], world["q"], world["gl"], world["g"], {0: 7}, None)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="mixed_tolerance"):
+            gate.GateConfig(mixed_tolerance=bad)
+
+
+def test_rollback_makes_no_estimate(world: dict) -> None:
+    inputs = gate.GateInputs(**{**_inputs(world, 1).__dict__, "live": [1, 3], "production": 3})
+    verdict = gate.evaluate_rollback(inputs, 1, [3], gate.GateConfig(mixed_tolerance=0.0))
+    assert verdict.mixed is None and verdict.to_dict()["mixed"] is None
+    assert all(c.kind != "mixed" for c in verdict.checks)
+
+
+def test_mixed_estimate_imports_no_torch_sqlalchemy_or_registry() -> None:
+    code = (
+        "import sys, upgrader.mixed_estimate; "
+        "bad = [m for m in ('torch', 'sqlalchemy', 'registry') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
