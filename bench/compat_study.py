@@ -26,8 +26,9 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
     p.add_argument("--seeds", type=int, default=defaults.seeds, help="seeds per method")
     p.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
-    p.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs of initial / fine-tune steps")
-    p.add_argument("--replacement-epochs", type=int, default=None, help="epochs of a replacement (default epochs+1)")
+    p.add_argument("--initial-epochs", type=int, default=defaults.initial_epochs, help="epochs of the first generation")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs of a fine-tune step")
+    p.add_argument("--replacement-epochs", type=int, default=None, help="epochs of a replacement (default 2 x --epochs)")
     p.add_argument("--train-per-class", type=int, default=defaults.train_per_class, help="training images per new class")
     p.add_argument("--gallery-per-class", type=int, default=defaults.gallery_per_class, help="gallery items per new class")
     p.add_argument("--probe-per-class", type=int, default=defaults.probe_per_class, help="probe queries / gallery items per class")
@@ -35,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     config = StudyConfig(
         out=args.out, dataset=args.dataset, scenarios=parse_scenarios(args.scenario), methods=parse_methods(args.methods),
-        seeds=args.seeds, device=args.device, epochs=args.epochs, replacement_epochs=args.replacement_epochs,
+        seeds=args.seeds, device=args.device, initial_epochs=args.initial_epochs, epochs=args.epochs, replacement_epochs=args.replacement_epochs,
         train_per_class=args.train_per_class, gallery_per_class=args.gallery_per_class,
         probe_per_class=args.probe_per_class, keep_workspaces=not args.no_keep_workspaces,
     )

@@ -92,6 +92,10 @@ class StepResult:
     promoted: bool
     forced: bool
     gate_reasons: list[str]
+    # The gate's estimate, on the probe set, of the mixed gallery after this step next to a re-index
+    # (template top-1; None when the report has none): what the operator saw before promoting.
+    gate_mixed_estimate: float | None
+    gate_reindex_estimate: float | None
     self_test: float  # M(t, t), template top-1 on the probe set, over the classes t learnt
     previous_self_test: float | None  # production's M(p, p) on those same classes before the step (None: first)
     gallery_items: int  # gallery size after the step
@@ -179,13 +183,15 @@ def run_scenario(
         gen = out.generation
         classes = known_classes(gen)
         previous = None if prod is None else _self_test(ws, prod, classes)
-        passed, forced, reasons = True, False, []
+        passed, forced, reasons, report = True, False, [], None
         try:
             done = promote(ws, gen.id, reason=f"scenario {name} step {i}", actor="scenario")
             passed = done.report.passed if done.report else True
+            report = done.report.report if done.report else None
         except GateRefused as exc:
             passed = False
-            reasons = list(ws.registry.get_gate_report(exc.report_id).report.get("reasons", [])) if exc.report_id else [str(exc)]
+            report = ws.registry.get_gate_report(exc.report_id).report if exc.report_id else None
+            reasons = list(report.get("reasons", [])) if report else [str(exc)]
             log(f"  gate refused {gen.name}: {'; '.join(reasons)}")
             if config.force_refused:
                 promote(ws, gen.id, reason=f"scenario {name} step {i}: continue the chain past a refusal", force=True, actor="scenario")
@@ -203,9 +209,11 @@ def run_scenario(
         probe = ws.registry.probe_set("query")
         _, queries = ws.registry.get_probe_embeddings(prod.id, "query")
         reindexed = embedder.embed(np.concatenate(gallery_images)) if gallery_images else stored.matrix
+        estimate = (report or {}).get("mixed") or {}
         sr = StepResult(
             step=i, kind=step.kind, arch=arch, classes=names, generation_id=gen.id, generation_name=gen.name,
             train_seconds=out.seconds, gate_passed=passed, promoted=promoted, forced=forced, gate_reasons=reasons,
+            gate_mixed_estimate=estimate.get("mixed"), gate_reindex_estimate=estimate.get("reindex"),
             self_test=_self_test(ws, gen.id, classes), previous_self_test=previous, gallery_items=comp.total,
             gallery_by_generation={g.id: n for g, n in comp.counts},
             mixed_accuracy=label_accuracy(queries, probe.class_names, stored.matrix, stored.labels),

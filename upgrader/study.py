@@ -330,7 +330,7 @@ def mean_matrix(matrices: Sequence[Sequence[Sequence[float]]]) -> list[list[floa
 def _per_step(runs: Sequence[RunRecord], key: str) -> list[dict[str, Any]]:
     """mean/std of a StepResult field at every step over runs."""
     steps = max((len(r.steps) for r in runs), default=0)
-    return [mean_std([r.steps[i][key] for r in runs if i < len(r.steps)]) for i in range(steps)]
+    return [mean_std([r.steps[i].get(key) for r in runs if i < len(r.steps)]) for i in range(steps)]
 
 
 def _gap(mixed: float | None, reindex: float | None) -> float | None:
@@ -367,6 +367,7 @@ def summarise(runs: Sequence[RunRecord]) -> dict[str, dict[str, Any]]:
                 "mixed_by_step": _per_step(done, "mixed_template"),
                 "reindex_by_step": _per_step(done, "reindex_template"),
                 "mixed_items_by_step": _per_step(done, "mixed_accuracy"),
+                "gate_mixed_estimate_by_step": _per_step(done, "gate_mixed_estimate"),
                 "reindex_items_by_step": _per_step(done, "reindex_accuracy"),
                 "gate_passed_by_step": [
                     [r.steps[i]["gate_passed"] for r in done if i < len(r.steps)]

@@ -93,6 +93,9 @@ def gallery_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
         colour = METHOD_COLOURS.get(method)
         ax.errorbar(x, mixed, yerr=mstd, marker="o", color=colour, capsize=3, label="mixed gallery (no re-index)")
         ax.errorbar(x, reidx, yerr=rstd, marker="s", ls="--", color="gray", capsize=3, label="full re-index")
+        estimate = 100 * _arr(s.get("gate_mixed_estimate_by_step", []), "mean")
+        if len(estimate) == len(x) and np.isfinite(estimate).any():  # what the gate predicted before promoting
+            ax.plot(x, estimate, marker="x", ls="none", color="black", label="gate's estimate (probe set)")
         if s.get("mixed_items_by_step"):  # item-level top-1, the harsher protocol, in lighter lines
             ax.plot(x, 100 * _arr(s["mixed_items_by_step"], "mean"), marker=".", ls=":", color=colour, alpha=0.6,
                     label="mixed, nearest item")

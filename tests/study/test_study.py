@@ -41,6 +41,9 @@ def test_results_hold_matrix_and_metrics_for_every_method_and_seed(tiny_study) -
         assert len(r["steps"]) == 4
         for s in r["steps"]:  # both protocols of the mixed gallery, next to their re-index bounds
             assert all(0.0 <= s[k] <= 1.0 for k in ("mixed_accuracy", "reindex_accuracy", "mixed_template", "reindex_template"))
+        # the gate's mixed-gallery estimate is recorded at every step; before anything is stored it is the re-index
+        assert all(s["gate_mixed_estimate"] is not None and s["gate_reindex_estimate"] is not None for s in r["steps"])
+        assert r["steps"][0]["gate_mixed_estimate"] == r["steps"][0]["gate_reindex_estimate"]
         # "self-test rises" = each promoted generation beat production's self-test on its own classes
         assert r["steps"][0]["previous_self_test"] is None
         assert r["self_test_rises"] == all(
