@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from registry.errors import RegistryError
 from upgrader.errors import InvalidRequest, UpgraderError, WorkspaceError
 from upgrader.workspace import write_atomic
 
@@ -233,8 +234,8 @@ def registry_figures(home: str | Path, generation_ids: Sequence[int]) -> dict[st
 def run_one(config: StudyConfig, scenario: str, method: str, seed: int, *, log: Log = lambda _: None) -> RunRecord:
     """Run one scenario for one method and seed in a fresh workspace and record it.
 
-    Product errors (bad data, a failed export...) are recorded as a failed run, not raised, so one
-    broken run does not lose the rest of the study.
+    Product and registry errors (bad data, a failed export, a schema changed under a running study...)
+    are recorded as a failed run, not raised, so one broken run does not lose the rest of the study.
     """
     import resource
 
@@ -270,7 +271,7 @@ def run_one(config: StudyConfig, scenario: str, method: str, seed: int, *, log: 
         record.forced_steps = [s.step for s in steps if s.forced]
         record.steps = [_jsonable(asdict(s)) for s in steps]
         record.registry = registry_figures(home, result.generation_ids)
-    except UpgraderError as exc:
+    except (UpgraderError, RegistryError) as exc:
         record.error = f"{exc.__class__.__name__}: {exc}"
         log(f"  run {run_dir_name(scenario, method, seed)} failed: {record.error}")
     finally:
