@@ -13,6 +13,7 @@ import numpy as np
 
 from registry import Generation
 
+from upgrader import gate
 from upgrader.datasets import excluded_indices, item_uris, load_items, parse_classes
 from upgrader.embedder import Embedder, load_image
 from upgrader.errors import InvalidRequest, NoProduction
@@ -178,15 +179,16 @@ def template_accuracy(
     a template is the mean of a label's gallery items, re-normalised. Queries whose label is absent
     from the gallery, and unlabelled items, are left out."""
     glabels = np.array(list(gallery_labels), dtype=object)
-    classes = sorted({lbl for lbl in gallery_labels if lbl is not None})
+    labelled = np.array([lbl is not None for lbl in glabels], dtype=bool)
+    names = sorted(set(glabels[labelled]))
     qlabels = np.array(list(query_labels), dtype=object)
-    keep = np.isin(qlabels, classes)
+    keep = np.isin(qlabels, names)
     if not keep.any():
         return float("nan")
-    templates = np.stack([gallery[glabels == c].mean(axis=0) for c in classes])  # [C, D]
-    templates /= np.maximum(np.linalg.norm(templates, axis=1, keepdims=True), 1e-12)
-    nearest = np.argmax(queries[keep] @ templates.T, axis=1)  # [Q'] index of the top-1 template
-    return float(np.mean(np.array(classes, dtype=object)[nearest] == qlabels[keep]))
+    index = {name: i for i, name in enumerate(names)}
+    classes, templates = gate.class_templates(gallery[labelled], [index[lbl] for lbl in glabels[labelled]])
+    nearest = classes[np.argmax(queries[keep] @ templates.T, axis=1)]  # [Q'] class index of the top-1 template
+    return float(np.mean(np.array(names, dtype=object)[nearest] == qlabels[keep]))
 
 
 def label_accuracy(queries: np.ndarray, query_labels: Sequence[str], gallery: np.ndarray, gallery_labels: Sequence[str | None]) -> float:

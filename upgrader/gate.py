@@ -141,6 +141,24 @@ def _as_labels(y: np.ndarray | Sequence[int], n: int, what: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def _templates(gallery: np.ndarray, inverse: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class sum of item features (one scatter-add), re-normalised: float32 [C, D].
+
+    ``inverse`` maps each item to its class index. The sum of unit vectors can only be zero if the
+    class's items cancel exactly; such a template is kept at zero.
+    """
+    templates = np.zeros((num_classes, gallery.shape[1]), dtype=np.float64)
+    np.add.at(templates, inverse, gallery.astype(np.float64))
+    tnorm = np.linalg.norm(templates, axis=1, keepdims=True)
+    return (templates / np.where(tnorm == 0, 1, tnorm)).astype(np.float32)
+
+
+def class_templates(gallery_emb: np.ndarray, gallery_labels: np.ndarray | Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The template protocol's class templates: (sorted class ids [C], re-normalised mean features [C, D])."""
+    classes, inverse = np.unique(np.asarray(gallery_labels), return_inverse=True)
+    return classes, _templates(np.asarray(gallery_emb), inverse.reshape(-1), classes.shape[0])
+
+
 def retrieval_metrics(
     query_emb: np.ndarray,
     query_labels: np.ndarray | Sequence[int],
@@ -179,12 +197,7 @@ def retrieval_metrics(
     if n == 0:
         return RetrievalMetrics(0.0, 0.0, 0.0, num_queries=0, excluded_queries=excluded)
 
-    # Templates: per-class sum of item features (one scatter-add), re-normalised. The sum of unit
-    # vectors can only be zero if the class's items cancel exactly; keep such a template at zero.
-    templates = np.zeros((classes.shape[0], g.shape[1]), dtype=np.float64)
-    np.add.at(templates, inverse, g.astype(np.float64))
-    tnorm = np.linalg.norm(templates, axis=1, keepdims=True)
-    templates = (templates / np.where(tnorm == 0, 1, tnorm)).astype(np.float32)
+    templates = _templates(g, inverse, classes.shape[0])
 
     template_hits = 0
     r1_hits = 0

@@ -166,21 +166,19 @@ def estimate_mixed(
     own = _rows(gallery_embeddings, t, gl.shape[0], "gallery")
     wanted = None if candidate_classes is None else frozenset(int(c) for c in candidate_classes)
     q, ql_r = gate.restrict(q, ql, wanted)
-    keep = np.ones(gl.shape[0], dtype=bool) if wanted is None else np.isin(gl, list(wanted))
-    gl_r = gl[keep]
+    reindex_gallery, gl_r = gate.restrict(own, gl, wanted)
     counted = sorted(int(c) for c in np.unique(gl_r))
     effective = {c: int(owners.get(c, t)) for c in counted}
     if len(q) == 0 or len(gl_r) == 0:
         return MixedEstimate(t, effective, 0.0, 0.0, len(counted))
 
-    reindex_gallery = own[keep]
     mixed_gallery = np.array(reindex_gallery, dtype=np.float32, copy=True)
     for gen in sorted(set(effective.values()) - {t}):
         rows = np.isin(gl_r, [c for c, g in effective.items() if g == gen])
-        other = _rows(gallery_embeddings, gen, gl.shape[0], "gallery")
+        other, _ = gate.restrict(_rows(gallery_embeddings, gen, gl.shape[0], "gallery"), gl, wanted)
         if other.shape[1] != mixed_gallery.shape[1]:
             raise ValueError(f"gen {gen} embeds in {other.shape[1]} dims, gen {t} in {mixed_gallery.shape[1]}")
-        mixed_gallery[rows] = other[keep][rows]
+        mixed_gallery[rows] = other[rows]
     mixed = gate.retrieval_metrics(q, ql_r, mixed_gallery, gl_r).template_top1
     reindex = gate.retrieval_metrics(q, ql_r, reindex_gallery, gl_r).template_top1
     return MixedEstimate(t, effective, float(mixed), float(reindex), len(counted))

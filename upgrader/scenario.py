@@ -156,6 +156,9 @@ def run_scenario(
     gallery_labels: list[str] = []
     chain: list[int] = []
     classes_all = load_items(ws.config.dataset, "test").classes
+    # The probe set is fixed when the workspace is made: read it (pixels included) once, not per step.
+    probe, probe_gallery = ws.registry.probe_set("query"), ws.registry.probe_set("gallery")
+    probe_vertices = (probe.vertices, probe_gallery.vertices)
     for i, step in enumerate(steps, 1):
         t0 = time.perf_counter()
         names = [classes_all[c] for c in step.classes]
@@ -182,7 +185,7 @@ def run_scenario(
         out = train_and_register(ws, req, progress=on_progress)
         gen = out.generation
         classes = known_classes(gen)
-        previous = None if prod is None else _self_test(ws, prod, classes)
+        previous = None if prod is None else _self_test(ws, prod, classes, probe_vertices)
         passed, forced, reasons, report = True, False, [], None
         try:
             done = promote(ws, gen.id, reason=f"scenario {name} step {i}", actor="scenario")
@@ -206,7 +209,6 @@ def run_scenario(
         comp = composition(ws)
         prod, embedder = production_embedder(ws)
         stored = ws.registry.load_gallery()
-        probe = ws.registry.probe_set("query")
         _, queries = ws.registry.get_probe_embeddings(prod.id, "query")
         reindexed = embedder.embed(np.concatenate(gallery_images)) if gallery_images else stored.matrix
         estimate = (report or {}).get("mixed") or {}
@@ -214,7 +216,7 @@ def run_scenario(
             step=i, kind=step.kind, arch=arch, classes=names, generation_id=gen.id, generation_name=gen.name,
             train_seconds=out.seconds, gate_passed=passed, promoted=promoted, forced=forced, gate_reasons=reasons,
             gate_mixed_estimate=estimate.get("mixed"), gate_reindex_estimate=estimate.get("reindex"),
-            self_test=_self_test(ws, gen.id, classes), previous_self_test=previous, gallery_items=comp.total,
+            self_test=_self_test(ws, gen.id, classes, probe_vertices), previous_self_test=previous, gallery_items=comp.total,
             gallery_by_generation={g.id: n for g, n in comp.counts},
             mixed_accuracy=label_accuracy(queries, probe.class_names, stored.matrix, stored.labels),
             reindex_accuracy=label_accuracy(queries, probe.class_names, reindexed, gallery_labels),
@@ -236,12 +238,15 @@ def run_scenario(
     return result
 
 
-def _self_test(ws: Workspace, gen_id: int, classes: Sequence[int] | None) -> float:
-    """M(g, g): template top-1 of generation ``gen_id`` on the probe classes in ``classes`` (all for None)."""
+def _self_test(
+    ws: Workspace, gen_id: int, classes: Sequence[int] | None, vertices: tuple[np.ndarray, np.ndarray]
+) -> float:
+    """M(g, g): template top-1 of generation ``gen_id`` on the probe classes in ``classes`` (all for None);
+    ``vertices`` are the probe queries' and probe gallery items' class vertices."""
     reg = ws.registry
     return gate.pair_metrics(
-        reg.get_probe_embeddings(gen_id, "query")[1], reg.probe_set("query").vertices,
-        reg.get_probe_embeddings(gen_id, "gallery")[1], reg.probe_set("gallery").vertices,
+        reg.get_probe_embeddings(gen_id, "query")[1], vertices[0],
+        reg.get_probe_embeddings(gen_id, "gallery")[1], vertices[1],
         frozenset(classes) if classes else None,
     ).template_top1
 

@@ -152,9 +152,10 @@ def _reusable(ws: Workspace, gen: Generation, kind: str, config: gate.GateConfig
     live = sorted(reg.live_generations())
     production = reg.get_alias()
     actual = _current_sha(ws, gen)
+    owners: dict[int, int] | None = None  # one GROUP BY, only once a report needs it
     for report in reg.gate_reports(gen.id):
         body = report.report
-        if (
+        if not (
             report.passed
             and report.kind == kind
             and report.artifact_sha256 == gen.onnx_sha256 == actual
@@ -164,19 +165,22 @@ def _reusable(ws: Workspace, gen: Generation, kind: str, config: gate.GateConfig
             and body.get("primary_metric") == config.primary_metric
             and body.get("require_improvement", True) == config.require_improvement
             and body.get("mixed_tolerance") == config.mixed_tolerance
-            and (config.mixed_tolerance is None or _same_owners(ws, body, live))
         ):
-            return report
+            continue
+        if config.mixed_tolerance is not None:
+            owners = _owners(ws, live) if owners is None else owners
+            if not _same_owners(body, owners):
+                continue
+        return report
     return None
 
 
-def _same_owners(ws: Workspace, body: dict[str, Any], live: Sequence[int]) -> bool:
+def _same_owners(body: dict[str, Any], owners: dict[int, int]) -> bool:
     """A report's mixed check still holds only if each class it counted is stored by the same generation:
     items added since (with the live set unchanged) can hand a class to another generation."""
     mixed = body.get("mixed")
     if not isinstance(mixed, dict):
         return False
-    owners = _owners(ws, live)
     candidate = mixed.get("candidate")
     return all(owners.get(int(v), candidate) == g for v, g in mixed.get("owners", {}).items())
 

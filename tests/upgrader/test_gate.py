@@ -340,7 +340,7 @@ def test_check_formal_makes_the_formal_definition_decide(world: dict) -> None:
 
 def test_gate_imports_no_torch_sqlalchemy_or_registry() -> None:
     code = (
-        "import sys, upgrader.gate, upgrader.search; "
+        "import sys, upgrader.gate, upgrader.mixed_estimate, upgrader.search; "
         "bad = [m for m in ('torch', 'sqlalchemy', 'registry') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
