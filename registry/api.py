@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +57,7 @@ from registry.schema import (
     ClassRow,
     EvaluationRow,
     GalleryItemRow,
+    GalleryLabelCountRow,
     GateReportRow,
     GenerationRow,
     InterfaceRow,
@@ -1023,7 +1025,9 @@ class Registry:
             with self._uow.session(write=True) as s:
                 gen_id = self._gen_row(s, generation_id).id
                 if n:
-                    gallery.insert_items(s.connection(), gen_id, ids, labs, uris, blobs)
+                    conn = s.connection()
+                    gallery.insert_items(conn, gen_id, ids, labs, uris, blobs)
+                    gallery.add_counts(conn, {(gen_id, lab): c for lab, c in Counter(labs).items()})
         except DuplicateItem as err:
             taken = self._existing_external_ids(ids)
             raise DuplicateItem(
@@ -1041,26 +1045,25 @@ class Registry:
         return sorted(found)
 
     def gallery_counts(self) -> dict[int, int]:
-        """Number of gallery items per generation id."""
-        with self._uow.session() as s:
-            rows = s.execute(
-                select(GalleryItemRow.generation_id, func.count()).group_by(GalleryItemRow.generation_id)
-            )
-            return {int(g): int(c) for g, c in rows}
+        """Number of gallery items per generation id (generations with items only)."""
+        counts: dict[int, int] = {}
+        for (gen, _), n in self.gallery_label_counts().items():
+            counts[gen] = counts.get(gen, 0) + n
+        return counts
 
     def gallery_label_counts(self) -> dict[tuple[int, str | None], int]:
         """Number of gallery items per (generation id, label); unlabelled items count under None.
 
         Why: the gate estimates how a candidate's queries rank the real mixed gallery, and needs to
         know which generation wrote (most of) each class's items there, without loading embeddings.
+        Read from ``gallery_label_counts``, which every gallery write keeps in step, so the cost does
+        not grow with the gallery.
         """
         with self._uow.session() as s:
             rows = s.execute(
-                select(GalleryItemRow.generation_id, GalleryItemRow.label, func.count()).group_by(
-                    GalleryItemRow.generation_id, GalleryItemRow.label
-                )
+                select(GalleryLabelCountRow.generation_id, GalleryLabelCountRow.label_key, GalleryLabelCountRow.items)
             )
-            return {(int(g), label): int(c) for g, label, c in rows}
+            return {(int(g), gallery.label_from_key(key)): int(n) for g, key, n in rows if n > 0}
 
     def load_gallery(self, *, after_row_id: int = 0, generation_ids: Iterable[int] | None = None) -> GalleryMatrix:
         """Load the gallery (or the rows after a cursor) as a search-ready float32 matrix.
@@ -1117,20 +1120,16 @@ class Registry:
         ids = list(dict.fromkeys(str(x) for x in external_ids))
         deleted = 0
         with self._uow.session(write=True) as s:
+            conn = s.connection()
             for chunk in _chunks(ids):
-                res = s.execute(delete(GalleryItemRow).where(GalleryItemRow.external_id.in_(chunk)))
-                deleted += int(res.rowcount or 0)
+                gone = gallery.delete_items(conn, chunk)
+                gallery.add_counts(conn, {key: -n for key, n in gone.items()})
+                deleted += sum(gone.values())
         return deleted
 
     def live_generations(self) -> list[int]:
         """Ids of the generations that have embeddings in the gallery, ascending."""
-        with self._uow.session() as s:
-            return [
-                int(g)
-                for g in s.scalars(
-                    select(GalleryItemRow.generation_id).distinct().order_by(GalleryItemRow.generation_id)
-                )
-            ]
+        return sorted(self.gallery_counts())
 
 
 def _upsert_factory(conn: Connection) -> Any:

@@ -50,6 +50,52 @@ def insert_items(
     conn.exec_driver_sql(sql, rows)
 
 
+def label_key(label: str | None) -> str:
+    """The ``gallery_label_counts`` key of a label: ``""`` for none, ``"=" + label`` otherwise."""
+    return "" if label is None else "=" + label
+
+
+def label_from_key(key: str) -> str | None:
+    """Inverse of :func:`label_key`."""
+    return key[1:] if key else None
+
+
+def add_counts(conn: Connection, deltas: dict[tuple[int, str | None], int]) -> None:
+    """Add ``deltas`` (items per (generation id, label), may be negative) to ``gallery_label_counts``.
+
+    One upsert per key, in key order (concurrent writers lock rows in the same order), then the
+    rows that reached zero are removed. Runs inside the caller's transaction, next to the item
+    writes it accounts for, so the counts and the items commit or roll back together.
+    """
+    rows = sorted((int(g), label_key(lab), int(n)) for (g, lab), n in deltas.items() if n)
+    if not rows:
+        return
+    ph = _param_marker(conn)
+    conn.exec_driver_sql(
+        f"INSERT INTO gallery_label_counts (generation_id, label_key, items) VALUES ({ph}, {ph}, {ph}) "
+        "ON CONFLICT (generation_id, label_key) DO UPDATE SET items = gallery_label_counts.items + excluded.items",
+        rows,
+    )
+    if any(n < 0 for _, _, n in rows):
+        conn.exec_driver_sql("DELETE FROM gallery_label_counts WHERE items <= 0")
+
+
+def delete_items(conn: Connection, external_ids: Sequence[str]) -> dict[tuple[int, str | None], int]:
+    """Delete gallery rows by external id; returns how many went per (generation id, label)."""
+    if not external_ids:
+        return {}
+    ph = _param_marker(conn)
+    result = conn.exec_driver_sql(
+        f"DELETE FROM gallery_items WHERE external_id IN ({', '.join([ph] * len(external_ids))}) "
+        "RETURNING generation_id, label",
+        tuple(external_ids),
+    )
+    gone: dict[tuple[int, str | None], int] = {}
+    for gen, label in result.fetchall():
+        gone[(int(gen), label)] = gone.get((int(gen), label), 0) + 1
+    return gone
+
+
 def _filter_sql(ph: str, after_row_id: int, generation_ids: Sequence[int] | None) -> tuple[str, list[int]]:
     sql = "WHERE id > " + ph
     params = [int(after_row_id)]

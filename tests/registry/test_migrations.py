@@ -142,3 +142,17 @@ def test_alembic_command_line_from_an_ini(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     with Registry.open(tmp_path / ".upgrader") as reg:
         assert reg.set_interface(3).embedding_dim == 2
+
+
+def test_counts_table_is_filled_from_the_items_already_stored(migrated, ready, make_gen, unit_rows) -> None:
+    # A workspace at 0002 has items but no counts table: 0003 must count what is there.
+    g1, g2 = make_gen("g1"), make_gen("g2")
+    ready.add_gallery_items(g1.id, [f"a{i}" for i in range(5)], unit_rows(5, seed=1), labels=["a", "a", None, "", "b"])
+    ready.add_gallery_items(g2.id, ["b0", "b1"], unit_rows(2, seed=2), labels=["a", None])
+    before = ready.gallery_label_counts()
+    assert downgrade(migrated.url, "0002_gallery_generation_label") == "0002_gallery_generation_label"
+    assert "gallery_label_counts" not in _tables(migrated.url)
+    assert upgrade(migrated.url) == head_revision()
+    assert ready.gallery_label_counts() == before == {
+        (g1.id, "a"): 2, (g1.id, None): 1, (g1.id, ""): 1, (g1.id, "b"): 1, (g2.id, "a"): 1, (g2.id, None): 1,
+    }
