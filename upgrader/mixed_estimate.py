@@ -10,7 +10,7 @@ passed the pairwise gate while its search fell from 74% after a re-index to 47% 
 The estimate rebuilds that situation on the probe set: every probe gallery item of class ``c`` is
 taken from the embeddings of the generation that stores most of class ``c`` in the real gallery
 (:func:`gallery_owners`), and the candidate's probe queries are scored against it with template top-1
-(DESIGN 3's primary protocol, via :func:`upgrader.gate.retrieval_metrics`), next to the same queries
+(DESIGN 3's primary protocol, via :func:`upgrader.gate.template_top1`), next to the same queries
 against the candidate's own probe gallery (what a full re-index would give).
 """
 
@@ -179,8 +179,8 @@ def estimate_mixed(
         if other.shape[1] != mixed_gallery.shape[1]:
             raise ValueError(f"gen {gen} embeds in {other.shape[1]} dims, gen {t} in {mixed_gallery.shape[1]}")
         mixed_gallery[rows] = other[rows]
-    mixed = gate.retrieval_metrics(q, ql_r, mixed_gallery, gl_r).template_top1
-    reindex = gate.retrieval_metrics(q, ql_r, reindex_gallery, gl_r).template_top1
+    mixed = gate.template_top1(q, ql_r, mixed_gallery, gl_r)
+    reindex = gate.template_top1(q, ql_r, reindex_gallery, gl_r)
     return MixedEstimate(t, effective, float(mixed), float(reindex), len(counted))
 
 

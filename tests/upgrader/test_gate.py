@@ -56,6 +56,37 @@ def test_hand_made_metrics_match_the_worked_answers() -> None:
         m.get("accuracy")
 
 
+def _map_by_ranking(q: np.ndarray, ql: np.ndarray, g: np.ndarray, gl: np.ndarray) -> float:
+    """mAP the slow, obvious way: rank each query's gallery (ties in gallery order), walk the list."""
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    aps = []
+    for row, label in zip(q @ g.T, ql):
+        ranked = sorted(range(len(gl)), key=lambda k: (-row[k], k))
+        hits, precisions = 0, []
+        for rank, k in enumerate(ranked, 1):
+            if gl[k] == label:
+                hits += 1
+                precisions.append(hits / rank)
+        aps.append(np.mean(precisions))
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_mean_ap_equals_walking_the_ranked_list(ties: bool) -> None:
+    # The fast path ranks from sorted scores alone; equal scores (duplicated gallery items) must
+    # still rank in gallery order, as the stable sort does.
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((120, 6)).astype(np.float32)
+    if ties:
+        g[60:] = g[:60]  # every item twice: equal scores for every query
+    gl = rng.integers(0, 4, 120)
+    q = rng.standard_normal((700, 6)).astype(np.float32)  # more than one 512-query chunk
+    ql = rng.integers(0, 4, 700)
+    m = retrieval_metrics(q, ql, g, gl)
+    assert m.mean_ap == pytest.approx(_map_by_ranking(q, ql, g, gl), abs=1e-12)
+
+
 def test_metrics_renormalise_unnormalised_features() -> None:
     scale = np.array([[3.0], [0.5], [7.0], [2.0]], dtype=np.float32)
     a = retrieval_metrics(QUERIES * scale, QUERY_LABELS, GALLERY * 4, GALLERY_LABELS)
