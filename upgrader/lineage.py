@@ -7,6 +7,8 @@ server takes, not PyTorch) and stored beside the generation. No torch here.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from registry import Generation, NewGeneration
 from registry.entities import PROBE_SPLITS
 
 from upgrader.embedder import Embedder, sha256_file
-from upgrader.errors import ArtifactError, InterfaceMismatch
+from upgrader.errors import ArtifactError, InterfaceMismatch, InvalidRequest
 from upgrader.workspace import Workspace
 
 
@@ -70,6 +72,55 @@ def open_embedder(ws: Workspace, gen: Generation, *, threads: int | None = None,
     return Embedder(path, threads=threads)
 
 
+#: Artifact metadata key: JSON ``{class name: vertex}`` of every class the generation learnt.
+CLASSES_KEY = "classes"
+
+
+def classes_metadata(label_map: Mapping[str, int], vertices: Sequence[int]) -> dict[str, str]:
+    """The metadata entry that tells a workspace importing the artifact which classes it learnt."""
+    names = {v: n for n, v in label_map.items()}
+    return {CLASSES_KEY: json.dumps({names[int(v)]: int(v) for v in sorted(vertices)})}
+
+
+def imported_classes(ws: Workspace, embedder: Embedder, classes: Sequence[str] | None) -> dict[str, int] | None:
+    """``{name: vertex}`` of the classes an imported artifact learnt, in this workspace's label map.
+
+    ``classes`` (names, or indices in vertex order: "0-3") wins; otherwise the artifact's own record
+    (:data:`CLASSES_KEY`, written by ``upgrader`` exports), which must agree with this workspace's
+    label map. None when neither says: the gate then scores the artifact on every probe class.
+
+    Raises:
+        InvalidRequest: a class this workspace does not have. ArtifactError: the artifact put a class
+            on another vertex than this workspace does (it cannot share this gallery), or its record
+            is unreadable.
+    """
+    from upgrader.datasets import parse_classes
+
+    label_map = ws.registry.interface().label_map
+    if classes:
+        return {n: label_map[n] for n in parse_classes(list(classes), sorted(label_map, key=label_map.__getitem__))}
+    raw = embedder.metadata.get(CLASSES_KEY)
+    if not raw:
+        return None
+    try:
+        learnt = {str(n): int(v) for n, v in json.loads(raw).items()}
+    except (ValueError, AttributeError, TypeError) as err:
+        raise ArtifactError(f"artifact {embedder.path} has an unreadable '{CLASSES_KEY}' record; pass --classes") from err
+    for name, vertex in learnt.items():
+        mine = label_map.get(name)
+        if mine is None:
+            raise InvalidRequest(
+                f"artifact {embedder.path} learnt class {name!r}, which this workspace does not have; "
+                f"pass --classes with the classes of this workspace it learnt"
+            )
+        if mine != vertex:
+            raise ArtifactError(
+                f"artifact {embedder.path} puts class {name!r} on vertex {vertex} but this workspace uses "
+                f"vertex {mine}: its embeddings cannot share this gallery; train it in this workspace"
+            )
+    return learnt
+
+
 def register_generation(ws: Workspace, new: NewGeneration, *, threads: int | None = None) -> Generation:
     """Record a trained, exported generation and embed the probe set with its artifact.
 
@@ -116,20 +167,25 @@ def import_artifact(
     kind: str = "replacement",
     method: str = "external",
     parent: str | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Generation:
     """Register an ONNX artifact trained elsewhere (``upgrader register``).
 
-    The file is checked (metadata, interface) before it is copied into the workspace, so a refused
-    artifact leaves nothing behind; the copy is written to a temporary name and renamed.
+    The file is checked (metadata, interface, the classes it learnt: see :func:`imported_classes`)
+    before it is copied into the workspace, so a refused artifact leaves nothing behind; the copy is
+    written to a temporary name and renamed.
 
     Raises:
         ArtifactError: unreadable or not an upgrader artifact. InterfaceMismatch: another K.
+        InvalidRequest: ``classes`` (or the artifact's record) names a class the workspace lacks.
     """
     import shutil
     import tempfile
 
     embedder = Embedder(source)
     check_artifact_interface(ws, embedder)
+    learnt = imported_classes(ws, embedder, classes)
+    known = {} if learnt is None else {"classes": sorted(learnt, key=learnt.__getitem__), "vertices": sorted(learnt.values())}
     reg = ws.registry
     parent_id = reg.get_generation(parent).id if parent else reg.get_alias()
     dest = artifact_paths(ws, name)["onnx"]
@@ -152,7 +208,7 @@ def import_artifact(
                 onnx_sha256="",
                 num_classes=int(embedder.metadata["num_classes"]),
                 parent_id=parent_id,
-                train_config={"imported_from": str(source)},
+                train_config={"imported_from": str(source), **known},
             ),
         )
     except BaseException:

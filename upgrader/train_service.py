@@ -21,7 +21,7 @@ from upgrader.data import ImageDataset, RehearsalMemory, subsample_per_class
 from upgrader.datasets import excluded_indices, load_items, parse_classes
 from upgrader.errors import DataError, InvalidRequest, NoProduction
 from upgrader.export import export_onnx
-from upgrader.lineage import artifact_paths, register_generation
+from upgrader.lineage import artifact_paths, classes_metadata, known_classes, register_generation
 from upgrader.models import ARCHITECTURES
 from upgrader.probe import probe_uris
 from upgrader.train import TrainConfig, TrainProgress, load_checkpoint, save_checkpoint, train_generation
@@ -213,7 +213,10 @@ def train_and_register(
         _save_memory(memory.merge(new_memory) if memory is not None else new_memory, paths["memory"])
         predicted_id = max((g.id for g in reg.list_generations()), default=0) + 1
         exported = export_onnx(
-            result.model, paths["onnx"], metadata={"generation_id": str(predicted_id), "generation_name": name}
+            result.model, paths["onnx"], metadata={
+                "generation_id": str(predicted_id), "generation_name": name,
+                **classes_metadata(reg.interface().label_map, result.meta["vertices"]),
+            },
         )
         gen = register_generation(
             ws,
@@ -270,7 +273,11 @@ def reexport(ws: Workspace, ref: str) -> Generation:
     if not gen.checkpoint_path or not ws.resolve(gen.checkpoint_path).is_file():
         raise InvalidRequest(f"generation {gen.name} has no checkpoint to export from")
     model, _ = load_checkpoint(ws.resolve(gen.checkpoint_path))
+    learnt = known_classes(gen)
     exported = export_onnx(
-        model, ws.resolve(gen.onnx_path), metadata={"generation_id": str(gen.id), "generation_name": gen.name}
+        model, ws.resolve(gen.onnx_path), metadata={
+            "generation_id": str(gen.id), "generation_name": gen.name,
+            **(classes_metadata(reg.interface().label_map, learnt) if learnt else {}),
+        },
     )
     return reg.update_artifact(gen.id, gen.onnx_path, exported.sha256, exported.metadata)

@@ -126,3 +126,38 @@ def test_verify_reports_the_mixed_gallery_estimate_and_takes_a_tolerance(invoke,
     human = invoke("verify", "g2", home=seeded)
     assert "mixed gallery estimate (template top-1)" in human.stdout
     assert invoke("verify", "g2", "--mixed-tolerance", "2", home=seeded).exit_code == 2
+
+
+def _with_classes_record(src: Path, dest: Path, record: str) -> Path:
+    import onnx
+
+    proto = onnx.load(str(src))
+    for entry in proto.metadata_props:
+        if entry.key == "classes":
+            entry.value = record
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def test_register_keeps_the_classes_an_exported_artifact_learnt(invoke, seeded: Path, tmp_path: Path) -> None:
+    # g2 learnt classes 0-5; registered again (as if from another workspace) the gate must still score
+    # it on those classes, not on every probe class.
+    g2_onnx = seeded / "artifacts" / "g2" / "model.onnx"
+    body = invoke("register", str(g2_onnx), "--name", "g2-again", "--json", home=seeded).json()
+    assert body["train_config"]["vertices"] == [0, 1, 2, 3, 4, 5]
+    assert body["train_config"]["classes"][:2] == ["T-shirt/top", "Trouser"]
+    verdict = invoke("verify", "g2-again", "--json", home=seeded).json()
+    assert verdict["mixed"]["owners"] == {"0": 1, "1": 1, "2": 1, "3": 1, "4": 4, "5": 4}  # g2-again is id 4
+    narrowed = invoke("register", str(g2_onnx), "--name", "g2-narrow", "--classes", "0-3", "--json", home=seeded)
+    assert narrowed.json()["train_config"]["vertices"] == [0, 1, 2, 3]
+
+
+def test_register_refuses_unknown_classes_and_a_vertex_clash(invoke, seeded: Path, tmp_path: Path) -> None:
+    g2_onnx = seeded / "artifacts" / "g2" / "model.onnx"
+    res = invoke("register", str(g2_onnx), "--name", "bad", "--classes", "Teapot", home=seeded)
+    assert res.exit_code == 2 and "unknown class 'Teapot'" in res.stderr
+    clash = _with_classes_record(g2_onnx, tmp_path / "clash.onnx", '{"Trouser": 7}')
+    res = invoke("register", str(clash), "--name", "clash", home=seeded)
+    assert res.exit_code == 1 and "vertex 7" in res.stderr and "vertex 1" in res.stderr
+    for name in ("bad", "clash"):
+        assert not (seeded / "artifacts" / name).exists()

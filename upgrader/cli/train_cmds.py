@@ -166,11 +166,14 @@ def register_artifact(
     kind: Annotated[str, typer.Option(help="initial, finetune or replacement.")] = "replacement",
     method: Annotated[str, typer.Option(help="How it was trained (free text, e.g. hoc).")] = "external",
     parent: Annotated[str | None, typer.Option(help="Parent generation (default: production).")] = None,
+    classes: Annotated[str | None, typer.Option(
+        help="Classes it learnt: names or indices of this workspace's classes (e.g. 0-5). Default: the "
+             "artifact's own record (upgrader exports carry one); with neither, the gate scores it on every class.")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Register an artifact trained elsewhere: checked against the interface, then probe-embedded.
 
-    Example: upgrader register ./model.onnx --name vendor-v2 --method hoc
+    Example: upgrader register ./model.onnx --name vendor-v2 --method hoc --classes 0-5
     """
     from upgrader.lineage import import_artifact
 
@@ -179,7 +182,8 @@ def register_artifact(
 
         usage_error(f"no such artifact: {artifact}")
     with workspace(home) as ws:
-        gen = import_artifact(ws, artifact, name=name, kind=kind, method=method, parent=parent)
+        gen = import_artifact(ws, artifact, name=name, kind=kind, method=method, parent=parent,
+                              classes=[classes] if classes else None)
     if json_out:
         print_json(gen)
         return
