@@ -106,6 +106,8 @@ def test_bad_requests_are_refused(first_generation) -> None:
         )
     with pytest.raises(TrainingError, match="labels must lie"):
         train_generation(TrainConfig(), _tiny(k=4), num_classes=3)
+    with pytest.raises(TrainingError, match="calibration must be None or a ridge"):
+        train_generation(TrainConfig(calibration=-1.0), _tiny(), num_classes=8)
 
 
 def test_baselines_train(first_generation, fashion) -> None:
@@ -123,6 +125,13 @@ def test_baselines_train(first_generation, fashion) -> None:
         anchor_checkpoint=first_generation.checkpoint, num_classes=first_generation.num_classes,
     )
     assert bct.model.arch == "resnet_narrow" and np.isfinite(bct.history[-1]["loss"])
+    assert er.meta["calibration"] is None and bct.meta["calibration"] is None  # hoc only
+
+
+def test_hoc_generation_is_calibrated_onto_its_vertices(first_generation) -> None:
+    record = first_generation.result.meta["calibration"]
+    assert record["images"] == len(first_generation.data) and record["ridge"] == TrainConfig().calibration
+    assert record["cos_after"] > record["cos_before"]
 
 
 @pytest.mark.slow
