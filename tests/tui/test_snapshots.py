@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import frozen_time, settle
 
 from tui.app import DashboardApp
+
+
+@pytest.fixture(autouse=True)
+def no_toasts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Toasts come and go on wall-clock time, so whether one is still up when the picture is taken
+    depends on the machine's load (the refusal modal's picture differed under load). The views are
+    what these pictures compare; the toasts' texts are checked by the Pilot tests."""
+    monkeypatch.setattr(DashboardApp, "notify", lambda self, *args, **kwargs: None)
 
 
 def _view(keys: tuple[str, ...]):
