@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -207,6 +207,7 @@ class QueryService:
             ``workspace`` is given.
         config: limits and behaviour; see :class:`ServingConfig`.
         workspace: an open workspace to use instead of opening ``home`` (the caller closes it).
+        clock: monotonic seconds, read to decide when a recount is due (injectable for tests).
 
     Raises:
         WorkspaceError / RegistryError: no usable workspace. ArtifactError: the production artifact
@@ -215,8 +216,9 @@ class QueryService:
     """
 
     def __init__(self, home: str | Path | None = None, config: ServingConfig | None = None, *,
-                 workspace: Workspace | None = None) -> None:
+                 workspace: Workspace | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config or ServingConfig()
+        self._clock = clock  # when the next recount is due; tests pass a clock they advance by hand
         self._owns_ws = workspace is None
         self._ws = workspace if workspace is not None else open_workspace(home)
         try:
@@ -229,7 +231,7 @@ class QueryService:
             self._reloads = 0
             self._rebuilds = 0
             self._last_poll_at: datetime | None = None
-            self._last_recount = time.monotonic()
+            self._last_recount = self._clock()
             self._last_error: str | None = None
             self._started_at = datetime.now(timezone.utc)
             self._index = self._new_index()
@@ -358,21 +360,27 @@ class QueryService:
         log.info("gallery index rebuilt: %d items", len(fresh))
         return len(fresh)
 
-    def refresh(self) -> None:
+    def refresh(self, *, recount: bool | None = None) -> None:
         """One watcher tick: follow the alias, pull new gallery rows, and now and then recount.
+
+        Args:
+            recount: True compares the registry's item count with the index now, False skips it,
+                None (the watcher's choice) recounts when ``recount_seconds`` have passed since the
+                last one.
 
         Never raises: a failure is logged and kept in :attr:`ServiceStatus.last_error`, and the
         service keeps serving what it has.
         """
         try:
             self.reload()
-            due = self.config.recount_seconds > 0 and time.monotonic() - self._last_recount >= self.config.recount_seconds
+            due = recount if recount is not None else (
+                self.config.recount_seconds > 0 and self._clock() - self._last_recount >= self.config.recount_seconds)
             # Count before syncing: the sync then sees at least these rows, so after it the index
             # can only hold fewer (a skipped row) or more (a deletion) when the two really differ.
             before = sum(self._ws.registry.gallery_counts().values()) if due else 0
             self.sync()
             if due:
-                self._last_recount = time.monotonic()
+                self._last_recount = self._clock()
                 if len(self._index) != before:
                     log.info("gallery count %d differs from the index (%d): rebuilding", before, len(self._index))
                     self.rebuild()

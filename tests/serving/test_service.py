@@ -60,8 +60,19 @@ def test_add_is_searchable_at_once_and_refusals_change_nothing(case) -> None:  #
         assert svc.status().gallery_items == 62
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand, so a recount is due exactly when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_items_added_by_another_process_and_deletions_are_picked_up(case) -> None:  # type: ignore[no-untyped-def]
-    with QueryService(case.home, ServingConfig(poll_seconds=0, recount_seconds=0.001)) as svc:
+    clock = FakeClock()
+    with QueryService(case.home, ServingConfig(poll_seconds=0, recount_seconds=30), clock=clock) as svc:
         with open_workspace(case.home) as other:  # e.g. `upgrader gallery add` in another process
             gen = other.registry.get_generation("production")
             feats = open_embedder(other, gen).embed(case.spare[:3])
@@ -70,11 +81,27 @@ def test_items_added_by_another_process_and_deletions_are_picked_up(case) -> Non
             assert svc.status().gallery_items == 63
             assert svc.search(case.spare[2:3], k=1).hits[0][0].external_id == "cli-2"
             other.registry.delete_gallery_items(["cli-2", case.ids["g1"][0]])
-            svc.refresh()  # the recount sees 61 rows in the registry, 63 in the index: rebuild
+            clock.now += 29.9
+            svc.refresh()  # a cursor cannot see deletions, and the recount is not due yet
+            assert (svc.status().gallery_items, svc.status().rebuilds) == (63, 0)
+            clock.now += 0.1
+            svc.refresh()  # the recount is due: 61 rows in the registry, 63 in the index: rebuild
         st = svc.status()
         assert (st.gallery_items, st.rebuilds, st.last_error) == (61, 1, None)
         ids = {h.external_id for h in svc.search(case.spare[2:3], k=61).hits[0]}
         assert "cli-2" not in ids and case.ids["g1"][0] not in ids and "cli-1" in ids
+        svc.refresh()  # just recounted, nothing differs: no second rebuild
+        assert svc.status().rebuilds == 1
+
+
+def test_an_explicit_recount_catches_deletions_at_once(case) -> None:  # type: ignore[no-untyped-def]
+    with QueryService(case.home, MANUAL) as svc:  # recount_seconds stays 30: never due in this test
+        with open_workspace(case.home) as other:
+            other.registry.delete_gallery_items([case.ids["g2"][0]])
+        svc.refresh(recount=False)
+        assert (svc.status().gallery_items, svc.status().rebuilds) == (60, 0)
+        svc.refresh(recount=True)
+        assert (svc.status().gallery_items, svc.status().rebuilds) == (59, 1)
 
 
 def test_promotion_swaps_the_snapshot_and_requests_in_flight_keep_theirs(case) -> None:  # type: ignore[no-untyped-def]
@@ -128,7 +155,7 @@ def test_watcher_follows_a_promotion_on_its_own(case) -> None:  # type: ignore[n
         assert svc.status().watching
         with open_workspace(case.home) as other:
             promote(other, "g4", force=True, reason="test")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # a bound for a broken watcher, not an expected time
         while svc.snapshot().generation.name != "g4" and time.monotonic() < deadline:
             time.sleep(0.02)
         assert svc.snapshot().generation.name == "g4"
