@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -53,11 +55,19 @@ def fresh_ws(fresh_master: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(fresh_master, tmp_path / "ws"))
 
 
+# A bound for a hung app, not an expected duration: the helpers below return as soon as their
+# condition holds, and fail loudly (never return quietly) when it does not within this time.
+HANG_SECONDS = 120.0
+
+
 async def settle(pilot: Pilot) -> None:
     """Wait until every worker (and what it scheduled on the UI thread) is done and the app is quiet."""
     app = pilot.app
     quiet = 0
-    for _ in range(200):
+    deadline = time.monotonic() + HANG_SECONDS
+    while quiet < 3:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the app never settled: workers {[w.name for w in app.workers]}")
         try:
             await app.workers.wait_for_complete()
         except WorkerCancelled:
@@ -65,8 +75,15 @@ async def settle(pilot: Pilot) -> None:
         await pilot.pause(0.02)
         busy = any(not w.is_finished for w in app.workers)
         quiet = 0 if busy else quiet + 1
-        if quiet >= 3:
-            return
+
+
+async def wait_until(pilot: Pilot, condition: Callable[[], object], what: str) -> None:
+    """Let the app run until ``condition()`` is true; fail naming ``what`` if it never becomes so."""
+    deadline = time.monotonic() + HANG_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
 
 
 def text_of(widget: Widget) -> str:

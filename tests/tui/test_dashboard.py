@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from conftest import frozen_time, rows_of, settle, text_of
+from conftest import HANG_SECONDS, frozen_time, rows_of, settle, text_of, wait_until
+from textual.command import CommandList
 from textual.widgets import DataTable, Input, Select
 
 from tui.app import DashboardApp
 from tui.modals import ConfirmModal, TrainFormModal
+from upgrader import dashboard
 from upgrader.dashboard import alias_history
 from upgrader.workspace import open_workspace
 
@@ -141,9 +144,8 @@ async def test_promoting_a_compatible_candidate_moves_production(fresh_ws: Path)
 async def _fill_training_form(pilot, *, classes: str, epochs: str, per_class: str) -> None:
     app = pilot.app
     await pilot.press("n")  # a replacement: the imported generations have no checkpoint to fine-tune
-    await pilot.pause()
+    await wait_until(pilot, lambda: isinstance(app.screen, TrainFormModal), "the training form")
     form = app.screen
-    assert isinstance(form, TrainFormModal)
     form.query_one("#arch", Select).value = "small_cnn"
     form.query_one("#classes", Input).value = classes
     form.query_one("#epochs", Input).value = epochs
@@ -153,7 +155,33 @@ async def _fill_training_form(pilot, *, classes: str, epochs: str, per_class: st
     assert isinstance(app.screen, ConfirmModal), notes(app)
 
 
-async def test_training_from_the_form_streams_progress_and_registers_a_candidate(fresh_ws: Path) -> None:
+class HeldTraining:
+    """The real trainer, held at its first progress report until the test releases it.
+
+    The report reaches the panel first (the original callback runs), then the training thread
+    waits on ``release``: what the test asserts about a running training cannot race its end.
+    """
+
+    def __init__(self, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        self.started = threading.Event()
+        self.release = threading.Event()
+        real = dashboard.run_training
+
+        def run_training(ws, plan, *, progress=None, cancel=None):  # type: ignore[no-untyped-def]
+            def held(p) -> None:  # type: ignore[no-untyped-def]
+                if progress is not None:
+                    progress(p)
+                self.started.set()
+                if not self.release.wait(timeout=HANG_SECONDS):
+                    raise TimeoutError("the test never released the training")
+
+            return real(ws, plan, progress=held, cancel=cancel)
+
+        monkeypatch.setattr(dashboard, "run_training", run_training)
+
+
+async def test_training_from_the_form_streams_progress_and_registers_a_candidate(fresh_ws: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    held = HeldTraining(monkeypatch)
     app = DashboardApp(fresh_ws, time_format=frozen_time)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
@@ -165,11 +193,12 @@ async def test_training_from_the_form_streams_progress_and_registers_a_candidate
         plan = text_of(app.screen.query_one("#dialog-text"))
         assert "train g3-replacement-small_cnn-hoc" in plan and "production does not move" in plan
         await pilot.click("#confirm")
-        await pilot.pause()
+        await wait_until(pilot, held.started.is_set, "the first progress report")
         assert panel.display and app.workers  # training runs in a worker ...
+        assert "training g3-replacement-small_cnn-hoc" in text_of(panel.query_one("#train-status"))  # ... on screen ...
         await pilot.press("4")  # ... while the UI still answers
-        await pilot.pause()
-        assert app.query_one("#views").active == "history"
+        await wait_until(pilot, lambda: app.query_one("#views").active == "history", "the history view")
+        held.release.set()
         await settle(pilot)
         assert not panel.display
         assert seen and all(s[0] == 1 for s in seen)
@@ -179,14 +208,16 @@ async def test_training_from_the_form_streams_progress_and_registers_a_candidate
         assert app.query_one("#lineage", DataTable).cursor_row == len(rows) - 1  # the new one is highlighted
 
 
-async def test_cancel_stops_training_and_writes_nothing(fresh_ws: Path) -> None:
+async def test_cancel_stops_training_and_writes_nothing(fresh_ws: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    held = HeldTraining(monkeypatch)
     app = DashboardApp(fresh_ws, time_format=frozen_time)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         await _fill_training_form(pilot, classes="0-9", epochs="20", per_class="")
         await pilot.click("#confirm")
-        await pilot.pause()
+        await wait_until(pilot, held.started.is_set, "the first progress report")  # training is under way
         await pilot.press("x")
+        held.release.set()  # the next step sees the cancel
         await settle(pilot)
         assert ("warning", "Training cancelled; nothing was written.") in notes(app)
         assert len(rows_of(app.query_one("#lineage", DataTable))) == 2
@@ -210,7 +241,7 @@ async def test_service_errors_are_notifications(snapshot_ws: Path) -> None:
         await settle(pilot)
         assert any(s == "error" and "rollback to g1-initial refused" in m for s, m in notes(app))
         await pilot.press("n")
-        await pilot.pause()
+        await wait_until(pilot, lambda: isinstance(app.screen, TrainFormModal), "the training form")
         app.screen.query_one("#classes", Input).value = "0-1"
         app.screen.query_one("#arch", Select).value = ""  # a replacement without an architecture
         await pilot.click("#confirm")
@@ -252,7 +283,9 @@ async def test_palette_themes_and_footer(snapshot_ws: Path) -> None:
         assert app.theme == "textual-dark"
         await pilot.press("ctrl+p")
         await pilot.press(*"gallery")
-        await pilot.pause(0.5)
+        await settle(pilot)  # the palette's search runs in a worker
+        await wait_until(pilot, lambda: any("gallery" in str(o.prompt).lower()
+                                            for o in app.screen.query_one(CommandList).options), "a gallery hit")
         await pilot.press("enter")
         await settle(pilot)
         assert app.query_one("#views").active == "gallery"
