@@ -54,7 +54,12 @@ def mover(url: str, sync: Path, name: str, moves: int, a: str, b: str) -> None:
 
 
 def crash(url: str, sync: Path, gen_id: int, big: int) -> None:
-    """Commit a small batch, then start a large one and signal once its INSERT is under way."""
+    """Commit a small batch, then start a large one and stop for good inside its transaction.
+
+    Once the first INSERT of the large batch has executed (rows written, not committed), the worker
+    says so and sleeps until the test kills it: the kill lands mid-transaction on every machine,
+    however fast, instead of depending on how long the batch takes.
+    """
     from sqlalchemy import event
 
     with Registry.open(url) as reg:
@@ -62,11 +67,12 @@ def crash(url: str, sync: Path, gen_id: int, big: int) -> None:
         reg.add_gallery_items(gen_id, [f"small-{i}" for i in range(100)], _rows(100, dim, 0))
         rows = _rows(big, dim, 1)
 
-        # Test-only hook: reaches into the registry's engine to learn when the big INSERT starts.
-        @event.listens_for(reg._uow.engine, "before_cursor_execute")
-        def _started(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        # Test-only hook: reaches into the registry's engine to stop right after the big INSERT runs.
+        @event.listens_for(reg._uow.engine, "after_cursor_execute")
+        def _inserted(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
             if statement.lstrip().upper().startswith("INSERT INTO GALLERY_ITEMS"):
-                (sync / "inserting").touch()
+                (sync / "inserted").touch()
+                time.sleep(600)  # killed here; the sleep only bounds a test that forgot to kill
 
         reg.add_gallery_items(gen_id, [f"big-{i}" for i in range(big)], rows)
         (sync / "finished").touch()

@@ -27,7 +27,7 @@ def test_registry_imports_neither_torch_nor_upgrader() -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,  # a bound for a hang
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""

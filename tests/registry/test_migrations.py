@@ -137,7 +137,7 @@ def test_alembic_command_line_from_an_ini(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,  # a bound for a hang
     )
     assert proc.returncode == 0, proc.stderr
     with Registry.open(tmp_path / ".upgrader") as reg:

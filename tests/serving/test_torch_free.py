@@ -23,7 +23,7 @@ def test_server_and_service_import_no_torch(case) -> None:  # type: ignore[no-un
         assert not loaded, loaded
         print("torch-free")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)  # a bound for a hang
     assert out.returncode == 0, out.stderr
     assert "torch-free" in out.stdout
 

@@ -177,9 +177,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "upgrader.train",
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "upgrader.train",
          "--config", str(tmp_path / "config.json")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,  # a bound for a hang
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     model, meta = load_checkpoint(tmp_path / "ddp.pt")
