@@ -1,4 +1,4 @@
-"""The compatibility study as a benchmark: the same code as `upgrader study` (upgrader.study.run_study).
+"""The compatibility study as a benchmark: the same code as `upgrader study` (upgrader.study.runner.run_study).
 
 Runs the sequential scenario for each method and seed in its own workspace through the real registry,
 ONNX export, embedder and gate, and writes results.json, report.md and PNG figures to --out
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from upgrader.study import METHODS, StudyConfig, parse_methods, parse_scenarios, run_study
+from upgrader.study.runner import METHODS, StudyConfig, parse_methods, parse_scenarios, run_study
 
 
 def main() -> None:

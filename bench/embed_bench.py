@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upgrader.data import load_dataset, probe_splits, split_per_class
-from upgrader.embedder import Embedder
-from upgrader.export import export_onnx, quantize_int8
-from upgrader.train import TrainConfig, load_checkpoint, train_generation
+from upgrader.data.readers import load_dataset, probe_splits, split_per_class
+from upgrader.runtime.embedder import Embedder
+from upgrader.training.export import export_onnx, quantize_int8
+from upgrader.training.loop import TrainConfig, load_checkpoint, train_generation
 
 
 def template_top1(qf: np.ndarray, ql: np.ndarray, gf: np.ndarray, gl: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""Gallery search benchmark: upgrader.search.GallerySearch (flat, HNSW) vs plain numpy, side by side.
+"""Gallery search benchmark: upgrader.runtime.index.GallerySearch (flat, HNSW) vs plain numpy, side by side.
 
 For each gallery size: top-k single-query latency (p50 / p99) and batch throughput (queries/s) of
 
@@ -16,7 +16,7 @@ half around a few cluster centres; queries are half perturbed gallery items, hal
 
 Besides single queries and one large batch, ``small_batch_qps`` times batches of ``--small-batch``
 queries (what a server that batches concurrent requests sends). Threads default to 1 (see
-upgrader.search: OpenMP counts are per thread, and extra threads spin on a loaded machine).
+upgrader.runtime.index: OpenMP counts are per thread, and extra threads spin on a loaded machine).
 
 Prints a table and writes JSON (default bench/results/search_bench.json). Not a test.
 """
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from upgrader.search import GallerySearch, measure_recall, set_threads  # noqa: E402
+from upgrader.runtime.index import GallerySearch, measure_recall, set_threads  # noqa: E402
 
 
 def make_data(n: int, dim: int, clusters: int, rng: np.random.Generator) -> np.ndarray:

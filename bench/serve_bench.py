@@ -57,13 +57,13 @@ def build_workspace(home: Path, gallery_items: int, seed: int) -> dict[str, Any]
     """Workspace with generations g1 (production, wrote the gallery) and g2 (candidate)."""
     import torch
 
-    from upgrader.datasets import load_items
-    from upgrader.export import export_onnx
-    from upgrader.gallery import add_images
-    from upgrader.lineage import import_artifact
-    from upgrader.models import build_model
-    from upgrader.probe import init_workspace
-    from upgrader.verification import promote
+    from upgrader.data.items import load_items
+    from upgrader.training.export import export_onnx
+    from upgrader.services.gallery import add_images
+    from upgrader.services.registration import import_artifact
+    from upgrader.training.models import build_model
+    from upgrader.services.workspace_init import init_workspace
+    from upgrader.services.promotion import promote
 
     t0 = time.perf_counter()
     ws = init_workspace(home, num_classes=16, query_per_class=5, gallery_per_class=5, seed=seed)
@@ -125,8 +125,8 @@ def percentiles(lat: list[float]) -> dict[str, float | None]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
-    from upgrader.verification import promote
-    from upgrader.workspace import open_workspace
+    from upgrader.services.promotion import promote
+    from upgrader.services.workspace import open_workspace
 
     tmp = Path(tempfile.mkdtemp(prefix="serve_bench."))
     proc: subprocess.Popen[bytes] | None = None

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from upgrader.embedder import Embedder
-from upgrader.errors import GateRefused
-from upgrader.lineage import import_artifact
-from upgrader.probe import init_workspace
-from upgrader.verification import promote, verify
+from upgrader.runtime.embedder import Embedder
+from upgrader.core.errors import GateRefused
+from upgrader.services.registration import import_artifact
+from upgrader.services.workspace_init import init_workspace
+from upgrader.services.promotion import promote, verify
 
 
 def log(message: str) -> None:
@@ -68,7 +68,7 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
 
 def train_generations(root: Path, args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any]]:
     """Train g1 (initial, classes 0-3) and g2 (hoc fine-tune on 4-5) once; return their ONNX files (not timed)."""
-    from upgrader.train_service import TrainRequest, train_and_register
+    from upgrader.training.pipeline import TrainRequest, train_and_register
 
     ws = init_workspace(root / "scratch", dataset=args.dataset, num_classes=args.k,
                         query_per_class=args.probe_per_class, gallery_per_class=args.probe_per_class, seed=0)
@@ -201,7 +201,7 @@ def main() -> None:
     try:
         log("training g1 and g2 once (not timed)")
         g1_onnx, g2_onnx, report["generations"] = train_generations(root, args)
-        from upgrader.datasets import load_items
+        from upgrader.data.items import load_items
 
         pool = load_items(args.dataset, "train").images
         g2 = Embedder(g2_onnx)

@@ -4,7 +4,7 @@ Four views (Generations, Compatibility, Gallery, History) and the actions a pers
 (verify, promote, roll back, fine-tune, replace), each behind a confirmation modal that says exactly what
 will happen. Every service call runs in a thread worker with its own workspace connection, so the UI
 stays responsive, and every error a service raises becomes a notification. No SQL and no torch here:
-training is started through :mod:`upgrader.dashboard`, which loads the training side only then.
+training is started through :mod:`upgrader.services.dashboard_model`, which loads the training side only then.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from registry.errors import RegistryError
-from upgrader import dashboard, gate
-from upgrader.errors import GateRefused, TrainingCancelled, UpgraderError
-from upgrader.verification import MatrixView, Promotion, Verification, promote, rollback, rollback_target, verify
-from upgrader.workspace import Workspace, open_workspace
+from upgrader.services import dashboard_model as dashboard
+from upgrader.compat import gate
+from upgrader.core.errors import GateRefused, TrainingCancelled, UpgraderError
+from upgrader.services.promotion import MatrixView, Promotion, Verification, promote, rollback, rollback_target, verify
+from upgrader.services.workspace import Workspace, open_workspace
 
 from tui.compatibility import CompatibilityView
 from tui.gallery import GalleryView

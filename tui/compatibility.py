@@ -7,9 +7,10 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from upgrader.verification import MatrixView
+from upgrader.services.promotion import MatrixView
 
-from tui.render import heat_style, pct
+from tui.render import heat_style
+from upgrader.core.formatting import pct
 
 LEGEND = Text.assemble(
     ("✓", "bold"), " M(t,j) > M(j,j): compatible   ",

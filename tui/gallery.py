@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from upgrader.dashboard import GallerySummary
+from upgrader.services.dashboard_model import GallerySummary
 
 from tui.render import bar, human_bytes
 

@@ -12,9 +12,10 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from upgrader.dashboard import DashboardSnapshot, GenerationDetails
+from upgrader.services.dashboard_model import DashboardSnapshot, GenerationDetails
 
-from tui.render import TimeFormat, human_bytes, lineage_order, pct, status_badge
+from tui.render import TimeFormat, human_bytes, lineage_order, status_badge
+from upgrader.core.formatting import pct
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "id"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from upgrader.dashboard import HistoryEntry
+from upgrader.services.dashboard_model import HistoryEntry
 
 from tui.render import TimeFormat
 

@@ -11,7 +11,8 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from upgrader.dashboard import ARCHITECTURES, METHODS, TRAIN_KINDS, TrainForm
+from upgrader.core.vocabulary import ARCHITECTURES, METHODS
+from upgrader.services.dashboard_model import TRAIN_KINDS, TrainForm
 
 
 @dataclass(frozen=True)

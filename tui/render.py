@@ -13,7 +13,7 @@ from rich.color import Color
 from rich.style import Style
 from rich.text import Text
 
-from upgrader.overview import GenerationRow
+from upgrader.services.status import GenerationRow
 
 #: How the dashboard prints a timestamp; tests pass a fixed one so snapshots do not change.
 TimeFormat = Callable[[datetime], str]
@@ -32,13 +32,6 @@ def local_time(dt: datetime) -> str:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.astimezone().strftime("%Y-%m-%d %H:%M")
-
-
-def pct(x: float | None) -> str:
-    """A [0, 1] metric as a percentage with one decimal; '-' when missing."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{100 * x:.1f}"
 
 
 def human_bytes(n: int | None, *, compact: bool = False) -> str:

@@ -98,8 +98,8 @@ def test_matrix_reports_ac_and_am(invoke, seeded: Path) -> None:
 
 
 def test_register_refuses_an_artifact_with_another_k(invoke, seeded: Path, tmp_path: Path) -> None:
-    from upgrader.export import export_onnx
-    from upgrader.models import build_model
+    from upgrader.training.export import export_onnx
+    from upgrader.training.models import build_model
 
     path = tmp_path / "k8.onnx"
     export_onnx(build_model("small_cnn", num_classes=8, in_channels=1, image_size=28), path)

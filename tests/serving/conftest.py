@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from upgrader.datasets import load_items
-from upgrader.export import export_onnx
-from upgrader.lineage import import_artifact, open_embedder
-from upgrader.models import build_model
-from upgrader.probe import init_workspace
-from upgrader.verification import promote
+from upgrader.data.items import load_items
+from upgrader.training.export import export_onnx
+from upgrader.services.registration import import_artifact, open_embedder
+from upgrader.training.models import build_model
+from upgrader.services.workspace_init import init_workspace
+from upgrader.services.promotion import promote
 
 NUM_CLASSES = 16
 PER_GENERATION = 20

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from upgrader.server import ServerSettings, build_server, create_app, free_loopback_socket
-from upgrader.verification import promote
-from upgrader.workspace import open_workspace
+from upgrader.serving.http import ServerSettings, build_server, create_app, free_loopback_socket
+from upgrader.services.promotion import promote
+from upgrader.services.workspace import open_workspace
 
 CLIENTS = 8
 MAX_SECONDS = 120.0  # bound for a hung server; the phases below end on conditions, not on time

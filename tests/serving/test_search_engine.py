@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from upgrader.search import GallerySearch, measure_recall
+from upgrader.runtime.index import GallerySearch, measure_recall
 
 DIM = 127  # the interface of K = 128, as the benchmark uses
 

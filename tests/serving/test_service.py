@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from registry.errors import DuplicateItem
-from upgrader.errors import InvalidRequest
-from upgrader.lineage import open_embedder
-from upgrader.serving import BadImage, ImageTooLarge, QueryService, ServingConfig, decode_image
-from upgrader.verification import promote
-from upgrader.workspace import open_workspace
+from upgrader.core.errors import InvalidRequest
+from upgrader.services.registration import open_embedder
+from upgrader.serving.service import BadImage, ImageTooLarge, QueryService, ServingConfig, decode_image
+from upgrader.services.promotion import promote
+from upgrader.services.workspace import open_workspace
 
 MANUAL = ServingConfig(poll_seconds=0)  # no watcher thread: the tests call refresh() themselves
 

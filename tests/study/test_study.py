@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from upgrader.cli import app
-from upgrader.errors import InvalidRequest
-from upgrader.study import (
+from upgrader.core.errors import InvalidRequest
+from upgrader.study.runner import (
     RunRecord,
     StudyConfig,
     check_targets,
@@ -22,7 +22,7 @@ from upgrader.study import (
     summarise,
     validate,
 )
-from upgrader.workspace import open_workspace
+from upgrader.services.workspace import open_workspace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

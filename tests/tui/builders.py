@@ -26,8 +26,8 @@ def export_artifacts(folder: Path) -> Path:
     """Export one untrained small CNN per generation name into ``folder`` (K=16, 28x28 grey)."""
     import torch
 
-    from upgrader.export import export_onnx
-    from upgrader.models import build_model
+    from upgrader.training.export import export_onnx
+    from upgrader.training.models import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, seed in SEEDS.items():
@@ -38,7 +38,7 @@ def export_artifacts(folder: Path) -> Path:
 
 
 def _import(ws, artifacts: Path, name: str, kind: str, method: str, parent: str | None = None):
-    from upgrader.lineage import import_artifact
+    from upgrader.services.registration import import_artifact
 
     # A relative source path, so the recorded "imported_from" does not name a temporary folder.
     with contextlib.chdir(artifacts):
@@ -47,9 +47,9 @@ def _import(ws, artifacts: Path, name: str, kind: str, method: str, parent: str 
 
 def build_snapshot_workspace(home: Path, artifacts: Path) -> Path:
     """Three generations, two productions in the history, a mixed gallery, one refusal."""
-    from upgrader.gallery import add_dataset
-    from upgrader.probe import init_workspace
-    from upgrader.verification import promote, verify
+    from upgrader.services.gallery import add_dataset
+    from upgrader.services.workspace_init import init_workspace
+    from upgrader.services.promotion import promote, verify
 
     with init_workspace(home, num_classes=16, query_per_class=5, gallery_per_class=5) as ws:
         _import(ws, artifacts, "g1-initial", "initial", "hoc")
@@ -65,8 +65,8 @@ def build_snapshot_workspace(home: Path, artifacts: Path) -> Path:
 
 def build_fresh_workspace(home: Path, artifacts: Path) -> Path:
     """g1 in production (forced, first generation), empty gallery, g2 a candidate the gate passes."""
-    from upgrader.probe import init_workspace
-    from upgrader.verification import promote
+    from upgrader.services.workspace_init import init_workspace
+    from upgrader.services.promotion import promote
 
     with init_workspace(home, num_classes=16, query_per_class=5, gallery_per_class=5) as ws:
         _import(ws, artifacts, "g1-initial", "initial", "hoc")

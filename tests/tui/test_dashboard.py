@@ -13,9 +13,9 @@ from textual.widgets import DataTable, Input, Select
 
 from tui.app import DashboardApp
 from tui.modals import ConfirmModal, TrainFormModal
-from upgrader import dashboard
-from upgrader.dashboard import alias_history
-from upgrader.workspace import open_workspace
+from upgrader.services import dashboard_model as dashboard
+from upgrader.services.dashboard_model import alias_history
+from upgrader.services.workspace import open_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -252,7 +252,7 @@ async def test_service_errors_are_notifications(snapshot_ws: Path) -> None:
 
 
 async def test_refresh_picks_up_changes_made_elsewhere(snapshot_ws: Path) -> None:
-    from upgrader.verification import promote
+    from upgrader.services.promotion import promote
 
     app = DashboardApp(snapshot_ws, time_format=frozen_time)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from upgrader.calibration import fit_vertex_map, fold_into_projection
-from upgrader.simplex import d_simplex
+from upgrader.training.calibration import fit_vertex_map, fold_into_projection
+from upgrader.training.simplex import d_simplex
 
 
 def test_folding_makes_the_projection_output_x_times_m() -> None:

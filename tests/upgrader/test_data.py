@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from upgrader.data import (
+from upgrader.data.readers import (
     FASHION_MNIST_CLASSES,
     ImageDataset,
     RehearsalMemory,
@@ -22,8 +22,8 @@ from upgrader.data import (
     split_per_class,
     subsample_per_class,
 )
-from upgrader.batches import augment_batch, batch_indices
-from upgrader.errors import DataError
+from upgrader.training.batches import augment_batch, batch_indices
+from upgrader.core.errors import DataError
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

@@ -11,9 +11,9 @@ import onnx
 import pytest
 from PIL import Image
 
-from upgrader.embedder import Embedder, sha256_file
-from upgrader.errors import ArtifactError
-from upgrader.export import export_onnx
+from upgrader.runtime.embedder import Embedder, sha256_file
+from upgrader.core.errors import ArtifactError
+from upgrader.training.export import export_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_embedder_does_not_import_torch(artifact: Path, first_generation) -> Non
     np.save(artifact.with_suffix(".npy"), first_generation.data.images[:4])
     code = (
         "import sys, numpy as np\n"
-        "from upgrader.embedder import Embedder\n"
+        "from upgrader.runtime.embedder import Embedder\n"
         f"e = Embedder({str(artifact)!r}, threads=1)\n"
         f"out = e.embed(np.load({str(artifact.with_suffix('.npy'))!r}))\n"
         "assert out.shape == (4, 9), out.shape\n"

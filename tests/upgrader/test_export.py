@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import upgrader.export as export_module
-from upgrader.embedder import sha256_file
-from upgrader.errors import ExportError
-from upgrader.export import REQUIRED_METADATA, export_onnx
-from upgrader.models import build_model
+import upgrader.training.export as export_module
+from upgrader.runtime.embedder import sha256_file
+from upgrader.core.errors import ExportError
+from upgrader.training.export import REQUIRED_METADATA, export_onnx
+from upgrader.training.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from upgrader.gate import (
+from upgrader.compat.gate import (
     METRICS,
     GateConfig,
     GateInputs,
@@ -371,7 +371,7 @@ def test_check_formal_makes_the_formal_definition_decide(world: dict) -> None:
 
 def test_gate_imports_no_torch_sqlalchemy_or_registry() -> None:
     code = (
-        "import sys, upgrader.gate, upgrader.mixed_estimate, upgrader.search; "
+        "import sys, upgrader.compat.gate, upgrader.compat.mixed, upgrader.runtime.index; "
         "bad = [m for m in ('torch', 'sqlalchemy', 'registry') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from upgrader import gate
+from upgrader.compat import gate
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

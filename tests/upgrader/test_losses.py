@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upgrader.losses import BCTInfluenceLoss, CompatibilityLoss, HOCLoss, SimplexCrossEntropy, hoc_loss
+from upgrader.training.losses import BCTInfluenceLoss, CompatibilityLoss, HOCLoss, SimplexCrossEntropy, hoc_loss
 
 
 def _hand_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,8 +91,8 @@ def test_bct_influence_is_ce_through_old_classifier() -> None:
 
 
 def test_vertex_alignment_is_zero_on_the_vertices_and_pulls_features_towards_them() -> None:
-    from upgrader.losses import VertexAlignmentLoss
-    from upgrader.simplex import d_simplex
+    from upgrader.training.losses import VertexAlignmentLoss
+    from upgrader.training.simplex import d_simplex
 
     w = d_simplex(8)  # [8, 7]
     labels = torch.tensor([0, 3, 5])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from upgrader.losses import CompatibilityLoss, hoc_loss
+from upgrader.training.losses import CompatibilityLoss, hoc_loss
 
 
 def test_hoc_rows_restrict_the_contrastive_term_and_keep_ce_on_all() -> None:

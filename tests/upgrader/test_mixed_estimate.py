@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from upgrader import gate
-from upgrader.mixed_estimate import MixedEstimate, estimate_mixed, gallery_owners
+from upgrader.compat import gate
+from upgrader.compat.mixed import MixedEstimate, estimate_mixed, gallery_owners
 
 SHA = "ab" * 32
 NAMES = {f"c{v}": v for v in range(6)}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from upgrader.errors import ModelError
-from upgrader.models import ARCHITECTURES, build_model, rebuild_model
-from upgrader.simplex import d_simplex
+from upgrader.core.errors import ModelError
+from upgrader.training.models import ARCHITECTURES, build_model, rebuild_model
+from upgrader.training.simplex import d_simplex
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from upgrader.search import GallerySearch, Hit, measure_recall
+from upgrader.runtime.index import GallerySearch, Hit, measure_recall
 
 DIM = 16
 
@@ -201,7 +201,7 @@ def test_add_while_searching_from_another_thread() -> None:
 
 
 def test_template_accuracy_scores_class_means_not_single_items() -> None:
-    from upgrader.gallery import template_accuracy
+    from upgrader.services.gallery import template_accuracy
 
     # Class "a" has one stray item right next to the query of "b"; its template (the mean) does not.
     gallery = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)

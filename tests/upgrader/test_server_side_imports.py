@@ -9,8 +9,8 @@ import sys
 def test_server_side_modules_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import upgrader.workspace, upgrader.lineage, upgrader.gate, upgrader.search, upgrader.verification\n"
-        "import upgrader.gallery, upgrader.overview, upgrader.datasets, upgrader.data, upgrader.probe\n"
+        "import upgrader.services.workspace, upgrader.services.registration, upgrader.compat.gate, upgrader.runtime.index, upgrader.services.promotion\n"
+        "import upgrader.services.gallery, upgrader.services.status, upgrader.data.items, upgrader.data.readers, upgrader.services.workspace_init\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

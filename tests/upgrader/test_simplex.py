@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from upgrader.errors import ModelError
-from upgrader.simplex import d_simplex
+from upgrader.core.errors import ModelError
+from upgrader.training.simplex import d_simplex
 
 
 @pytest.mark.parametrize("k", [2, 3, 10, 64, 128])

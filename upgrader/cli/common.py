@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from registry.errors import RegistryError, UnknownGeneration
 
-from upgrader.errors import GateRefused, InvalidRequest, UpgraderError
-from upgrader.workspace import Workspace, open_workspace
+from upgrader.core.jsonable import jsonable
+from upgrader.core.errors import GateRefused, InvalidRequest, UpgraderError
+from upgrader.services.workspace import Workspace, open_workspace
 
 #: Exit codes (DESIGN 5): 1 error, 2 usage, 3 gate refused.
 EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 1, 2, 3
@@ -71,37 +68,9 @@ def workspace(home: Path | None) -> Iterator[Workspace]:
         ws.close()
 
 
-def jsonable(obj: Any) -> Any:
-    """Dataclasses, numpy values, datetimes and paths as plain JSON values (NaN -> null)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "images"}
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item())
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def print_json(obj: Any) -> None:
     """Write ``obj`` as JSON on stdout (plain print: no Rich markup or wrapping)."""
     sys.stdout.write(json.dumps(jsonable(obj), indent=2) + "\n")
-
-
-def pct(x: float | None) -> str:
-    """A [0, 1] metric as a percentage with one decimal, '-' when missing."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{100 * x:.1f}"
 
 
 def progress_bar(transient: bool = False) -> Progress:

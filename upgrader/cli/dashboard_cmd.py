@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from upgrader import gate
+from upgrader.compat import gate
 from upgrader.cli.common import HomeOption, handle_errors, workspace
 
 

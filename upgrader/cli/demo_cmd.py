@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from upgrader.cli.common import JsonOption, console, err_console, handle_errors, pct, print_json
+from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json
+from upgrader.core.formatting import pct
 
 
 def register(app: typer.Typer) -> None:
@@ -27,9 +28,9 @@ def demo(
 
     Example: upgrader demo --quick
     """
-    from upgrader.demo import run_demo
-    from upgrader.verification import MatrixView, compatibility_matrix
-    from upgrader.workspace import open_workspace
+    from upgrader.study.demo import run_demo
+    from upgrader.services.promotion import MatrixView, compatibility_matrix
+    from upgrader.services.workspace import open_workspace
 
     result = run_demo(home, quick=quick, device=device, log=(lambda m: None) if json_out else (lambda m: err_console.print(m, highlight=False)))
     sc = result.scenario

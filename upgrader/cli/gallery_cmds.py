@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, usage_error, workspace
-from upgrader.gallery import add_dataset, composition, read_query_images, search_images
+from upgrader.services.gallery import add_dataset, composition, read_query_images, search_images
 
 
 def register(app: typer.Typer, gallery_app: typer.Typer) -> None:
@@ -88,7 +88,7 @@ def search(
 
     with workspace(home) as ws:
         if item is not None:
-            from upgrader.datasets import load_items
+            from upgrader.data.items import load_items
 
             ds = load_items(dataset or ws.config.dataset, split)
             if not 0 <= item < len(ds):

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from upgrader import gate
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, pct, print_json, workspace
-from upgrader.errors import GateRefused
-from upgrader.verification import compatibility_matrix, promote as promote_service, rollback as rollback_service, verify as verify_service
+from upgrader.compat import gate
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, workspace
+from upgrader.core.formatting import pct
+from upgrader.core.errors import GateRefused
+from upgrader.services.promotion import compatibility_matrix, promote as promote_service, rollback as rollback_service, verify as verify_service
 
 Margin = Annotated[float, typer.Option(help="Required margin over the old self-test (metric units, 0..1).")]
 Metric = Annotated[str, typer.Option(help="Primary metric: template_top1, recall_at_1 or mean_ap.")]

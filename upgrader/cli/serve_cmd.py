@@ -38,7 +38,7 @@ def serve(
     import logging
 
     # Imported here: every other command stays free of FastAPI's import time.
-    from upgrader.server import ServerSettings, check_host, run_server
+    from upgrader.serving.http import ServerSettings, check_host, run_server
 
     if port < 0 or port > 65535:
         usage_error(f"--port {port} is outside 0-65535")

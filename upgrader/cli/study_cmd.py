@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from upgrader.core.vocabulary import METHODS
 from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, progress_bar
 
 
@@ -42,7 +43,7 @@ def study(
     out: Annotated[Path, typer.Option("--out", help="Output folder: results.json, report.md, PNG figures, workspaces/.")],
     dataset: Annotated[str, typer.Option(help="Dataset spec (fashion-mnist, an IDX folder, an image folder, a .npz) with >= 10 classes.")] = "fashion-mnist",
     scenario: Annotated[str, typer.Option(help="short (4 then 2+2+2 classes) or long (2 then 8 x 1 class); 'short,long' runs both.")] = "short",
-    methods: Annotated[str, typer.Option(help="Comma-separated training methods: hoc, ce, er, bct.")] = "hoc,ce,er,bct",
+    methods: Annotated[str, typer.Option(help=f"Comma-separated training methods: {', '.join(METHODS)}.")] = ",".join(METHODS),
     seeds: Annotated[int, typer.Option(help="Number of seeds (0 .. N-1) per method.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     initial_epochs: Annotated[int, typer.Option(help="Epochs of the first generation.")] = 5,
@@ -62,7 +63,7 @@ def study(
 
     Example: upgrader study --scenario short --methods hoc,er --seeds 3 --out ./study
     """
-    from upgrader.study import StudyConfig, parse_methods, parse_scenarios, run_study
+    from upgrader.study.runner import StudyConfig, parse_methods, parse_scenarios, run_study
 
     config = StudyConfig(
         out=str(out), dataset=dataset, scenarios=parse_scenarios(scenario), methods=parse_methods(methods), seeds=seeds,

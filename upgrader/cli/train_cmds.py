@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, pct, print_json, progress_bar, workspace
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, workspace
+from upgrader.core.formatting import pct
+from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
 
 if TYPE_CHECKING:
-    from upgrader.train_service import TrainOutcome, TrainRequest
-    from upgrader.workspace import Workspace
+    from upgrader.training.pipeline import TrainOutcome, TrainRequest
+    from upgrader.services.workspace import Workspace
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +26,7 @@ def register(app: typer.Typer) -> None:
 
 Classes = Annotated[str, typer.Option(help="New classes to learn: indices '4-5', '4,5' or names.")]
 Dataset = Annotated[str | None, typer.Option(help="Dataset (default: the workspace's).")]
-Method = Annotated[str, typer.Option(help="hoc (compatible, default), ce, er or bct.")]
+Method = Annotated[str, typer.Option(help=f"{METHODS[0]} (compatible, default) or a baseline: {', '.join(METHODS[1:])}.")]
 Epochs = Annotated[int, typer.Option(help="Passes over the new data.")]
 PerClass = Annotated[int | None, typer.Option(help="At most this many training images per class.")]
 Memory = Annotated[int, typer.Option(help="Rehearsal images kept per class for later generations.")]
@@ -37,7 +39,7 @@ Seed = Annotated[int | None, typer.Option(help="Training seed (default: the work
 
 def run_training(ws: Workspace, req: TrainRequest, *, quiet: bool = False) -> TrainOutcome:
     """Train with a live progress bar (epoch, loss, accuracy) on stderr."""
-    from upgrader.train_service import train_and_register
+    from upgrader.training.pipeline import train_and_register
 
     if quiet:
         return train_and_register(ws, req)
@@ -72,7 +74,7 @@ def train(
     finetune: Annotated[bool | None, typer.Option("--finetune/--initial", help="Fine-tune production (default when one exists) or train an initial generation.")] = None,
     parent: Annotated[str | None, typer.Option(help="Fine-tune this generation instead of production.")] = None,
     dataset: Dataset = None,
-    arch: Annotated[str | None, typer.Option(help="Architecture of an initial generation (small_cnn, resnet_narrow, resnet18).")] = None,
+    arch: Annotated[str | None, typer.Option(help=f"Architecture of an initial generation ({', '.join(ARCHITECTURES)}).")] = None,
     method: Method = "hoc",
     epochs: Epochs = 3,
     batch_size: BatchSize = 128,
@@ -89,7 +91,7 @@ def train(
     Example: upgrader train --classes 0-3 --epochs 3          (initial)
              upgrader train --classes 4,5 --finetune           (from production)
     """
-    from upgrader.train_service import TrainRequest
+    from upgrader.training.pipeline import TrainRequest
 
     with workspace(home) as ws:
         if finetune is None:
@@ -106,7 +108,7 @@ def train(
 @handle_errors
 def replace(
     classes: Classes,
-    arch: Annotated[str, typer.Option(help="The new architecture (small_cnn, resnet_narrow, resnet18).")],
+    arch: Annotated[str, typer.Option(help=f"The new architecture ({', '.join(ARCHITECTURES)}).")],
     home: HomeOption = None,
     dataset: Dataset = None,
     method: Method = "hoc",
@@ -126,7 +128,7 @@ def replace(
 
     Example: upgrader replace --arch resnet_narrow --classes 6,7 --epochs 4
     """
-    from upgrader.train_service import TrainRequest
+    from upgrader.training.pipeline import TrainRequest
 
     req = TrainRequest(
         kind="replacement", classes=(classes,), dataset=dataset, arch=arch, method=method, epochs=epochs,
@@ -148,7 +150,7 @@ def export(
 
     Example: upgrader export g2-finetune-small_cnn-hoc
     """
-    from upgrader.train_service import reexport
+    from upgrader.training.pipeline import reexport
 
     with workspace(home) as ws:
         gen = reexport(ws, generation)
@@ -163,7 +165,7 @@ def register_artifact(
     artifact: Annotated[Path, typer.Argument(help="An ONNX artifact exported by upgrader (uint8 NHWC in, L2-normalised features out).")],
     name: Annotated[str, typer.Option(help="Generation name.")],
     home: HomeOption = None,
-    kind: Annotated[str, typer.Option(help="initial, finetune or replacement.")] = "replacement",
+    kind: Annotated[str, typer.Option(help=f"One of {', '.join(KINDS)}.")] = "replacement",
     method: Annotated[str, typer.Option(help="How it was trained (free text, e.g. hoc).")] = "external",
     parent: Annotated[str | None, typer.Option(help="Parent generation (default: production).")] = None,
     classes: Annotated[str | None, typer.Option(
@@ -175,7 +177,7 @@ def register_artifact(
 
     Example: upgrader register ./model.onnx --name vendor-v2 --method hoc --classes 0-5
     """
-    from upgrader.lineage import import_artifact
+    from upgrader.services.registration import import_artifact
 
     if not artifact.is_file():
         from upgrader.cli.common import usage_error

@@ -9,9 +9,10 @@ from rich.table import Table
 
 from registry import Registry
 
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, pct, print_json, workspace
-from upgrader.overview import generation_rows, workspace_status
-from upgrader.workspace import registry_location
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, workspace
+from upgrader.core.formatting import pct
+from upgrader.services.status import generation_rows, workspace_status
+from upgrader.services.workspace import registry_location
 
 STATUS_STYLE = {
     "candidate": "yellow",
@@ -48,7 +49,7 @@ def init(
 
     Example: upgrader init --home ./ws --dataset fashion-mnist --num-classes 64
     """
-    from upgrader.probe import init_workspace
+    from upgrader.services.workspace_init import init_workspace
 
     ws = init_workspace(
         home, dataset=dataset, num_classes=num_classes, classes=classes, query_per_class=probe_queries,

@@ -1,0 +1,1 @@
+"""Vocabulary defined once, the ONNX artifact contract, errors and small shared helpers."""

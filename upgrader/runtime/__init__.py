@@ -1,0 +1,1 @@
+"""The torch-free runtime: image decoding, the ONNX Runtime embedder and the FAISS gallery index."""

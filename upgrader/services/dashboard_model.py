@@ -1,0 +1,260 @@
+"""Read and act helpers for the Textual dashboard (``tui/``) that the other services lack.
+
+The dashboard goes through services only: it never touches ``ws.registry`` itself. This module reads
+what the dashboard shows in one call per view (a whole snapshot for a refresh, the details of one
+generation, the alias history with names) and plans training runs. It imports no torch; the training
+side (``upgrader.training.pipeline``) is imported lazily inside the two functions that need it, so the
+dashboard process loads torch only when a person actually starts a training run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry import AliasMove, GateReport, Generation
+
+from upgrader.core.errors import InvalidRequest
+from upgrader.core.vocabulary import KINDS
+from upgrader.services.status import GenerationRow, generation_rows
+from upgrader.services.promotion import MatrixView, compatibility_matrix
+from upgrader.services.workspace import Workspace
+
+#: The kinds in the order the training form offers them (the common case first).
+TRAIN_KINDS: tuple[str, ...] = tuple(sorted(KINDS, key=("finetune", "replacement", "initial").index))
+
+_BYTES_PER_VALUE = {"float32": 4, "float16": 2}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One move of the production alias with the generation names resolved."""
+
+    move: AliasMove
+    from_name: str | None  # None for the very first promotion
+    to_name: str
+
+
+@dataclass(frozen=True)
+class GallerySummary:
+    """The production gallery by generation, for the bar chart."""
+
+    counts: list[tuple[Generation, int]]  # (generation, items), ascending generation id
+    total: int  # items in the gallery
+    production: int | None  # generation id production points at
+    embedding_dim: int  # K-1
+    embedding_dtype: str  # how embeddings are stored ("float32" / "float16")
+
+    @property
+    def share_on_old(self) -> float:
+        """Fraction of items written by generations other than production (0 for an empty gallery)."""
+        if self.total == 0:
+            return 0.0
+        return sum(n for g, n in self.counts if g.id != self.production) / self.total
+
+    @property
+    def embedding_bytes(self) -> int:
+        """Bytes the stored embeddings take (items x dim x bytes per value)."""
+        return self.total * self.embedding_dim * _BYTES_PER_VALUE.get(self.embedding_dtype, 4)
+
+
+@dataclass(frozen=True)
+class DashboardSnapshot:
+    """Everything the dashboard's tables show, read in one go."""
+
+    home: str
+    dataset: str
+    num_classes: int
+    rows: list[GenerationRow]  # the lineage, ascending id
+    production: Generation | None
+    gallery: GallerySummary
+    history: list[HistoryEntry]  # oldest first
+    live: list[int]  # generation ids with items in the gallery
+
+    def name_of(self, gen_id: int | None) -> str:
+        """A generation's name, '-' for None, the id when unknown."""
+        if gen_id is None:
+            return "-"
+        for row in self.rows:
+            if row.generation.id == gen_id:
+                return row.generation.name
+        return str(gen_id)
+
+
+@dataclass(frozen=True)
+class GenerationDetails:
+    """One generation with its relatives, artifact and gate reports (newest first)."""
+
+    row: GenerationRow
+    parent: Generation | None
+    children: list[Generation]
+    artifact_path: str  # absolute path of the ONNX artifact
+    gate_reports: list[GateReport]
+    names: dict[int, str] = field(default_factory=dict)  # id -> name of every generation
+
+
+def alias_history(ws: Workspace) -> list[HistoryEntry]:
+    """Every move of ``production``, oldest first, with generation names."""
+    reg = ws.registry
+    names = {g.id: g.name for g in reg.list_generations()}
+    return [
+        HistoryEntry(m, names.get(m.from_gen, str(m.from_gen)) if m.from_gen is not None else None, names.get(m.to_gen, str(m.to_gen)))
+        for m in reg.alias_history()
+    ]
+
+
+def gallery_summary(ws: Workspace) -> GallerySummary:
+    """Items per generation (the same figures as ``upgrader.services.gallery.composition``, without loading the
+    dataset readers that module needs)."""
+    reg = ws.registry
+    iface = reg.interface()
+    counts = reg.gallery_counts()
+    return GallerySummary(
+        counts=[(reg.get_generation(gid), n) for gid, n in sorted(counts.items())],
+        total=sum(counts.values()),
+        production=reg.get_alias(),
+        embedding_dim=iface.embedding_dim,
+        embedding_dtype=iface.embedding_dtype,
+    )
+
+
+def load_snapshot(ws: Workspace) -> DashboardSnapshot:
+    """Read the lineage, the gallery and the history (self-tests are computed once and cached)."""
+    reg = ws.registry
+    rows = generation_rows(ws)
+    prod = next((r.generation for r in rows if r.is_production), None)
+    return DashboardSnapshot(
+        home=str(ws.home),
+        dataset=ws.config.dataset,
+        num_classes=ws.config.num_classes,
+        rows=rows,
+        production=prod,
+        gallery=gallery_summary(ws),
+        history=alias_history(ws),
+        live=reg.live_generations(),
+    )
+
+
+def generation_details(ws: Workspace, ref: int | str) -> GenerationDetails:
+    """What the details panel shows for one generation."""
+    reg = ws.registry
+    gen = reg.get_generation(ref)
+    rows = generation_rows(ws)
+    row = next(r for r in rows if r.generation.id == gen.id)
+    gens = [r.generation for r in rows]
+    return GenerationDetails(
+        row=row,
+        parent=next((g for g in gens if g.id == gen.parent_id), None),
+        children=[g for g in gens if g.parent_id == gen.id],
+        artifact_path=str(ws.resolve(gen.onnx_path)),
+        gate_reports=reg.gate_reports(gen.id),
+        names={g.id: g.name for g in gens},
+    )
+
+
+@dataclass(frozen=True)
+class TrainForm:
+    """What the dashboard's training form collects."""
+
+    kind: str  # finetune | replacement | initial
+    classes: str  # "4-6", "4,5" or class names, comma separated
+    dataset: str = ""  # "" -> the workspace's dataset
+    arch: str = ""  # "" -> the parent's (finetune) / small_cnn (initial)
+    epochs: int = 3
+    method: str = "hoc"
+    per_class: int | None = None  # at most this many training images per class
+    name: str = ""  # "" -> the default g<N>-<kind>-<arch>-<method>
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """A checked training request and what it will do, for the confirmation modal."""
+
+    request: Any  # upgrader.training.pipeline.TrainRequest (typed loosely: that module imports torch)
+    name: str  # the generation it will register
+    arch: str
+    parent: Generation | None  # starts from / anchored on
+    anchored: bool  # trains with a compatibility term against ``parent``
+    dataset: str
+    classes: tuple[str, ...]
+
+    def describe(self) -> list[str]:
+        """The lines the confirmation modal shows: exactly what the run does."""
+        req = self.request
+        what = {"finetune": "Fine-tune", "replacement": "Replacement", "initial": "Initial generation"}[req.kind]
+        lines = [f"{what}: train [b]{self.name}[/b] ({self.arch}, method {req.method})"]
+        if req.kind == "finetune" and self.parent is not None:
+            lines.append(f"starting from the weights of {self.parent.name}, with its rehearsal memory")
+        if self.anchored and self.parent is not None:
+            lines.append(f"compatibility loss anchored on {self.parent.name} (frozen)")
+        elif req.kind != "initial":
+            lines.append("no anchor: nothing keeps it compatible with earlier generations")
+        per = f", at most {req.per_class} images per class" if req.per_class else ""
+        lines.append(f"data: classes {', '.join(self.classes)} of {self.dataset}{per}; {req.epochs} epoch(s)")
+        lines.append("then: export to ONNX, embed the probe set, register as a [b]candidate[/b]")
+        lines.append("production does not move; verify and promote it afterwards")
+        return lines
+
+
+def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
+    """Turn the form into a checked request (unknown kind, architecture, taken name... are refused).
+
+    Imports the training side (torch), so call it from a worker thread.
+
+    Raises:
+        InvalidRequest: the form contradicts itself or the workspace.
+        NoProduction: a fine-tune with nothing in production.
+    """
+    from upgrader.training import pipeline as train_service  # torch: only when a person asks to train
+
+    if form.kind not in TRAIN_KINDS:
+        raise InvalidRequest(f"unknown kind {form.kind!r}; use one of {', '.join(TRAIN_KINDS)}")
+    classes = tuple(c.strip() for c in form.classes.split(",") if c.strip())
+    if not classes:
+        raise InvalidRequest("name the classes to train on, e.g. 4-6 or 4,5")
+    if form.per_class is not None and form.per_class < 1:
+        raise InvalidRequest("images per class must be at least 1")
+    req = train_service.TrainRequest(
+        kind=form.kind,
+        classes=classes,
+        dataset=form.dataset or None,
+        arch=form.arch or None,
+        method=form.method,
+        epochs=form.epochs,
+        per_class=form.per_class,
+        name=form.name or None,
+    )
+    parent, arch, name = train_service.validate_request(ws, req)
+    # Same rule as train_and_register: only hoc and bct have a compatibility term, and the anchor is
+    # loaded from the parent's checkpoint (an imported artifact has none).
+    anchored = form.method in ("hoc", "bct") and parent is not None and bool(parent.checkpoint_path)
+    req = train_service.TrainRequest(**{**req.__dict__, "name": name})
+    return TrainingPlan(req, name, arch, parent, anchored, form.dataset or ws.config.dataset, classes)
+
+
+def run_training(
+    ws: Workspace,
+    plan: TrainingPlan,
+    *,
+    progress: Callable[[Any], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> Generation:
+    """Train, export and register the planned generation; returns it (a candidate).
+
+    Raises:
+        TrainingCancelled: ``cancel`` was set; nothing was written.
+    """
+    from upgrader.training.pipeline import train_and_register  # torch: only when a person asks to train
+
+    return train_and_register(ws, plan.request, progress=progress, cancel=cancel).generation
+
+
+def matrix_view(ws: Workspace, *, live_only: bool, metric: str) -> MatrixView:
+    """The compatibility matrix over the live generations, or over every generation (rejected ones
+    included, unlike the CLI's default, so a person can see why the gate refused them)."""
+    if live_only:
+        return compatibility_matrix(ws, live_only=True, metric=metric)
+    ids = [g.id for g in ws.registry.list_generations()]
+    return compatibility_matrix(ws, ids or None, metric=metric)

@@ -1,0 +1,119 @@
+"""Read-only summaries of a workspace for the CLI tables and the dashboard (no torch, no writes
+except caching self-test evaluations)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from registry import AliasMove, Generation
+
+from upgrader.compat import gate
+from upgrader.services.registration import has_probe_embeddings, known_classes
+from upgrader.services.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    """One generation with what the lineage table shows about it."""
+
+    generation: Generation
+    is_production: bool
+    self_test: float | None  # M(g, g) in the primary metric; None without probe embeddings
+    gallery_items: int  # gallery items this generation wrote
+    artifact_bytes: int | None  # size of the ONNX file, None when missing
+
+
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    """The state of a workspace at a glance."""
+
+    home: str
+    registry_url: str
+    dataset: str
+    num_classes: int
+    embedding_dim: int
+    classes_assigned: int
+    probe_counts: dict[str, int]
+    generations: int
+    by_status: dict[str, int]
+    production: Generation | None
+    gallery_total: int
+    gallery_by_generation: dict[int, int]
+    last_move: AliasMove | None
+
+
+def self_tests(ws: Workspace, metric: str = gate.DEFAULT_PRIMARY_METRIC) -> dict[int, float]:
+    """M(g, g) of every generation with probe embeddings, from stored evaluations where present
+    (computed and recorded otherwise)."""
+    reg = ws.registry
+    stored = {e.query_gen: e.metrics for e in reg.evaluations() if e.query_gen == e.gallery_gen}
+    out: dict[int, float] = {}
+    missing: list[tuple[int, int, dict[str, float]]] = []
+    q_labels = g_labels = None
+    for gen in reg.list_generations():
+        if gen.id in stored and metric in stored[gen.id]:
+            out[gen.id] = float(stored[gen.id][metric])
+            continue
+        if not has_probe_embeddings(ws, gen.id):
+            continue
+        if q_labels is None:
+            q_labels, g_labels = reg.probe_set("query").vertices, reg.probe_set("gallery").vertices
+        classes = known_classes(gen)
+        m = gate.pair_metrics(
+            reg.get_probe_embeddings(gen.id, "query")[1], q_labels, reg.get_probe_embeddings(gen.id, "gallery")[1],
+            g_labels, frozenset(classes) if classes else None,
+        )
+        out[gen.id] = m.get(metric)
+        missing.append((gen.id, gen.id, m.as_dict()))
+    if missing:
+        reg.record_evaluations(missing)
+    return out
+
+
+def generation_rows(ws: Workspace) -> list[GenerationRow]:
+    """The lineage, oldest first, with production marked."""
+    reg = ws.registry
+    prod = reg.get_alias()
+    tests = self_tests(ws)
+    counts = reg.gallery_counts()
+    rows = []
+    for gen in reg.list_generations():
+        path = ws.resolve(gen.onnx_path)
+        rows.append(
+            GenerationRow(
+                generation=gen,
+                is_production=gen.id == prod,
+                self_test=tests.get(gen.id),
+                gallery_items=counts.get(gen.id, 0),
+                artifact_bytes=path.stat().st_size if path.is_file() else None,
+            )
+        )
+    return rows
+
+
+def workspace_status(ws: Workspace) -> WorkspaceStatus:
+    """Everything `upgrader status` prints."""
+    reg = ws.registry
+    iface = reg.interface()
+    gens = reg.list_generations()
+    by_status: dict[str, int] = {}
+    for g in gens:
+        by_status[g.status] = by_status.get(g.status, 0) + 1
+    prod = reg.get_alias()
+    counts = reg.gallery_counts()
+    history = reg.alias_history()
+    return WorkspaceStatus(
+        home=str(ws.home),
+        registry_url=reg.url,
+        dataset=ws.config.dataset,
+        num_classes=iface.num_classes,
+        embedding_dim=iface.embedding_dim,
+        classes_assigned=len(iface.label_map),
+        probe_counts=reg.probe_counts(),
+        generations=len(gens),
+        by_status=by_status,
+        production=reg.get_generation(prod) if prod is not None else None,
+        gallery_total=sum(counts.values()),
+        gallery_by_generation=counts,
+        last_move=history[-1] if history else None,
+    )

@@ -1,0 +1,1 @@
+"""The torch-free query server: QueryService and its HTTP app."""

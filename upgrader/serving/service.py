@@ -1,0 +1,545 @@
+"""The query service behind ``upgrader serve``, usable on its own inside another server.
+
+:class:`QueryService` embeds query images with the *production* generation's ONNX artifact and
+searches the whole stored gallery — items written by any number of generations — with one
+:class:`~upgrader.runtime.index.GallerySearch` index. It follows the registry while it runs:
+
+* **Promotion without a restart.** A watcher thread polls the ``production`` alias every
+  ``poll_seconds`` (one indexed single-row query). When it moves, the new artifact is loaded and
+  warmed up *beside* the old one, then a single reference — an immutable :class:`ModelSnapshot`
+  (generation, embedder) — is swapped. Every request reads that reference once and uses it from
+  decoding to the reply, so requests in flight finish on the generation they started with and new
+  requests get the new one; nothing is dropped and the gallery is never re-embedded (compatible
+  generations share one embedding space: that is what the gate proved before the alias moved). If
+  the new artifact cannot be loaded (missing file, checksum mismatch) the service keeps serving the
+  old generation and reports the error in :meth:`QueryService.status`.
+* **Gallery sync, incremental.** New gallery rows — added through :meth:`QueryService.add` or by
+  another process (``upgrader gallery add``) — are pulled with
+  ``registry.load_gallery(after_row_id=index.last_row_id)`` on each tick (and after each ``add``, so
+  a caller reads its own writes; ``sync_on_search=True`` also pulls before every search). Row ids
+  grow in commit order on SQLite (writers are serialised), so the cursor never skips a row there.
+* **Deletions** (``registry.delete_gallery_items``) are not visible to a cursor. Every
+  ``recount_seconds`` the tick compares the registry's item count with the index and, when they
+  differ, rebuilds the index from the registry off to the side and swaps it in (searches keep using
+  the old index until then). The same recount repairs rows a cursor could miss on PostgreSQL, where
+  concurrent transactions may commit out of row-id order. :meth:`QueryService.rebuild` forces one.
+
+Server side: numpy, onnxruntime, Pillow, FAISS and the registry — never torch (a test checks it in a
+subprocess), so a CPU server installs no training stack.
+
+Example::
+
+    with QueryService("./ws") as svc:
+        result = svc.search(images_uint8_nhwc, k=5)      # or a list of encoded image files (bytes)
+        for hit in result.hits[0]:
+            print(hit.external_id, hit.score, hit.generation_id)
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from registry import Generation
+
+from upgrader.runtime.embedder import Embedder
+from upgrader.core.errors import InterfaceMismatch, InvalidRequest, NoProduction
+from upgrader.services.registration import open_embedder
+from upgrader.runtime.index import INDEX_KINDS, GallerySearch, Hit, IndexKind
+from upgrader.services.workspace import Workspace, open_workspace
+
+log = logging.getLogger("upgrader.serving.service")
+
+#: Gallery rows added to the index per write-lock hold while syncing, so searches are never held
+#: back for long by a large backlog (FAISS flat adds ~1M rows/s; HNSW far fewer).
+SYNC_CHUNK = 20_000
+
+
+class BadImage(InvalidRequest):
+    """An uploaded file is not a decodable image (the server answers 400)."""
+
+
+class ImageTooLarge(InvalidRequest):
+    """An uploaded image exceeds the configured width / height / pixel limits (the server answers 413)."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How a :class:`QueryService` runs. Defaults suit a small CPU server."""
+
+    index: IndexKind = "flat"  # gallery index kind: "flat" (exact), "hnsw" or "ivf" (approximate)
+    search_threads: int = 1  # FAISS threads per search call; parallelism comes from concurrent requests
+    embed_threads: int = 1  # ONNX Runtime intra-op threads per embed call, for the same reason
+    poll_seconds: float = 1.0  # watcher period (alias + new gallery rows); 0 = no watcher, call refresh()
+    recount_seconds: float = 30.0  # compare registry item count with the index (deletions); 0 = never
+    sync_on_search: bool = False  # pull new gallery rows before every search (read-your-writes across processes)
+    max_images: int = 64  # images per call (search / embed / add)
+    max_k: int = 1000  # largest k a search may ask for
+    max_side: int = 4096  # largest width or height of an encoded image, before resizing
+    max_pixels: int = 16_777_216  # largest width * height of an encoded image (decompression bombs)
+    max_id_length: int = 256  # longest external id accepted by add()
+    batch_size: int = 256  # images per ONNX Runtime call
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEX_KINDS:
+            raise InvalidRequest(f"unknown index kind {self.index!r}; choose one of {', '.join(INDEX_KINDS)}")
+        for name in ("search_threads", "embed_threads", "max_images", "max_k", "max_side", "max_pixels",
+                     "max_id_length", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.poll_seconds < 0 or self.recount_seconds < 0:
+            raise InvalidRequest("poll_seconds and recount_seconds must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """What one request uses from start to finish: a generation and its loaded artifact."""
+
+    generation: Generation
+    embedder: Embedder
+    loaded_at: datetime
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) the artifact takes."""
+        return self.embedder.image_shape
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Top-k hits per query and the generation that embedded the queries."""
+
+    generation: Generation
+    hits: list[list[Hit]]  # one list per query, nearest first; each Hit names the generation that wrote it
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Embeddings and the generation that produced them."""
+
+    generation: Generation
+    embeddings: np.ndarray  # float32 [N, D], L2-normalised
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """Outcome of :meth:`QueryService.add`."""
+
+    generation: Generation  # the generation that embedded (and is recorded as writing) the items
+    added: int
+    gallery_items: int  # items in the index afterwards
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """A health snapshot of a running service."""
+
+    serving: Generation | None  # generation new requests use (None: nothing promoted yet)
+    production_alias: int | None  # where the registry's alias pointed at the last poll
+    serving_since: datetime | None
+    gallery_items: int
+    items_by_generation: dict[int, int]
+    last_row_id: int
+    index: str
+    reloads: int  # generation swaps since start
+    rebuilds: int  # full index rebuilds since start
+    last_poll_at: datetime | None
+    last_error: str | None  # the last failed reload / sync, cleared by the next good tick
+    watching: bool
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def decode_image(data: bytes, image_shape: tuple[int, int, int], *, max_side: int = 4096,
+                 max_pixels: int = 16_777_216) -> np.ndarray:
+    """Decode an encoded image file (PNG, JPEG, ...) to uint8 ``[H, W, C]`` of the artifact's shape.
+
+    The header is checked against the limits before the pixels are decoded, so an oversized or
+    decompression-bomb image costs nothing. Colour is converted (grey or RGB) and the image resized
+    (bilinear) to ``image_shape``, as ``upgrader search FILE`` does.
+
+    Raises:
+        BadImage: not a decodable image. ImageTooLarge: beyond ``max_side`` / ``max_pixels``.
+    """
+    from PIL import Image
+
+    h, w, c = image_shape
+    if not data:
+        raise BadImage("empty image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            iw, ih = im.size
+            if iw > max_side or ih > max_side or iw * ih > max_pixels:
+                raise ImageTooLarge(
+                    f"image is {iw}x{ih}; the limit is {max_side} px per side and {max_pixels} pixels — resize it first"
+                )
+            im = im.convert("L" if c == 1 else "RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).reshape(h, w, c)
+    except ImageTooLarge:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"image exceeds {max_pixels} pixels (decompression bomb guard)") from None
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError) for bad input
+        raise BadImage(f"not a decodable image ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+
+
+class QueryService:
+    """Embeds and searches with the production generation, following promotions and gallery growth.
+
+    Thread-safe: any number of threads may call :meth:`search`, :meth:`embed` and :meth:`add`
+    while the watcher reloads and syncs.
+
+    Args:
+        home: workspace folder (None: ``$UPGRADER_HOME`` or ``./.upgrader``). Ignored when
+            ``workspace`` is given.
+        config: limits and behaviour; see :class:`ServingConfig`.
+        workspace: an open workspace to use instead of opening ``home`` (the caller closes it).
+        clock: monotonic seconds, read to decide when a recount is due (injectable for tests).
+
+    Raises:
+        WorkspaceError / RegistryError: no usable workspace. ArtifactError: the production artifact
+        is missing or was modified. A workspace without a production generation is accepted: the
+        service answers :class:`NoProduction` until something is promoted.
+    """
+
+    def __init__(self, home: str | Path | None = None, config: ServingConfig | None = None, *,
+                 workspace: Workspace | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or ServingConfig()
+        self._clock = clock  # when the next recount is due; tests pass a clock they advance by hand
+        self._owns_ws = workspace is None
+        self._ws = workspace if workspace is not None else open_workspace(home)
+        try:
+            self._dim = self._ws.registry.interface().embedding_dim
+            self._snapshot: ModelSnapshot | None = None
+            self._production_alias: int | None = None
+            self._swap_lock = threading.Lock()  # one artifact load at a time
+            self._sync_lock = threading.Lock()  # one gallery sync / rebuild at a time (cursor consistency)
+            self._names: dict[int, str] = {}
+            self._reloads = 0
+            self._rebuilds = 0
+            self._last_poll_at: datetime | None = None
+            self._last_recount = self._clock()
+            self._last_error: str | None = None
+            self._started_at = datetime.now(timezone.utc)
+            self._index = self._new_index()
+            self.reload()
+            self.sync()
+        except BaseException:
+            if self._owns_ws:
+                self._ws.close()
+            raise
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if self.config.poll_seconds > 0:
+            self._watcher = threading.Thread(target=self._watch, name="upgrader-serving-watch", daemon=True)
+            self._watcher.start()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def workspace(self) -> Workspace:
+        """The workspace the service reads."""
+        return self._ws
+
+    def close(self) -> None:
+        """Stop the watcher and release the registry (if the service opened it). Idempotent."""
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=max(5.0, 2 * self.config.poll_seconds))
+        self._watcher = None
+        if self._owns_ws:
+            self._ws.close()
+            self._owns_ws = False
+
+    def __enter__(self) -> QueryService:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _watch(self) -> None:
+        # Bounded by the stop event: close() ends it within one period.
+        while not self._stop.wait(self.config.poll_seconds):
+            self.refresh()
+
+    # ------------------------------------------------------------------ following the registry
+
+    def snapshot(self) -> ModelSnapshot:
+        """The (generation, embedder) new requests use. Read it once per request.
+
+        Raises:
+            NoProduction: nothing has been promoted yet.
+        """
+        snap = self._snapshot
+        if snap is None:
+            raise NoProduction("no production generation yet; promote one (`upgrader promote GEN`)")
+        return snap
+
+    def reload(self) -> bool:
+        """Swap to the generation the ``production`` alias names, if it moved. Returns True on a swap.
+
+        The new artifact is loaded (checksum verified) and run once before the swap, so the first
+        request on it pays no session start-up; requests holding the old snapshot finish on it.
+
+        Raises:
+            ArtifactError: the new artifact is missing or modified (the old generation keeps serving).
+            InterfaceMismatch: its embedding dimension differs from the workspace's.
+        """
+        with self._swap_lock:
+            prod = self._ws.registry.get_alias()
+            self._production_alias = prod
+            current = self._snapshot
+            if prod is None or (current is not None and current.generation.id == prod):
+                return False
+            gen = self._ws.registry.get_generation(prod)
+            embedder = open_embedder(self._ws, gen, threads=self.config.embed_threads)
+            if embedder.embedding_dim != self._dim:
+                raise InterfaceMismatch(
+                    f"generation {gen.name} embeds to {embedder.embedding_dim} dims, the gallery holds {self._dim}"
+                )
+            embedder.embed(np.zeros((1, *embedder.image_shape), dtype=np.uint8))  # warm-up
+            self._names[gen.id] = gen.name
+            # One reference assignment: atomic for every reader.
+            self._snapshot = ModelSnapshot(gen, embedder, datetime.now(timezone.utc))
+            self._reloads += 1 if current is not None else 0
+            log.info("serving generation %s (id %d)%s", gen.name, gen.id,
+                     f", was {current.generation.name}" if current is not None else "")
+            return True
+
+    def sync(self) -> int:
+        """Add gallery rows written since the last sync (by anyone) to the index. Returns how many.
+
+        Rows whose external id the index already holds (deleted and re-added under the same id)
+        cannot be appended; the index is rebuilt instead.
+        """
+        with self._sync_lock:
+            index = self._index
+            new = self._ws.registry.load_gallery(after_row_id=index.last_row_id)
+            n = len(new)
+            if n == 0:
+                return 0
+            if any(e in index for e in new.external_ids):
+                self._rebuild_locked()
+                return n
+            for s in range(0, n, SYNC_CHUNK):
+                e = min(n, s + SYNC_CHUNK)
+                index.add(new.row_ids[s:e], new.external_ids[s:e], new.generation_ids[s:e],
+                          new.labels[s:e], new.matrix[s:e])
+            return n
+
+    def rebuild(self) -> int:
+        """Rebuild the index from the whole registry gallery and swap it in. Returns its size.
+
+        Searches keep using the old index until the swap; syncs and adds wait for it.
+        """
+        with self._sync_lock:
+            return self._rebuild_locked()
+
+    def _rebuild_locked(self) -> int:
+        fresh = self._new_index()
+        gallery = self._ws.registry.load_gallery()
+        for s in range(0, len(gallery), SYNC_CHUNK):
+            e = min(len(gallery), s + SYNC_CHUNK)
+            fresh.add(gallery.row_ids[s:e], gallery.external_ids[s:e], gallery.generation_ids[s:e],
+                      gallery.labels[s:e], gallery.matrix[s:e])
+        self._index = fresh
+        self._rebuilds += 1
+        log.info("gallery index rebuilt: %d items", len(fresh))
+        return len(fresh)
+
+    def refresh(self, *, recount: bool | None = None) -> None:
+        """One watcher tick: follow the alias, pull new gallery rows, and now and then recount.
+
+        Args:
+            recount: True compares the registry's item count with the index now, False skips it,
+                None (the watcher's choice) recounts when ``recount_seconds`` have passed since the
+                last one.
+
+        Never raises: a failure is logged and kept in :attr:`ServiceStatus.last_error`, and the
+        service keeps serving what it has.
+        """
+        try:
+            self.reload()
+            due = recount if recount is not None else (
+                self.config.recount_seconds > 0 and self._clock() - self._last_recount >= self.config.recount_seconds)
+            # Count before syncing: the sync then sees at least these rows, so after it the index
+            # can only hold fewer (a skipped row) or more (a deletion) when the two really differ.
+            before = sum(self._ws.registry.gallery_counts().values()) if due else 0
+            self.sync()
+            if due:
+                self._last_recount = self._clock()
+                if len(self._index) != before:
+                    log.info("gallery count %d differs from the index (%d): rebuilding", before, len(self._index))
+                    self.rebuild()
+            self._last_error = None
+        except Exception as exc:  # the watcher must survive a bad tick (e.g. a broken artifact)
+            self._last_error = f"{exc.__class__.__name__}: {exc}"
+            log.warning("serving refresh failed: %s", self._last_error)
+        finally:
+            self._last_poll_at = datetime.now(timezone.utc)
+
+    # ------------------------------------------------------------------ requests
+
+    def search(self, images: np.ndarray | Sequence[bytes], k: int = 10) -> SearchResult:
+        """Embed query images with production and return the top-k gallery items for each.
+
+        Args:
+            images: uint8 ``[N, H, W, C]`` of the production artifact's shape, or a sequence of
+                encoded image files (bytes; decoded and resized, see :func:`decode_image`).
+            k: results per query, 1..``max_k``; an empty gallery gives empty lists.
+
+        Raises:
+            InvalidRequest (BadImage, ImageTooLarge): bad input. NoProduction: nothing promoted.
+        """
+        snap = self.snapshot()
+        self._check_k(k)
+        batch = self._prepare(images, snap)
+        if self.config.sync_on_search:
+            self._try_sync()
+        queries = snap.embedder.embed(batch, self.config.batch_size)  # [N, D]
+        return SearchResult(snap.generation, self._index.search(queries, int(k)))
+
+    def embed(self, images: np.ndarray | Sequence[bytes]) -> EmbedResult:
+        """Embed images with production (same inputs as :meth:`search`)."""
+        snap = self.snapshot()
+        batch = self._prepare(images, snap)
+        return EmbedResult(snap.generation, snap.embedder.embed(batch, self.config.batch_size))
+
+    def add(self, images: np.ndarray | Sequence[bytes], ids: Sequence[str],
+            labels: Sequence[str | None] | None = None) -> AddResult:
+        """Embed images with production and store them in the gallery (all or nothing), then index them.
+
+        Raises:
+            InvalidRequest: bad images, ids or labels. registry.errors.DuplicateItem: an id exists.
+        """
+        snap = self.snapshot()
+        ids = list(ids)
+        batch = self._prepare(images, snap)
+        n = batch.shape[0]
+        if len(ids) != n:
+            raise InvalidRequest(f"{n} images but {len(ids)} ids; give one id per image")
+        bad = [i for i in ids if not isinstance(i, str) or not i.strip() or len(i) > self.config.max_id_length]
+        if bad:
+            raise InvalidRequest(f"ids must be non-empty strings of at most {self.config.max_id_length} characters, got {bad[0]!r}")
+        if len(set(ids)) != n:
+            raise InvalidRequest("ids repeat within the request; give each image its own id")
+        if labels is not None:
+            labels = list(labels)
+            if len(labels) != n:
+                raise InvalidRequest(f"{n} images but {len(labels)} labels; give one label (or null) per image")
+            if any(lbl is not None and not isinstance(lbl, str) for lbl in labels):
+                raise InvalidRequest("labels must be strings or null")
+        feats = snap.embedder.embed(batch, self.config.batch_size)  # [N, D]
+        # Recorded as written by the snapshot's generation: the one that really embedded them, even
+        # if the alias moved meanwhile.
+        self._ws.registry.add_gallery_items(snap.generation.id, ids, feats, labels=labels)
+        self.sync()
+        return AddResult(snap.generation, n, len(self._index))
+
+    # ------------------------------------------------------------------ introspection
+
+    def generation_name(self, gen_id: int) -> str:
+        """Name of a generation id (cached; unknown ids read the registry once)."""
+        name = self._names.get(int(gen_id))
+        if name is None:
+            for g in self._ws.registry.list_generations():
+                self._names[g.id] = g.name
+            name = self._names.get(int(gen_id), str(gen_id))
+        return name
+
+    def status(self) -> ServiceStatus:
+        """What the service serves and how its index stands."""
+        snap = self._snapshot
+        index = self._index
+        return ServiceStatus(
+            serving=snap.generation if snap else None,
+            production_alias=self._production_alias,
+            serving_since=snap.loaded_at if snap else None,
+            gallery_items=len(index),
+            items_by_generation=index.generation_counts(),
+            last_row_id=index.last_row_id,
+            index=self.config.index,
+            reloads=self._reloads,
+            rebuilds=self._rebuilds,
+            last_poll_at=self._last_poll_at,
+            last_error=self._last_error,
+            watching=self._watcher is not None and self._watcher.is_alive(),
+            started_at=self._started_at,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_index(self) -> GallerySearch:
+        return GallerySearch(self._dim, index=self.config.index, threads=self.config.search_threads)
+
+    def _try_sync(self) -> None:
+        # A search never waits behind another thread's sync or rebuild: it serves what is indexed.
+        if self._sync_lock.locked():
+            return
+        self.sync()
+
+    def _check_k(self, k: Any) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self.config.max_k:
+            raise InvalidRequest(f"k must be an integer from 1 to {self.config.max_k}, got {k!r}")
+
+    def _prepare(self, images: np.ndarray | Sequence[bytes], snap: ModelSnapshot) -> np.ndarray:
+        """Images as uint8 [N, H, W, C] of the snapshot's artifact, within the limits."""
+        cfg = self.config
+        shape = snap.image_shape
+        if isinstance(images, np.ndarray):
+            arr = images
+            if arr.dtype != np.uint8:
+                raise InvalidRequest(f"images must be uint8 0..255, got {arr.dtype}")
+            if arr.ndim == 3 and shape[2] == 1:
+                arr = arr[..., None]
+            if arr.ndim != 4 or tuple(arr.shape[1:]) != shape:
+                raise InvalidRequest(
+                    f"images have shape {tuple(images.shape)}; generation {snap.generation.name} takes "
+                    f"(N, {', '.join(map(str, shape))}) — or pass encoded image files to have them resized"
+                )
+            n = arr.shape[0]
+        else:
+            files = list(images)
+            if any(not isinstance(f, (bytes, bytearray, memoryview)) for f in files):
+                raise InvalidRequest("images must be a uint8 array or a list of encoded image files (bytes)")
+            n = len(files)
+        if n == 0:
+            raise InvalidRequest("no images given")
+        if n > cfg.max_images:
+            raise InvalidRequest(f"{n} images in one request; the limit is {cfg.max_images}")
+        if isinstance(images, np.ndarray):
+            return np.ascontiguousarray(arr)
+        out = np.empty((n, *shape), dtype=np.uint8)
+        for i, f in enumerate(files):
+            try:
+                out[i] = decode_image(bytes(f), shape, max_side=cfg.max_side, max_pixels=cfg.max_pixels)
+            except InvalidRequest as exc:
+                raise type(exc)(f"image {i}: {exc}") from None
+        return out
+
+
+__all__ = [
+    "AddResult",
+    "BadImage",
+    "EmbedResult",
+    "ImageTooLarge",
+    "ModelSnapshot",
+    "QueryService",
+    "SearchResult",
+    "ServiceStatus",
+    "ServingConfig",
+    "decode_image",
+]

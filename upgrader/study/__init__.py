@@ -1,0 +1,1 @@
+"""Upgrade scenarios, the compatibility study and its report, and the demo."""
