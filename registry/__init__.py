@@ -7,8 +7,9 @@ Open a workspace with :meth:`Registry.open`; every failure is a :class:`Registry
 from __future__ import annotations
 
 from registry.api import Registry
-from registry.codec import EMBEDDING_DTYPES, EmbeddingCodec
+from registry.codec import EmbeddingCodec
 from registry.entities import (
+    EMBEDDING_DTYPES,
     GENERATION_KINDS,
     GENERATION_STATUSES,
     PROBE_SPLITS,

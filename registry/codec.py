@@ -6,8 +6,9 @@ L2-normalised vectors). The storage dtype of the *gallery* is chosen once per wo
 (``Registry.set_interface(K, embedding_dtype="float16")``); probe embeddings, which feed the gate's
 numbers, are always ``float32``. Decoding always returns a C-contiguous ``float32`` matrix.
 
-Validation happens here, before anything is written: a 2-D floating matrix, the workspace's dimension,
-only finite values (checked again after a ``float16`` cast, since values beyond ±65504 overflow to inf).
+Validation happens here, before anything is written: the matrix's shape (see
+:func:`registry.validation.embedding_matrix`), then only finite values in the storage dtype (checked
+after the cast, since ``float16`` overflows to inf beyond ±65504).
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from registry import validation
 from registry.errors import EmbeddingError
-
-#: Storage dtypes a workspace may choose for its gallery.
-EMBEDDING_DTYPES: tuple[str, ...] = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -36,10 +35,7 @@ class EmbeddingCodec:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.dtype not in EMBEDDING_DTYPES:
-            raise EmbeddingError(
-                f"unknown embedding dtype {self.dtype!r}; use one of {', '.join(EMBEDDING_DTYPES)}"
-            )
+        validation.embedding_dtype(self.dtype)
         if self.dim < 1:
             raise EmbeddingError(f"embedding dimension must be positive, got {self.dim}")
 
@@ -61,24 +57,7 @@ class EmbeddingCodec:
         Raises:
             EmbeddingError: not a 2-D floating matrix, wrong dimension or row count, NaN or inf.
         """
-        arr = np.asarray(embeddings)
-        if arr.ndim == 1 and rows == 1:
-            arr = arr.reshape(1, -1)
-        if arr.ndim != 2:
-            raise EmbeddingError(
-                f"embeddings must be a 2-D matrix [N, {self.dim}], got shape {tuple(arr.shape)}"
-            )
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise EmbeddingError(
-                f"embeddings must be floating point, got dtype {arr.dtype}; pass float32 values"
-            )
-        if arr.shape[1] != self.dim:
-            raise EmbeddingError(
-                f"embedding dimension {arr.shape[1]} does not match the workspace's {self.dim} "
-                f"(K-1); embed with a generation of this workspace"
-            )
-        if rows is not None and arr.shape[0] != rows:
-            raise EmbeddingError(f"{arr.shape[0]} embeddings given for {rows} ids; pass one row per id")
+        arr = validation.embedding_matrix(embeddings, self.dim, rows)
         with np.errstate(over="ignore"):  # float16 overflow is reported below, as an EmbeddingError
             out = np.ascontiguousarray(arr, dtype=np.dtype(self.dtype).newbyteorder("<"))
         if not np.isfinite(out).all():

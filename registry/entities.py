@@ -24,6 +24,9 @@ PROBE_SPLITS: tuple[str, ...] = ("query", "gallery")
 #: The alias that serving follows.
 PRODUCTION = "production"
 
+#: Storage dtypes a workspace may choose for its gallery (probe embeddings are always float32).
+EMBEDDING_DTYPES: tuple[str, ...] = ("float32", "float16")
+
 
 @dataclass(frozen=True)
 class Interface:

@@ -2,7 +2,8 @@
 
 Every failure that leaves ``registry/`` is a :class:`RegistryError` subclass named after the condition;
 no ``sqlalchemy.exc`` exception crosses the package boundary. Messages are one line that names the
-problem and the fix, so the CLI can print them as they are.
+problem and the fix in the registry's own words (never a CLI command or flag), so any front end can
+print them as they are and add its own way to apply the fix.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class WorkspaceNotFound(RegistryError):
 
 
 class SchemaOutOfDate(RegistryError):
-    """The database schema is older than this code; ``upgrader db upgrade`` migrates it."""
+    """The database schema is older than this code; :meth:`registry.Registry.upgrade` migrates it."""
 
 
 class SchemaFromFuture(RegistryError):

@@ -19,10 +19,8 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Engine, exc, inspect
 
 from registry.db import WRITE_OPTION, make_engine, translate
-from registry.errors import BackendError, SchemaFromFuture, SchemaOutOfDate, WorkspaceNotFound
-
-#: The command a user runs to bring an old schema up to date (named in errors).
-UPGRADE_COMMAND = "upgrader db upgrade"
+from registry.errors import BackendError, SchemaFromFuture, SchemaOutOfDate
+from registry.location import missing_workspace
 
 
 def script_location() -> Path:
@@ -95,23 +93,21 @@ def check_schema(engine: Engine, where: str) -> None:
 
     Raises:
         WorkspaceNotFound: the database has never been migrated (no registry there).
-        SchemaOutOfDate: an older revision (or base); names ``upgrader db upgrade``.
+        SchemaOutOfDate: an older revision (or base); the message says to migrate it.
         SchemaFromFuture: a revision this code does not know.
     """
     state = schema_state(engine)
     if not state.has_version_table:
-        raise WorkspaceNotFound(
-            f"no upgrader registry at {where}; run `upgrader init --home {where}` to create one"
-        )
+        raise missing_workspace(where)
     if not state.known:
         raise SchemaFromFuture(
             f"the registry at {where} has schema revision {state.current!r}, newer than this "
-            f"upgrader knows (head {state.head!r}); upgrade the upgrader package"
+            f"code knows (head {state.head!r}); install a newer release of the package"
         )
     if state.current != state.head:
         raise SchemaOutOfDate(
             f"the registry at {where} has schema revision {state.current or 'base'!r}, older than "
-            f"{state.head!r}; run `{UPGRADE_COMMAND}` to migrate it"
+            f"{state.head!r}; migrate its schema to this version before opening it"
         )
 
 
@@ -124,7 +120,7 @@ def _run(engine: Engine, fn: str, revision: str) -> None:
             getattr(command, fn)(cfg, revision)
         except CommandError as err:
             raise SchemaFromFuture(
-                f"cannot migrate to {revision!r}: {err}; the database may be newer than this upgrader"
+                f"cannot migrate to {revision!r}: {err}; the database may be newer than this code"
             ) from err
         except exc.SQLAlchemyError as err:
             raise translate(err) from err
@@ -148,8 +144,8 @@ def upgrade(url: str, revision: str = "head") -> str:
         state = schema_state(engine)
         if not state.known:
             raise SchemaFromFuture(
-                f"the registry has schema revision {state.current!r}, newer than this upgrader "
-                f"knows (head {state.head!r}); upgrade the upgrader package"
+                f"the registry has schema revision {state.current!r}, newer than this code "
+                f"knows (head {state.head!r}); install a newer release of the package"
             )
         _run(engine, "upgrade", revision)
         return schema_state(engine).current or "base"

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from datetime import timezone
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_registry_imports_neither_torch_nor_upgrader() -> None:
     code = (
-        "import sys, registry, registry.api, registry.migrations, registry.gallery\n"
+        "import sys, registry, registry.api, registry.migrations, registry.stores.gallery\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'upgrader', 'tui'))\n"
         "print(','.join(bad))\n"
     )

@@ -69,7 +69,7 @@ def test_downgrade_to_base_and_up_again(backend) -> None:
         reg.set_interface(8)
     assert downgrade(backend.url, "base") == "base"
     assert _tables(backend.url) <= {"alembic_version"}
-    with pytest.raises(SchemaOutOfDate, match="upgrader db upgrade"):
+    with pytest.raises(SchemaOutOfDate, match="migrate its schema to this version"):
         Registry.open(backend.location)
     assert Registry.upgrade(backend.location) == head_revision()
     assert _diff(backend.url) == []
@@ -77,11 +77,11 @@ def test_downgrade_to_base_and_up_again(backend) -> None:
         assert reg.set_interface(8).embedding_dim == 7
 
 
-def test_schema_one_step_behind_is_refused_with_the_upgrade_command(migrated) -> None:
+def test_schema_one_step_behind_is_refused_with_the_remedy(migrated) -> None:
     downgrade(migrated.url, "-1")
     with pytest.raises(SchemaOutOfDate) as err:
         Registry.open(migrated.location)
-    assert "upgrader db upgrade" in str(err.value)
+    assert "older than" in str(err.value) and "migrate its schema to this version" in str(err.value)
     assert "\n" not in str(err.value)
 
 
@@ -90,7 +90,7 @@ def test_schema_from_the_future_is_refused_and_left_alone(migrated) -> None:
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
     engine.dispose()
-    with pytest.raises(SchemaFromFuture, match="upgrade the upgrader package"):
+    with pytest.raises(SchemaFromFuture, match="install a newer release of the package"):
         Registry.open(migrated.location)
     with pytest.raises(SchemaFromFuture):
         Registry.open(migrated.location, create=True)
@@ -99,8 +99,8 @@ def test_schema_from_the_future_is_refused_and_left_alone(migrated) -> None:
     assert _version(migrated.url) == "9999_from_the_future"
 
 
-def test_missing_workspace_names_the_init_command(tmp_path: Path) -> None:
-    with pytest.raises(WorkspaceNotFound, match=r"upgrader init --home"):
+def test_missing_workspace_says_to_create_one(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceNotFound, match=r"no workspace registry at .*; create a workspace there first"):
         Registry.open(tmp_path / "nowhere")
     # A directory that exists but holds no registry: refused, and no empty database left behind.
     with pytest.raises(WorkspaceNotFound):
@@ -123,7 +123,7 @@ def test_create_makes_directory_and_home_env_is_the_default(tmp_path: Path, monk
 
 def test_unmigrated_postgres_database_is_not_a_workspace(backend) -> None:
     if backend.name != "postgres":
-        pytest.skip("an empty SQLite directory is covered by test_missing_workspace_names_the_init_command")
+        pytest.skip("an empty SQLite directory is covered by test_missing_workspace_says_to_create_one")
     with pytest.raises(WorkspaceNotFound):
         Registry.open(backend.location)
 

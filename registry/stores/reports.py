@@ -1,0 +1,163 @@
+"""Evaluations (query generation x gallery generation metrics) and gate reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from registry import validation
+from registry.db import UnitOfWork, json_value
+from registry.entities import Evaluation, GateReport
+from registry.errors import UnknownGateReport, UnknownGeneration
+from registry.mappers import to_evaluation, to_gate_report
+from registry.schema import EvaluationRow, GateReportRow, GenerationRow, utcnow
+from registry.stores.generations import GenerationStore
+
+#: ``upsert(query_gen, gallery_gen, metrics, now)``: writes one evaluation pair.
+Upsert = Callable[[int, int, dict[str, Any], datetime], None]
+
+
+class ReportStore:
+    """Reads and writes evaluations and gate reports."""
+
+    def __init__(self, uow: UnitOfWork, generations: GenerationStore) -> None:
+        """Bind the store to the unit of work and generation lookup."""
+        self._uow = uow
+        self._generations = generations
+
+    def record_evaluations(self, items: Iterable[tuple[int, int, dict[str, float]]]) -> list[Evaluation]:
+        """Store retrieval metrics per (query generation, gallery generation); a pair is replaced.
+
+        Args:
+            items: ``(query_gen, gallery_gen, metrics)`` triples.
+
+        Returns:
+            The stored evaluations, in input order.
+
+        Raises:
+            UnknownGeneration: a generation id that does not exist.
+        """
+        triples = [(int(q), int(g), json_value(dict(m), "evaluation metrics")) for q, g, m in items]
+        out: list[Evaluation] = []
+        with self._uow.session(write=True) as s:
+            gens = {q for q, _, _ in triples} | {g for _, g, _ in triples}
+            found = set(s.scalars(select(GenerationRow.id).where(GenerationRow.id.in_(gens))).all()) if gens else set()
+            if gens - found:
+                raise UnknownGeneration(
+                    f"no generation with id {validation.preview(sorted(gens - found))}; register it first"
+                )
+            upsert = _upsert_factory(s.connection())
+            now = utcnow()
+            for q, g, metrics in triples:
+                upsert(q, g, metrics, now)
+            s.flush()
+            for q, g, _ in triples:
+                row = s.execute(
+                    select(EvaluationRow)
+                    .where(EvaluationRow.query_gen == q, EvaluationRow.gallery_gen == g)
+                    .execution_options(populate_existing=True)
+                ).scalar_one()
+                out.append(to_evaluation(row))
+        return out
+
+    def evaluations(self, gen_ids: Iterable[int] | None = None) -> list[Evaluation]:
+        """Stored evaluations, ordered by (query_gen, gallery_gen).
+
+        Args:
+            gen_ids: keep only pairs whose query *and* gallery generation are among these.
+        """
+        stmt = select(EvaluationRow).order_by(EvaluationRow.query_gen, EvaluationRow.gallery_gen)
+        if gen_ids is not None:
+            ids = [int(g) for g in gen_ids]
+            stmt = stmt.where(EvaluationRow.query_gen.in_(ids), EvaluationRow.gallery_gen.in_(ids))
+        with self._uow.session() as s:
+            return [to_evaluation(r) for r in s.scalars(stmt)]
+
+    def add_gate_report(
+        self, gen_id: int | str, artifact_sha256: str, passed: bool, kind: str, report: dict[str, Any]
+    ) -> GateReport:
+        """Store a gate verdict about one exact artifact of a generation.
+
+        Args:
+            gen_id: the generation judged.
+            artifact_sha256: sha256 of the artifact the gate evaluated.
+            passed: the verdict.
+            kind: ``"promote"`` or ``"rollback"``.
+            report: the full report (JSON-able; numpy values are converted, NaN/inf stored as null).
+
+        Raises:
+            UnknownGeneration: no such generation.
+            ConstraintViolation: an unknown kind, or a report that is not JSON-able.
+        """
+        validation.gate_kind(kind)
+        with self._uow.session(write=True) as s:
+            gen = self._generations.row(s, gen_id)
+            row = GateReportRow(
+                generation_id=gen.id,
+                artifact_sha256=artifact_sha256,
+                passed=bool(passed),
+                kind=kind,
+                report=json_value(dict(report), "the gate report"),
+            )
+            s.add(row)
+            s.flush()
+            s.refresh(row)
+            return to_gate_report(row)
+
+    def get_gate_report(self, report_id: int) -> GateReport:
+        """A gate report by id.
+
+        Raises:
+            UnknownGateReport: no such report.
+        """
+        with self._uow.session() as s:
+            row = s.get(GateReportRow, int(report_id))
+            if row is None:
+                raise UnknownGateReport(f"no gate report with id {report_id}; run the gate to make one")
+            return to_gate_report(row)
+
+    def gate_reports(self, gen_id: int | str | None = None) -> list[GateReport]:
+        """Gate reports, newest first, optionally of one generation."""
+        with self._uow.session() as s:
+            stmt = select(GateReportRow).order_by(GateReportRow.id.desc())
+            if gen_id is not None:
+                stmt = stmt.where(GateReportRow.generation_id == self._generations.row(s, gen_id).id)
+            return [to_gate_report(r) for r in s.scalars(stmt)]
+
+
+def _upsert_factory(conn: Connection) -> Upsert:
+    """An evaluation upsert for the connection's dialect: native ON CONFLICT where there is one."""
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+
+        def upsert(q: int, g: int, metrics: dict[str, Any], now: datetime) -> None:
+            stmt = dialect_insert(EvaluationRow.__table__).values(
+                query_gen=q, gallery_gen=g, metrics=metrics, created_at=now
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["query_gen", "gallery_gen"],
+                set_={"metrics": stmt.excluded.metrics, "created_at": stmt.excluded.created_at},
+            )
+            conn.execute(stmt)
+
+        return upsert
+
+    table = EvaluationRow.__table__
+
+    def upsert_generic(q: int, g: int, metrics: dict[str, Any], now: datetime) -> None:
+        res = conn.execute(
+            update(table)
+            .where(table.c.query_gen == q, table.c.gallery_gen == g)
+            .values(metrics=metrics, created_at=now)
+        )
+        if not res.rowcount:
+            conn.execute(insert(table).values(query_gen=q, gallery_gen=g, metrics=metrics, created_at=now))
+
+    return upsert_generic
