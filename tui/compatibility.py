@@ -7,10 +7,10 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
-from upgrader.services.promotion import MatrixView
+from upgrader.core.formatting import pct
+from upgrader.services.matrix import MatrixView
 
 from tui.render import heat_style
-from upgrader.core.formatting import pct
 
 LEGEND = Text.assemble(
     ("✓", "bold"), " M(t,j) > M(j,j): compatible   ",
@@ -37,7 +37,7 @@ class CompatibilityView(Vertical):
         self.query_one("#matrix-summary", Static).update(f"Computing the matrix over {scope}…")
 
     def show(self, view: MatrixView, live_only: bool) -> None:
-        """Fill the heatmap. Lower triangle: compatibility (strict >); diagonal: self-tests."""
+        """Fill the heatmap. Lower triangle: the gate's own verdict per pair (``view.passes``); diagonal: self-tests."""
         table = self.query_one(DataTable)
         table.clear(columns=True)
         gens, m = view.generations, view.matrix
@@ -61,7 +61,7 @@ class CompatibilityView(Vertical):
                 if j == t:
                     mark = "◆"
                 elif j < t:
-                    mark = "✓" if v > m[j, j] else "✗"
+                    mark = "✓" if view.passes[t][j] else "✗"
                 else:
                     mark = "↑"
                 cells.append(Text(f" {pct(v):>5} {mark} ", style=heat_style(v)))

@@ -161,3 +161,56 @@ def test_register_refuses_unknown_classes_and_a_vertex_clash(invoke, seeded: Pat
     assert res.exit_code == 1 and "vertex 7" in res.stderr and "vertex 1" in res.stderr
     for name in ("bad", "clash"):
         assert not (seeded / "artifacts" / name).exists()
+
+
+def test_matrix_cells_show_the_gates_verdict_with_the_margin(invoke, seeded: Path) -> None:
+    assert "--margin" in invoke("matrix", "--help").stdout
+    body = invoke("matrix", "--gen", "g1", "--gen", "g2", "--json", home=seeded).json()
+    m = body["matrix"]
+    gap = m[1][0] - m[0][0]
+    assert gap > 0 and body["margin"] == 0.0 and body["passes"] == [[None, None], [True, None]]
+    margin = round(gap + 0.01, 4)
+    strict = invoke("matrix", "--gen", "g1", "--gen", "g2", "--margin", str(margin), "--json", home=seeded)
+    assert strict.exit_code == 0, strict.stderr
+    assert strict.json()["matrix"] == m  # the numbers stay; the verdict on them changes
+    assert strict.json()["margin"] == margin and strict.json()["passes"][1][0] is False
+    # The same margin refuses the promotion the cell describes.
+    assert invoke("verify", "g2", "--margin", str(margin), home=seeded).exit_code == 3
+    assert invoke("matrix", "--margin", "-0.1", home=seeded).exit_code == 2
+
+
+def test_the_matrix_table_colours_a_cell_by_the_gates_verdict(seeded: Path) -> None:
+    from upgrader.cli.gate_cmds import render_matrix
+    from upgrader.services.matrix import compatibility_matrix
+    from upgrader.services.workspace import open_workspace
+
+    ws = open_workspace(seeded)
+    try:
+        plain = compatibility_matrix(ws, ["g1", "g2"])
+        gap = float(plain.matrix[1, 0] - plain.matrix[0, 0])
+        strict = compatibility_matrix(ws, ["g1", "g2"], margin=gap + 0.01)
+    finally:
+        ws.close()
+    # Column 1 is gallery gen g1; row 1 is query gen g2. Before, any M(2,1) > M(1,1) was green.
+    assert list(render_matrix(plain).columns[1].cells)[1].startswith("[green]")
+    assert list(render_matrix(strict).columns[1].cells)[1].startswith("[red]")
+
+
+def test_a_forced_move_without_a_reason_is_refused_in_domain_words_below_the_cli(seeded: Path) -> None:
+    from upgrader.core.errors import InvalidRequest
+    from upgrader.services.promotion import promote, rollback
+    from upgrader.services.workspace import open_workspace
+
+    ws = open_workspace(seeded)
+    try:
+        for move in (lambda: promote(ws, "g3-er", force=True), lambda: rollback(ws, "g2", force=True, reason=" ")):
+            with pytest.raises(InvalidRequest) as caught:
+                move()
+            assert "--" not in str(caught.value) and "a forced move needs a reason" in str(caught.value)
+    finally:
+        ws.close()
+
+
+def test_rollback_force_without_a_reason_is_a_usage_error_worded_with_the_flags(invoke, seeded: Path) -> None:
+    res = invoke("rollback", "g2", "--force", home=seeded)
+    assert res.exit_code == 2 and "--force needs --reason" in res.stderr

@@ -10,19 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from upgrader.compat.gate import (
-    METRICS,
-    GateConfig,
-    GateInputs,
-    average_compatibility,
-    average_multimodel_accuracy,
-    compatibility_matrix,
-    evaluate_candidate,
-    evaluate_rollback,
-    formal_compatibility,
-    matrix_from_pairs,
-    retrieval_metrics,
-)
+from upgrader.compat.formal import formal_compatibility
+from upgrader.compat.gate import GateConfig, GateInputs, compatibility_check, evaluate_candidate, evaluate_rollback, evaluator
+from upgrader.compat.matrix import average_compatibility, average_multimodel_accuracy, compatibility_matrix, matrix_from_pairs
+from upgrader.compat.metrics import METRICS, retrieval_metrics
 
 SHA = "ab" * 32
 
@@ -371,10 +362,56 @@ def test_check_formal_makes_the_formal_definition_decide(world: dict) -> None:
 
 def test_gate_imports_no_torch_sqlalchemy_or_registry() -> None:
     code = (
-        "import sys, upgrader.compat.gate, upgrader.compat.mixed, upgrader.runtime.index; "
+        "import sys, upgrader.compat.gate, upgrader.compat.matrix, upgrader.compat.mixed, upgrader.runtime.index; "
         "bad = [m for m in ('torch', 'sqlalchemy', 'registry') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# One rule for the gate and the matrix view
+# --------------------------------------------------------------------------------------------------
+
+
+def _unit_rows(rows: list[list[float]]) -> np.ndarray:
+    x = np.array(rows, np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _narrower_candidate() -> GateInputs:
+    """gen 1 learnt classes 0-2 but confuses its class-2 queries with class 0 (self-test 4/6 over all
+    three, 1.0 over classes 0 and 1); gen 2 learnt only 0 and 1 and embeds them as gen 1 does."""
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    queries = _unit_rows([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, -0.1], [1, 0, -0.1]])
+    gallery = _unit_rows([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0.1], [1, 0, 0.1]])
+    return GateInputs(
+        query_labels=labels, gallery_labels=labels, query_embeddings={1: queries, 2: queries},
+        gallery_embeddings={1: gallery, 2: gallery}, candidate=2, live=[1], production=1,
+        registered_sha256=SHA, artifact_sha256=SHA, classes={1: [0, 1, 2], 2: [0, 1]},
+    )
+
+
+def test_a_matrix_cell_gets_the_gates_verdict_on_shared_classes_not_the_diagonal() -> None:
+    inputs = _narrower_candidate()
+    ev = evaluator(inputs)
+    assert ev.metrics(1, 1).template_top1 == pytest.approx(4 / 6)  # the diagonal cell, over gen 1's classes
+    assert ev.metrics(2, 1).template_top1 == pytest.approx(1.0)  # beats the diagonal...
+    check, reason = compatibility_check(ev, 2, 1, GateConfig())
+    # ...but ties gen 1's self-test on the classes both learnt, and a tie fails.
+    assert check.threshold == pytest.approx(1.0) and not check.passed
+    assert reason is not None and "self-test of gen 1 1.000" in reason
+    gate_check = next(c for c in evaluate_candidate(inputs).checks if c.kind == "compatibility")
+    assert (gate_check.value, gate_check.threshold, gate_check.passed) == (check.value, check.threshold, check.passed)
+
+
+def test_the_matrix_cell_verdict_takes_the_margin(world: dict) -> None:
+    ev = evaluator(_inputs(world, 2, [1], None))
+    value = ev.metrics(2, 1).template_top1
+    assert value > ev.metrics(1, 1).template_top1
+    assert compatibility_check(ev, 2, 1, GateConfig())[0].passed
+    margin = value - ev.metrics(1, 1).template_top1 + 0.01
+    check, reason = compatibility_check(ev, 2, 1, GateConfig(margin=margin))
+    assert not check.passed and f"margin {margin:.3f}" in (reason or "")

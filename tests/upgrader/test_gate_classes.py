@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from upgrader.compat import gate
+from upgrader.compat.metrics import shared_classes
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -36,9 +37,9 @@ def _case() -> gate.GateInputs:
 
 
 def test_shared_classes_is_the_intersection_and_none_means_all() -> None:
-    assert gate.shared_classes([0, 1], [0, 1, 2]) == frozenset({0, 1})
-    assert gate.shared_classes(None, [3]) == frozenset({3})
-    assert gate.shared_classes(None, None) is None
+    assert shared_classes([0, 1], [0, 1, 2]) == frozenset({0, 1})
+    assert shared_classes(None, [3]) == frozenset({3})
+    assert shared_classes(None, None) is None
 
 
 def test_a_stationary_upgrade_that_learns_a_new_class_passes() -> None:

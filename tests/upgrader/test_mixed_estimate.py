@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from upgrader.compat import gate
+from upgrader.compat.metrics import retrieval_metrics
 from upgrader.compat.mixed import MixedEstimate, estimate_mixed, gallery_owners
 
 SHA = "ab" * 32
@@ -90,7 +91,7 @@ def test_estimate_drops_for_a_candidate_with_a_direction_of_its_own(world: dict)
     assert est.mixed < 0.5  # classes 0-3 go to gen 2's templates of 4 and 5
     assert est.drop == pytest.approx(est.reindex - est.mixed)
     # The re-index number is the gate's self-test M(2, 2): the same function on the same items.
-    same = gate.retrieval_metrics(world["q"][2], world["ql"], world["g"][2], world["gl"]).template_top1
+    same = retrieval_metrics(world["q"][2], world["ql"], world["g"][2], world["gl"]).template_top1
     assert est.reindex == pytest.approx(same)
     d = json.loads(json.dumps(est.to_dict()))
     assert d["owners"] == {"0": 1, "1": 1, "2": 1, "3": 1, "4": 2, "5": 2}

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from upgrader.compat import gate
+from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC
 from upgrader.cli.common import HomeOption, handle_errors, workspace
 
 
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def dashboard(
     home: HomeOption = None,
     margin: Annotated[float, typer.Option(help="Gate margin for verify / promote / rollback (metric units, 0..1).")] = 0.0,
-    metric: Annotated[str, typer.Option(help="Primary metric: template_top1, recall_at_1 or mean_ap.")] = gate.DEFAULT_PRIMARY_METRIC,
+    metric: Annotated[str, typer.Option(help="Primary metric: template_top1, recall_at_1 or mean_ap.")] = DEFAULT_PRIMARY_METRIC,
     waive_improvement: Annotated[bool, typer.Option(help="Promotion need not beat production's self-test.")] = False,
 ) -> None:
     """Open the dashboard: lineage, compatibility heatmap, gallery, history, and the actions on them.

@@ -28,9 +28,9 @@ def demo(
 
     Example: upgrader demo --quick
     """
-    from upgrader.study.demo import run_demo
-    from upgrader.services.promotion import MatrixView, compatibility_matrix
+    from upgrader.services.matrix import MatrixView, compatibility_matrix
     from upgrader.services.workspace import open_workspace
+    from upgrader.study.demo import run_demo
 
     result = run_demo(home, quick=quick, device=device, log=(lambda m: None) if json_out else (lambda m: err_console.print(m, highlight=False)))
     sc = result.scenario

@@ -7,11 +7,18 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from upgrader.compat import gate
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, workspace
-from upgrader.core.formatting import pct
+from registry import AliasMove
+
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, usage_error, workspace
+from upgrader.compat.gate import GateConfig
+from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC
+from upgrader.compat.verdict import GateVerdict
 from upgrader.core.errors import GateRefused
-from upgrader.services.promotion import compatibility_matrix, promote as promote_service, rollback as rollback_service, verify as verify_service
+from upgrader.core.formatting import pct
+from upgrader.services.matrix import MatrixView, compatibility_matrix
+from upgrader.services.promotion import promote as promote_service
+from upgrader.services.promotion import rollback as rollback_service
+from upgrader.services.promotion import verify as verify_service
 
 Margin = Annotated[float, typer.Option(help="Required margin over the old self-test (metric units, 0..1).")]
 Metric = Annotated[str, typer.Option(help="Primary metric: template_top1, recall_at_1 or mean_ap.")]
@@ -26,7 +33,7 @@ ForcePromote = Annotated[bool, typer.Option("--force", help="Promote even if the
 ForceRollback = Annotated[bool, typer.Option("--force", help="Roll back even if the gate refuses (needs --reason).")]
 
 
-def _move_line(move, names: dict[int, str]) -> str:  # AliasMove
+def _move_line(move: AliasMove, names: dict[int, str]) -> str:
     """'FORCED from -> to' as the promote and rollback commands print it."""
     forced = "[bold red]FORCED[/] " if move.forced else ""
     before = names.get(move.from_gen, "-") if move.from_gen else "-"
@@ -43,10 +50,10 @@ def register(app: typer.Typer) -> None:
 
 def _config(
     margin: float, metric: str, waive_improvement: bool = False, mixed_tolerance: float | None = None
-) -> gate.GateConfig:
+) -> GateConfig:
     try:
-        return gate.GateConfig(margin=margin, primary_metric=metric, require_improvement=not waive_improvement,
-                               mixed_tolerance=mixed_tolerance)
+        return GateConfig(margin=margin, primary_metric=metric, require_improvement=not waive_improvement,
+                          mixed_tolerance=mixed_tolerance)
     except ValueError as exc:  # an out-of-range flag is a usage error (exit 2), not a crash
         raise typer.BadParameter(str(exc)) from None
 
@@ -61,7 +68,13 @@ def _mixed_line(mixed: dict[str, Any] | None) -> str | None:
             f"after a re-index, [{colour}]{diff:+.1f} points[/] over {mixed['classes']} classes")
 
 
-def _checks_table(verdict: gate.GateVerdict, names: dict[int, str]) -> Table:
+def _force_needs_reason(force: bool, reason: str) -> None:
+    """The CLI's own check of its flags, worded with them, before any work (exit 2)."""
+    if force and not reason.strip():
+        usage_error("--force needs --reason TEXT: the override is recorded in the alias history")
+
+
+def _checks_table(verdict: GateVerdict, names: dict[int, str]) -> Table:
     t = Table(title=f"gate ({verdict.kind}) for {names.get(verdict.candidate, verdict.candidate)}: "
                     + ("[green]PASSED[/]" if verdict.passed else "[red]REFUSED[/]"))
     for col in ("check", "queries", "gallery", verdict.primary_metric, "threshold", "result"):
@@ -80,7 +93,7 @@ def verify(
     generation: Generation,
     home: HomeOption = None,
     margin: Margin = 0.0,
-    metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
+    metric: Metric = DEFAULT_PRIMARY_METRIC,
     waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
     mixed_tolerance: MixedTolerance = None,
     json_out: JsonOption = False,
@@ -114,7 +127,7 @@ def promote(
     reason: Reason = "",
     actor: Actor = None,
     margin: Margin = 0.0,
-    metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
+    metric: Metric = DEFAULT_PRIMARY_METRIC,
     waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
     mixed_tolerance: MixedTolerance = None,
     json_out: JsonOption = False,
@@ -124,6 +137,7 @@ def promote(
     Exit code 3 (and production unchanged) when the gate refuses.
     Example: upgrader promote g2-finetune-small_cnn-hoc --reason "adds sandals and shirts"
     """
+    _force_needs_reason(force, reason)
     with workspace(home) as ws:
         try:
             done = promote_service(ws, generation, actor=actor, reason=reason, force=force,
@@ -153,13 +167,14 @@ def rollback(
     reason: Reason = "",
     actor: Actor = None,
     margin: Margin = 0.0,
-    metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
+    metric: Metric = DEFAULT_PRIMARY_METRIC,
     json_out: JsonOption = False,
 ) -> None:
     """Move production back to an older generation, if it can read the gallery items written since.
 
     Example: upgrader rollback --reason "latency regression"
     """
+    _force_needs_reason(force, reason)
     with workspace(home) as ws:
         try:
             done = rollback_service(ws, generation, actor=actor, reason=reason, force=force, config=_config(margin, metric))
@@ -180,27 +195,32 @@ def matrix(
     home: HomeOption = None,
     live: Annotated[bool, typer.Option("--live", help="Only generations with items in the gallery.")] = False,
     generations: Annotated[list[str] | None, typer.Option("--gen", help="Generations to include (repeat).")] = None,
-    metric: Metric = gate.DEFAULT_PRIMARY_METRIC,
+    metric: Metric = DEFAULT_PRIMARY_METRIC,
+    margin: Margin = 0.0,
     json_out: JsonOption = False,
 ) -> None:
     """Print the compatibility matrix C[query gen][gallery gen] with AC and AM.
 
-    Example: upgrader matrix --metric recall_at_1
+    A lower-triangle cell is green when the gate would accept that pair with this margin, red when not.
+    Example: upgrader matrix --metric recall_at_1 --margin 0.01
     """
     with workspace(home) as ws:
-        view = compatibility_matrix(ws, generations, live_only=live, metric=metric)
+        view = compatibility_matrix(ws, generations, live_only=live, metric=metric, margin=margin)
     if json_out:
         print_json({
             "generations": [{"id": g.id, "name": g.name} for g in view.generations], "metric": view.metric,
             "matrix": view.matrix, "ac": view.average_compatibility, "am": view.average_multimodel_accuracy,
-            "production": view.production, "live": view.live,
+            "production": view.production, "live": view.live, "margin": view.margin, "passes": view.passes,
         })
         return
     console.print(render_matrix(view))
 
 
-def render_matrix(view) -> Table:  # MatrixView
-    """The matrix as a Rich table: rows query generation, columns gallery generation; failing cells red."""
+def render_matrix(view: MatrixView) -> Table:
+    """The matrix as a Rich table: rows query generation, columns gallery generation; failing cells red.
+
+    A lower-triangle cell's colour is the gate's own verdict for that pair (``view.passes``).
+    """
     m = view.matrix
     t = Table(title=f"compatibility matrix ({view.metric}, %) — rows: query gen, columns: gallery gen",
               caption=f"AC {view.average_compatibility:.3f}   AM {100 * view.average_multimodel_accuracy:.2f}")
@@ -214,8 +234,7 @@ def render_matrix(view) -> Table:  # MatrixView
             if j == ti:
                 cells.append(f"[bold]{pct(v)}[/]")
             elif j < ti:
-                ok = v > m[j, j]
-                cells.append(f"[{'green' if ok else 'red'}]{pct(v)}[/]")
+                cells.append(f"[{'green' if view.passes[ti][j] else 'red'}]{pct(v)}[/]")
             else:
                 cells.append(f"[dim]{pct(v)}[/]")
         star = "*" if gt.id == view.production else ""

@@ -1,1 +1,6 @@
-"""Compatibility maths, numpy only: retrieval metrics, the matrix with AC/AM, the formal check, the mixed-gallery estimate and the gate's verdicts."""
+"""Compatibility maths, numpy only.
+
+``metrics`` (retrieval accuracy, self-tests), ``matrix`` (the compatibility matrix, AC, AM and the pair
+evaluator), ``formal`` (Shen et al.'s definition), ``mixed`` (the mixed-gallery estimate), ``gate`` (its
+configuration, rules and the two evaluations) and ``verdict`` (what the gate returns).
+"""

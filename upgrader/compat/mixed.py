@@ -10,7 +10,7 @@ passed the pairwise gate while its search fell from 74% after a re-index to 47% 
 The estimate rebuilds that situation on the probe set: every probe gallery item of class ``c`` is
 taken from the embeddings of the generation that stores most of class ``c`` in the real gallery
 (:func:`gallery_owners`), and the candidate's probe queries are scored against it with template top-1
-(DESIGN 3's primary protocol, via :func:`upgrader.compat.gate.template_top1`), next to the same queries
+(DESIGN 3's primary protocol, via :func:`upgrader.compat.metrics.template_top1`), next to the same queries
 against the candidate's own probe gallery (what a full re-index would give).
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from upgrader.compat import gate
+from upgrader.compat.metrics import restrict, template_top1
 
 
 def gallery_owners(
@@ -165,8 +165,8 @@ def estimate_mixed(
     q = _rows(query_embeddings, t, ql.shape[0], "query")
     own = _rows(gallery_embeddings, t, gl.shape[0], "gallery")
     wanted = None if candidate_classes is None else frozenset(int(c) for c in candidate_classes)
-    q, ql_r = gate.restrict(q, ql, wanted)
-    reindex_gallery, gl_r = gate.restrict(own, gl, wanted)
+    q, ql_r = restrict(q, ql, wanted)
+    reindex_gallery, gl_r = restrict(own, gl, wanted)
     counted = sorted(int(c) for c in np.unique(gl_r))
     effective = {c: int(owners.get(c, t)) for c in counted}
     if len(q) == 0 or len(gl_r) == 0:
@@ -175,12 +175,12 @@ def estimate_mixed(
     mixed_gallery = np.array(reindex_gallery, dtype=np.float32, copy=True)
     for gen in sorted(set(effective.values()) - {t}):
         rows = np.isin(gl_r, [c for c, g in effective.items() if g == gen])
-        other, _ = gate.restrict(_rows(gallery_embeddings, gen, gl.shape[0], "gallery"), gl, wanted)
+        other, _ = restrict(_rows(gallery_embeddings, gen, gl.shape[0], "gallery"), gl, wanted)
         if other.shape[1] != mixed_gallery.shape[1]:
             raise ValueError(f"gen {gen} embeds in {other.shape[1]} dims, gen {t} in {mixed_gallery.shape[1]}")
         mixed_gallery[rows] = other[rows]
-    mixed = gate.template_top1(q, ql_r, mixed_gallery, gl_r)
-    reindex = gate.template_top1(q, ql_r, reindex_gallery, gl_r)
+    mixed = template_top1(q, ql_r, mixed_gallery, gl_r)
+    reindex = template_top1(q, ql_r, reindex_gallery, gl_r)
     return MixedEstimate(t, effective, float(mixed), float(reindex), len(counted))
 
 

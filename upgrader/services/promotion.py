@@ -1,4 +1,4 @@
-"""Verify, promote, roll back, and the compatibility matrix: the gate applied to the registry.
+"""Verify, promote and roll back: the gate applied to the registry.
 
 ``upgrader.compat.gate`` decides from numbers; this module loads those numbers from the registry (probe
 embeddings of each generation, the live generations, production), stores the verdict as a gate
@@ -12,17 +12,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from registry import AliasMove, GateReport, Generation
-from registry.entities import PRODUCTION
 
-from upgrader.compat import gate
-from upgrader.runtime.embedder import sha256_file
-from upgrader.core.errors import GateRefused, InvalidRequest, NoProduction
-from upgrader.services.registration import embed_probe_set, has_probe_embeddings, known_classes
+from upgrader.compat.gate import GateConfig, GateInputs, evaluate_candidate, evaluate_rollback
 from upgrader.compat.mixed import gallery_owners
+from upgrader.compat.verdict import GateVerdict
+from upgrader.core.errors import GateRefused, InvalidRequest, NoProduction
+from upgrader.core.files import sha256_file
+from upgrader.services.matrix import class_sets, load_probe, probe_labels
 from upgrader.services.workspace import Workspace
+
+#: Why a forced move is refused without a reason (the CLI words the same rule with its flags).
+FORCE_NEEDS_REASON = "a forced move needs a reason: the override is recorded in the alias history"
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Verification:
 
     generation: Generation  # the generation as it is after the verdict (status updated)
     report: GateReport  # the stored report
-    verdict: gate.GateVerdict  # the full verdict (numbers, checks, reasons)
+    verdict: GateVerdict  # the full verdict (numbers, checks, reasons)
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,6 @@ class Promotion:
     forced: bool
 
 
-@dataclass(frozen=True)
-class MatrixView:
-    """The compatibility matrix over some generations, with AC and AM."""
-
-    generations: list[Generation]  # row / column order
-    matrix: np.ndarray  # float64 [T, T]; C[t][j] = M(query gen t, gallery gen j)
-    metric: str
-    average_compatibility: float
-    average_multimodel_accuracy: float
-    production: int | None
-    live: list[int]
-
-
 def default_actor() -> str:
     """Who is acting: the login name, for the alias history."""
     try:
@@ -65,37 +53,19 @@ def default_actor() -> str:
         return "unknown"
 
 
-def _probe_labels(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
-    reg = ws.registry
-    return reg.probe_set("query").vertices, reg.probe_set("gallery").vertices
-
-
-def _load_probe(ws: Workspace, gen_ids: Iterable[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Probe embeddings of each generation, embedding them first where they are missing."""
-    reg = ws.registry
-    queries: dict[int, np.ndarray] = {}
-    galleries: dict[int, np.ndarray] = {}
-    for gid in dict.fromkeys(gen_ids):
-        if not has_probe_embeddings(ws, gid):
-            embed_probe_set(ws, reg.get_generation(gid))
-        queries[gid] = reg.get_probe_embeddings(gid, "query")[1]
-        galleries[gid] = reg.get_probe_embeddings(gid, "gallery")[1]
-    return queries, galleries
-
-
 def _current_sha(ws: Workspace, gen: Generation) -> str | None:
     path = ws.resolve(gen.onnx_path)
     return sha256_file(path) if path.is_file() else None
 
 
-def _inputs(ws: Workspace, gen: Generation, gens: Iterable[int]) -> gate.GateInputs:
+def _inputs(ws: Workspace, gen: Generation, gens: Iterable[int]) -> GateInputs:
     reg = ws.registry
     live = reg.live_generations()
     production = reg.get_alias()
     needed = [gen.id, *live, *([production] if production is not None else []), *gens]
-    queries, galleries = _load_probe(ws, needed)
-    q_labels, g_labels = _probe_labels(ws)
-    return gate.GateInputs(
+    queries, galleries = load_probe(ws, needed)
+    q_labels, g_labels = probe_labels(ws)
+    return GateInputs(
         query_labels=q_labels,
         gallery_labels=g_labels,
         query_embeddings=queries,
@@ -116,17 +86,7 @@ def _owners(ws: Workspace, live: Sequence[int]) -> dict[int, int]:
     return gallery_owners(reg.gallery_label_counts(), reg.interface().label_map, live)
 
 
-def class_sets(ws: Workspace, gen_ids: Iterable[int]) -> dict[int, list[int]]:
-    """Classes each generation learnt (generations that don't say are left out: they know all)."""
-    out: dict[int, list[int]] = {}
-    for gid in dict.fromkeys(gen_ids):
-        classes = known_classes(ws.registry.get_generation(gid))
-        if classes is not None:
-            out[gid] = classes
-    return out
-
-
-def _store(ws: Workspace, gen: Generation, verdict: gate.GateVerdict, *, set_status: bool) -> Verification:
+def _store(ws: Workspace, gen: Generation, verdict: GateVerdict, *, set_status: bool) -> Verification:
     reg = ws.registry
     reg.record_evaluations((q, g, m.as_dict()) for (q, g), m in verdict.evaluations.items())
     report = reg.add_gate_report(gen.id, gen.onnx_sha256, verdict.passed, verdict.kind, verdict.to_dict())
@@ -135,16 +95,16 @@ def _store(ws: Workspace, gen: Generation, verdict: gate.GateVerdict, *, set_sta
     return Verification(reg.get_generation(gen.id), report, verdict)
 
 
-def verify(ws: Workspace, ref: str | int, config: gate.GateConfig | None = None) -> Verification:
+def verify(ws: Workspace, ref: str | int, config: GateConfig | None = None) -> Verification:
     """Run the promotion gate for a generation, store the report, mark it verified or rejected."""
     gen = ws.registry.get_generation(ref)
     if gen.id == ws.registry.get_alias():
         raise InvalidRequest(f"generation {gen.name} is production already; there is nothing to verify it against")
-    verdict = gate.evaluate_candidate(_inputs(ws, gen, []), config)
+    verdict = evaluate_candidate(_inputs(ws, gen, []), config)
     return _store(ws, gen, verdict, set_status=True)
 
 
-def _reusable(ws: Workspace, gen: Generation, kind: str, config: gate.GateConfig) -> GateReport | None:
+def _reusable(ws: Workspace, gen: Generation, kind: str, config: GateConfig) -> GateReport | None:
     """The newest passing report that still describes the present: same artifact, same production,
     same live generations, same margin, metric and mixed tolerance (and, when that tolerance decides, the
     same generations storing each class); else None (the gate must run again)."""
@@ -192,7 +152,7 @@ def promote(
     actor: str | None = None,
     reason: str = "",
     force: bool = False,
-    config: gate.GateConfig | None = None,
+    config: GateConfig | None = None,
 ) -> Promotion:
     """Move ``production`` to a generation if the gate passes (or is overridden with a reason).
 
@@ -202,13 +162,13 @@ def promote(
         GateRefused: the gate failed and ``force`` was not given (nothing but the report is written).
         InvalidRequest: the generation is production already, or ``force`` without a reason.
     """
-    config = config or gate.GateConfig()
+    config = config or GateConfig()
     reg = ws.registry
     gen = reg.get_generation(ref)
     if gen.id == reg.get_alias():
         raise InvalidRequest(f"generation {gen.name} is production already")
     if force and not reason.strip():
-        raise InvalidRequest("--force needs --reason TEXT: the override is recorded in the alias history")
+        raise InvalidRequest(FORCE_NEEDS_REASON)
     report = _reusable(ws, gen, "promote", config)
     reused = report is not None
     if report is None:
@@ -230,8 +190,17 @@ def promote(
     return Promotion(move=move, report=report, reused_report=reused, forced=move.forced)
 
 
+def newer_gallery_generations(live: Iterable[int], target: int) -> list[int]:
+    """The live gallery generations a rollback to ``target`` must still read: those written after it.
+
+    Generation ids grow with registration, so "written after" is a larger id; these are the gallery
+    generations the rollback check scores the target's queries on (the upper triangle).
+    """
+    return [int(j) for j in live if int(j) > int(target)]
+
+
 def rollback_target(ws: Workspace) -> Generation:
-    """The generation production held before its current holder (what ``rollback`` with no GEN picks)."""
+    """The generation production held before its current holder (the target of a rollback that names none)."""
     reg = ws.registry
     production = reg.get_alias()
     if production is None:
@@ -249,7 +218,7 @@ def rollback(
     actor: str | None = None,
     reason: str = "",
     force: bool = False,
-    config: gate.GateConfig | None = None,
+    config: GateConfig | None = None,
 ) -> Promotion:
     """Move ``production`` back to an older generation, if it can read the newer gallery items.
 
@@ -259,7 +228,7 @@ def rollback(
     Raises:
         GateRefused: o cannot read the newer gallery items (and ``force`` was not given).
     """
-    config = config or gate.GateConfig()
+    config = config or GateConfig()
     reg = ws.registry
     production = reg.get_alias()
     if production is None:
@@ -268,9 +237,9 @@ def rollback(
     if target.id == production:
         raise InvalidRequest(f"generation {target.name} is production already")
     if force and not reason.strip():
-        raise InvalidRequest("--force needs --reason TEXT: the override is recorded in the alias history")
-    newer = [j for j in reg.live_generations() if j > target.id]
-    verdict = gate.evaluate_rollback(_inputs(ws, target, newer), target.id, newer, config)
+        raise InvalidRequest(FORCE_NEEDS_REASON)
+    newer = newer_gallery_generations(reg.live_generations(), target.id)
+    verdict = evaluate_rollback(_inputs(ws, target, newer), target.id, newer, config)
     stored = _store(ws, target, verdict, set_status=False)
     if not verdict.passed and not force:
         raise GateRefused(
@@ -285,42 +254,3 @@ def rollback(
         forced=force and not verdict.passed,
     )
     return Promotion(move=move, report=stored.report, reused_report=False, forced=move.forced)
-
-
-def compatibility_matrix(
-    ws: Workspace, refs: Sequence[str | int] | None = None, *, live_only: bool = False, metric: str = gate.DEFAULT_PRIMARY_METRIC
-) -> MatrixView:
-    """C[t][j] = M(t, j) over the chosen generations (all non-rejected by default), with AC and AM.
-
-    Every evaluated pair is recorded in the registry, so the dashboard and later reads agree.
-    """
-    reg = ws.registry
-    if metric not in gate.METRICS:
-        raise InvalidRequest(f"unknown metric {metric!r}; use one of {', '.join(gate.METRICS)}")
-    if refs:
-        gens = [reg.get_generation(r) for r in refs]
-    elif live_only:
-        gens = [reg.get_generation(g) for g in reg.live_generations()]
-    else:
-        gens = [g for g in reg.list_generations() if g.status != "rejected"]
-    gens.sort(key=lambda g: g.id)
-    ids = [g.id for g in gens]
-    queries, galleries = _load_probe(ws, ids)
-    q_labels, g_labels = _probe_labels(ws)
-    classes = class_sets(ws, ids)
-    results: dict[tuple[int, int], gate.RetrievalMetrics] = {}
-    for t in ids:
-        for j in ids:
-            shared = gate.shared_classes(classes.get(t), classes.get(j))
-            results[(t, j)] = gate.pair_metrics(queries[t], q_labels, galleries[j], g_labels, shared)
-    reg.record_evaluations((q, g, m.as_dict()) for (q, g), m in results.items())
-    matrix = gate.matrix_from_pairs(ids, {pair: m.get(metric) for pair, m in results.items()})
-    return MatrixView(
-        generations=gens,
-        matrix=matrix,
-        metric=metric,
-        average_compatibility=gate.average_compatibility(matrix) if ids else 1.0,
-        average_multimodel_accuracy=gate.average_multimodel_accuracy(matrix) if ids else float("nan"),
-        production=reg.get_alias(PRODUCTION),
-        live=reg.live_generations(),
-    )

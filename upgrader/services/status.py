@@ -3,11 +3,15 @@ except caching self-test evaluations)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from registry import AliasMove, Generation
 
-from upgrader.compat import gate
+from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, RetrievalMetrics, self_test
+from upgrader.services.matrix import probe_labels
 from upgrader.services.registration import has_probe_embeddings, known_classes
 from upgrader.services.workspace import Workspace
 
@@ -42,27 +46,47 @@ class WorkspaceStatus:
     last_move: AliasMove | None
 
 
-def self_tests(ws: Workspace, metric: str = gate.DEFAULT_PRIMARY_METRIC) -> dict[int, float]:
+def probe_self_test(
+    ws: Workspace,
+    gen_id: int,
+    classes: Sequence[int] | None,
+    labels: tuple[np.ndarray, np.ndarray] | None = None,
+) -> RetrievalMetrics:
+    """M(g, g) of one generation from its stored probe embeddings, on the probe classes in ``classes``.
+
+    Args:
+        ws: the workspace.
+        gen_id: a generation whose probe set is embedded.
+        classes: the vertices to score on; None or empty means every probe class (what a generation
+            that does not say what it learnt knows).
+        labels: the probe queries' and probe gallery items' vertices, when the caller has read them
+            already (reading the probe set loads its pixels too).
+    """
+    reg = ws.registry
+    q_labels, g_labels = labels if labels is not None else probe_labels(ws)
+    wanted = frozenset(int(c) for c in classes) if classes else None
+    return self_test(
+        reg.get_probe_embeddings(gen_id, "query")[1], q_labels, reg.get_probe_embeddings(gen_id, "gallery")[1],
+        g_labels, wanted,
+    )
+
+
+def self_tests(ws: Workspace, metric: str = DEFAULT_PRIMARY_METRIC) -> dict[int, float]:
     """M(g, g) of every generation with probe embeddings, from stored evaluations where present
     (computed and recorded otherwise)."""
     reg = ws.registry
     stored = {e.query_gen: e.metrics for e in reg.evaluations() if e.query_gen == e.gallery_gen}
     out: dict[int, float] = {}
     missing: list[tuple[int, int, dict[str, float]]] = []
-    q_labels = g_labels = None
+    labels: tuple[np.ndarray, np.ndarray] | None = None
     for gen in reg.list_generations():
         if gen.id in stored and metric in stored[gen.id]:
             out[gen.id] = float(stored[gen.id][metric])
             continue
         if not has_probe_embeddings(ws, gen.id):
             continue
-        if q_labels is None:
-            q_labels, g_labels = reg.probe_set("query").vertices, reg.probe_set("gallery").vertices
-        classes = known_classes(gen)
-        m = gate.pair_metrics(
-            reg.get_probe_embeddings(gen.id, "query")[1], q_labels, reg.get_probe_embeddings(gen.id, "gallery")[1],
-            g_labels, frozenset(classes) if classes else None,
-        )
+        labels = labels or probe_labels(ws)
+        m = probe_self_test(ws, gen.id, known_classes(gen), labels)
         out[gen.id] = m.get(metric)
         missing.append((gen.id, gen.id, m.as_dict()))
     if missing:
@@ -92,7 +116,7 @@ def generation_rows(ws: Workspace) -> list[GenerationRow]:
 
 
 def workspace_status(ws: Workspace) -> WorkspaceStatus:
-    """Everything `upgrader status` prints."""
+    """Everything the status command prints."""
     reg = ws.registry
     iface = reg.interface()
     gens = reg.list_generations()

@@ -8,21 +8,22 @@ and measures search accuracy on the mixed-generation gallery next to a full re-i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from upgrader.compat import gate
-from upgrader.data.items import load_items
 from upgrader.core.errors import GateRefused
+from upgrader.data.items import excluded_indices, item_uris, load_items
 from upgrader.services.gallery import add_images, composition, label_accuracy, production_embedder, template_accuracy
+from upgrader.services.matrix import compatibility_matrix
+from upgrader.services.promotion import promote
 from upgrader.services.registration import known_classes
-from upgrader.services.workspace_init import probe_uris
-from upgrader.data.items import excluded_indices, item_uris
-from upgrader.training.pipeline import TrainRequest, train_and_register
-from upgrader.services.promotion import compatibility_matrix, promote
+from upgrader.services.status import probe_self_test
 from upgrader.services.workspace import Workspace
+from upgrader.services.workspace_init import probe_uris
+from upgrader.services.training_plan import TrainRequest
+from upgrader.training.pipeline import train_and_register
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class ScenarioConfig:
     epochs: int = 3  # epochs of a fine-tune (it continues training the old classes from memory too)
     replacement_epochs: int = 6  # epochs of a replacement (a new model learns from scratch)
     train_per_class: int | None = 2000  # training images per new class (None: all)
-    # Rehearsal images kept per class. The product default is 20 (DESIGN); the scenario keeps half
+    # Rehearsal images kept per class. The product default is 20 (docs/design.md); the scenario keeps half
     # of each class's images: with 20 a small CNN forgets its old classes and no fine-tune beats its
     # parent on them, so the gate (rightly) refuses every upgrade.
     memory_per_class: int = 1000
@@ -102,7 +103,7 @@ class StepResult:
     gallery_by_generation: dict[int, int]
     mixed_accuracy: float  # item-level top-1 label accuracy of probe queries on the stored (mixed) gallery
     reindex_accuracy: float  # the same after re-embedding the whole gallery with production
-    mixed_template: float  # template top-1 (DESIGN 3's primary protocol) on the stored (mixed) gallery
+    mixed_template: float  # template top-1 (the primary protocol, docs/design.md) on the stored (mixed) gallery
     reindex_template: float  # the same after re-embedding the whole gallery with production
     seconds: float  # wall time of the whole step
 
@@ -185,7 +186,7 @@ def run_scenario(
         out = train_and_register(ws, req, progress=on_progress)
         gen = out.generation
         classes = known_classes(gen)
-        previous = None if prod is None else _self_test(ws, prod, classes, probe_vertices)
+        previous = None if prod is None else probe_self_test(ws, prod, classes, probe_vertices).template_top1
         passed, forced, reasons, report = True, False, [], None
         try:
             done = promote(ws, gen.id, reason=f"scenario {name} step {i}", actor="scenario")
@@ -216,7 +217,7 @@ def run_scenario(
             step=i, kind=step.kind, arch=arch, classes=names, generation_id=gen.id, generation_name=gen.name,
             train_seconds=out.seconds, gate_passed=passed, promoted=promoted, forced=forced, gate_reasons=reasons,
             gate_mixed_estimate=estimate.get("mixed"), gate_reindex_estimate=estimate.get("reindex"),
-            self_test=_self_test(ws, gen.id, classes, probe_vertices), previous_self_test=previous, gallery_items=comp.total,
+            self_test=probe_self_test(ws, gen.id, classes, probe_vertices).template_top1, previous_self_test=previous, gallery_items=comp.total,
             gallery_by_generation={g.id: n for g, n in comp.counts},
             mixed_accuracy=label_accuracy(queries, probe.class_names, stored.matrix, stored.labels),
             reindex_accuracy=label_accuracy(queries, probe.class_names, reindexed, gallery_labels),
@@ -236,19 +237,6 @@ def run_scenario(
     result.am = view.average_multimodel_accuracy
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _self_test(
-    ws: Workspace, gen_id: int, classes: Sequence[int] | None, vertices: tuple[np.ndarray, np.ndarray]
-) -> float:
-    """M(g, g): template top-1 of generation ``gen_id`` on the probe classes in ``classes`` (all for None);
-    ``vertices`` are the probe queries' and probe gallery items' class vertices."""
-    reg = ws.registry
-    return gate.pair_metrics(
-        reg.get_probe_embeddings(gen_id, "query")[1], vertices[0],
-        reg.get_probe_embeddings(gen_id, "gallery")[1], vertices[1],
-        frozenset(classes) if classes else None,
-    ).template_top1
 
 
 def quick(config: ScenarioConfig) -> ScenarioConfig:

@@ -1,0 +1,142 @@
+"""The compatibility matrix of registered generations, and the probe-set reads it shares with the gate.
+
+``compatibility_matrix`` loads each generation's probe embeddings from the registry (embedding the
+probe set first where it is missing), fills ``C[t][j] = M(t, j)`` with the gate's own evaluator and
+marks each lower-triangle cell with the gate's own verdict for that pair, so the CLI table and the
+dashboard's heatmap show what ``verify`` would decide rather than re-deriving the rule. No torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from registry import Generation
+from registry.entities import PRODUCTION
+
+from upgrader.compat.gate import GateConfig, compatibility_check
+from upgrader.compat.matrix import PairEvaluator, average_compatibility, average_multimodel_accuracy, matrix_from_pairs
+from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, METRICS
+from upgrader.core.errors import InvalidRequest
+from upgrader.services.registration import embed_probe_set, has_probe_embeddings, known_classes
+from upgrader.services.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class MatrixView:
+    """The compatibility matrix over some generations, with AC, AM and the gate's verdict per cell."""
+
+    generations: list[Generation]  # row / column order
+    matrix: np.ndarray  # float64 [T, T]; C[t][j] = M(query gen t, gallery gen j)
+    metric: str
+    average_compatibility: float
+    average_multimodel_accuracy: float
+    production: int | None
+    live: list[int]
+    # passes[t][j]: whether the gate's compatibility rule M(t, j) > M(j, j) + margin (on the classes
+    # both learnt) holds, for the lower triangle j < t; None on and above the diagonal.
+    passes: list[list[bool | None]]
+    margin: float = 0.0  # the margin ``passes`` was decided with
+
+
+def probe_labels(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
+    """The class vertex of each probe query and of each probe gallery item."""
+    reg = ws.registry
+    return reg.probe_set("query").vertices, reg.probe_set("gallery").vertices
+
+
+def load_probe(ws: Workspace, gen_ids: Iterable[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Probe query and gallery embeddings of each generation, embedding them first where they are missing."""
+    reg = ws.registry
+    queries: dict[int, np.ndarray] = {}
+    galleries: dict[int, np.ndarray] = {}
+    for gid in dict.fromkeys(gen_ids):
+        if not has_probe_embeddings(ws, gid):
+            embed_probe_set(ws, reg.get_generation(gid))
+        queries[gid] = reg.get_probe_embeddings(gid, "query")[1]
+        galleries[gid] = reg.get_probe_embeddings(gid, "gallery")[1]
+    return queries, galleries
+
+
+def class_sets(ws: Workspace, gen_ids: Iterable[int]) -> dict[int, list[int]]:
+    """Classes each generation learnt (generations that don't say are left out: they know all)."""
+    out: dict[int, list[int]] = {}
+    for gid in dict.fromkeys(gen_ids):
+        classes = known_classes(ws.registry.get_generation(gid))
+        if classes is not None:
+            out[gid] = classes
+    return out
+
+
+def _chosen(ws: Workspace, refs: Sequence[str | int] | None, live_only: bool) -> list[Generation]:
+    reg = ws.registry
+    if refs:
+        gens = [reg.get_generation(r) for r in refs]
+    elif live_only:
+        gens = [reg.get_generation(g) for g in reg.live_generations()]
+    else:
+        gens = [g for g in reg.list_generations() if g.status != "rejected"]
+    return sorted(gens, key=lambda g: g.id)
+
+
+def _config(metric: str, margin: float) -> GateConfig:
+    if metric not in METRICS:
+        raise InvalidRequest(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    try:
+        return GateConfig(margin=margin, primary_metric=metric)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def compatibility_matrix(
+    ws: Workspace,
+    refs: Sequence[str | int] | None = None,
+    *,
+    live_only: bool = False,
+    metric: str = DEFAULT_PRIMARY_METRIC,
+    margin: float = 0.0,
+) -> MatrixView:
+    """C[t][j] = M(t, j) over the chosen generations (all non-rejected by default), with AC and AM.
+
+    Every evaluated pair is recorded in the registry, so the dashboard and later reads agree.
+
+    Args:
+        ws: the workspace.
+        refs: generation ids or names; default every generation that was not rejected.
+        live_only: without ``refs``, only the generations with items in the gallery.
+        metric: which of the retrieval metrics fills the matrix and decides the cells.
+        margin: the headroom the gate's rule needs for a lower-triangle cell to pass.
+
+    Raises:
+        InvalidRequest: an unknown metric, or a negative margin.
+    """
+    cfg = _config(metric, margin)
+    reg = ws.registry
+    gens = _chosen(ws, refs, live_only)
+    ids = [g.id for g in gens]
+    queries, galleries = load_probe(ws, ids)
+    q_labels, g_labels = probe_labels(ws)
+    ev = PairEvaluator(q_labels, g_labels, queries, galleries, class_sets(ws, ids))
+    values = {(t, j): ev.metrics(t, j).get(metric) for t in ids for j in ids}
+    passes = [
+        [compatibility_check(ev, t, j, cfg)[0].passed if c < r else None for c, j in enumerate(ids)]
+        for r, t in enumerate(ids)
+    ]
+    reg.record_evaluations((q, g, m.as_dict()) for (q, g), m in ev.evaluations.items())
+    matrix = matrix_from_pairs(ids, values)
+    return MatrixView(
+        generations=gens,
+        matrix=matrix,
+        metric=metric,
+        average_compatibility=average_compatibility(matrix) if ids else 1.0,
+        average_multimodel_accuracy=average_multimodel_accuracy(matrix) if ids else float("nan"),
+        production=reg.get_alias(PRODUCTION),
+        live=reg.live_generations(),
+        passes=passes,
+        margin=cfg.margin,
+    )
+
+
+__all__ = ["MatrixView", "class_sets", "compatibility_matrix", "load_probe", "probe_labels"]
