@@ -20,10 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upgrader.data.readers import load_dataset, probe_splits, split_per_class
+from upgrader.data.dataset import probe_splits, split_per_class
+from upgrader.data.readers import load_dataset
 from upgrader.runtime.embedder import Embedder
-from upgrader.training.export import export_onnx, quantize_int8
-from upgrader.training.loop import TrainConfig, load_checkpoint, train_generation
+from int8_quantize import quantize_int8
+from upgrader.training.export import export_onnx
+from upgrader.training.checkpoint import load_checkpoint
+from upgrader.training.config import TrainConfig
+from upgrader.training.loop import train_generation
 
 
 def template_top1(qf: np.ndarray, ql: np.ndarray, gf: np.ndarray, gl: np.ndarray) -> float:

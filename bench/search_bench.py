@@ -53,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from upgrader.runtime.index import GallerySearch, measure_recall, set_threads  # noqa: E402
+from search_helpers import measure_recall, set_threads  # noqa: E402
+from upgrader.runtime.index import GallerySearch  # noqa: E402
 
 
 def make_data(n: int, dim: int, clusters: int, rng: np.random.Generator) -> np.ndarray:

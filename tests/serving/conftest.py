@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +103,15 @@ def png(image: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
 def png_fixture():  # type: ignore[no-untyped-def]
     """The PNG encoder helper (a fixture: test modules cannot import conftest reliably)."""
     return png
+
+
+@pytest.fixture
+def loopback_socket() -> Iterator[socket.socket]:
+    """A TCP socket bound to 127.0.0.1 on a free port, for a server started on it; closed afterwards."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock
+    finally:
+        sock.close()

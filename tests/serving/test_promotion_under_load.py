@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from upgrader.serving.http import ServerSettings, build_server, create_app, free_loopback_socket
+from upgrader.serving.http.app import create_app
+from upgrader.serving.http.run import build_server
+from upgrader.serving.http.settings import ServerSettings
 from upgrader.services.promotion import promote
 from upgrader.services.workspace import open_workspace
 
@@ -33,9 +35,9 @@ def _wait_until(condition, deadline: float, what: str) -> None:  # type: ignore[
         time.sleep(0.02)
 
 
-def test_promotion_under_concurrent_load_drops_nothing(case, png) -> None:  # type: ignore[no-untyped-def]
+def test_promotion_under_concurrent_load_drops_nothing(case, png, loopback_socket) -> None:  # type: ignore[no-untyped-def]
     app = create_app(case.home, ServerSettings(poll_seconds=0.1, threads=2))
-    sock = free_loopback_socket()
+    sock = loopback_socket
     port = sock.getsockname()[1]
     server = build_server(app, "127.0.0.1", port)
     serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

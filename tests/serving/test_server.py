@@ -9,7 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from upgrader.serving.http import ServerSettings, create_app
+from upgrader.serving.http.app import create_app
+from upgrader.serving.http.settings import ServerSettings
 
 SETTINGS = ServerSettings(poll_seconds=0, max_request_bytes=256 * 1024, max_images=4, max_k=100, max_side=256,
                           threads=2)

@@ -8,7 +8,8 @@ import pytest
 from registry.errors import DuplicateItem
 from upgrader.core.errors import InvalidRequest
 from upgrader.services.registration import open_embedder
-from upgrader.serving.service import BadImage, ImageTooLarge, QueryService, ServingConfig, decode_image
+from upgrader.runtime.images import BadImage, ImageTooLarge, decode_image
+from upgrader.serving import QueryService, ServingConfig
 from upgrader.services.promotion import promote
 from upgrader.services.workspace import open_workspace
 

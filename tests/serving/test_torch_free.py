@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 def test_server_and_service_import_no_torch(case) -> None:  # type: ignore[no-untyped-def]
     code = textwrap.dedent(f"""
         import sys
-        import upgrader.serving.http, upgrader.serving.service
-        from upgrader.serving.http import ServerSettings, create_app
+        import upgrader.server, upgrader.serving.http.run, upgrader.serving.service
+        from upgrader.serving.http.app import create_app
+        from upgrader.serving.http.settings import ServerSettings
         app = create_app({str(case.home)!r}, ServerSettings(poll_seconds=0))
         import numpy as np
         result = app.state.service.search(np.zeros((1, 28, 28, 1), np.uint8), 3)  # embed + search for real

@@ -10,20 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from upgrader.data.readers import (
-    FASHION_MNIST_CLASSES,
-    ImageDataset,
-    RehearsalMemory,
-    load_dataset,
-    load_npz,
-    probe_splits,
-    read_idx,
-    save_npz,
-    split_per_class,
-    subsample_per_class,
-)
+from upgrader.data.dataset import ImageDataset, RehearsalMemory, probe_splits, split_per_class, subsample_per_class
+from upgrader.data.readers import FASHION_MNIST_CLASSES, load_dataset, load_npz, read_idx, save_npz
 from upgrader.training.batches import augment_batch, batch_indices
-from upgrader.core.errors import DataError
+from upgrader.core.errors import DataError, InvalidRequest
+from upgrader.data.items import parse_classes
+from upgrader.data.readers import load_image_folder
+from upgrader.runtime.images import decode_image, load_image
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -196,3 +189,20 @@ def test_augmentation_crops_and_flips_deterministically() -> None:
     assert any(not torch.equal(flipped[i], x[i]) for i in range(8))
     shifted = augment_batch(x, torch.Generator().manual_seed(1), pad=2, flip=False)
     assert not torch.equal(shifted, x)
+
+
+def test_an_image_gives_the_same_pixels_as_dataset_item_query_file_and_upload(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    (tmp_path / "Bag").mkdir()
+    path = tmp_path / "Bag" / "a.png"
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)  # colour, 30x40: converted and resized
+    from_folder = load_image_folder(tmp_path, image_size=(28, 28), channels=1).images[0]
+    assert from_folder.shape == (28, 28, 1)
+    np.testing.assert_array_equal(from_folder, load_image(path, (28, 28, 1)))
+    np.testing.assert_array_equal(from_folder, decode_image(path.read_bytes(), (28, 28, 1)))
+
+
+def test_no_classes_names_the_remedy_in_dataset_terms() -> None:
+    with pytest.raises(InvalidRequest, match="no classes given") as err:
+        parse_classes("", ["Bag", "Sandal"])
+    assert "--" not in str(err.value)

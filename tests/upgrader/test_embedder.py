@@ -11,7 +11,8 @@ import onnx
 import pytest
 from PIL import Image
 
-from upgrader.runtime.embedder import Embedder, sha256_file
+from upgrader.core.files import sha256_file
+from upgrader.runtime.embedder import Embedder
 from upgrader.core.errors import ArtifactError
 from upgrader.training.export import export_onnx
 

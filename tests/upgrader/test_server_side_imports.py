@@ -11,6 +11,7 @@ def test_server_side_modules_do_not_import_torch() -> None:
         "import sys\n"
         "import upgrader.services.workspace, upgrader.services.registration, upgrader.compat.gate, upgrader.runtime.index, upgrader.services.promotion\n"
         "import upgrader.services.gallery, upgrader.services.status, upgrader.data.items, upgrader.data.readers, upgrader.services.workspace_init\n"
+        "import upgrader.data.dataset, upgrader.core.images, upgrader.runtime.images, upgrader.runtime.embedder, upgrader.runtime.kernels\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -38,13 +38,16 @@ def serve(
     import logging
 
     # Imported here: every other command stays free of FastAPI's import time.
-    from upgrader.serving.http import ServerSettings, check_host, run_server
+    from upgrader.serving.http.run import is_loopback, run_server
+    from upgrader.serving.http.settings import ServerSettings
 
     if port < 0 or port > 65535:
         usage_error(f"--port {port} is outside 0-65535")
     if max_request_mb <= 0:
         usage_error("--max-request-mb must be positive")
-    check_host(host, allow_remote)
+    if not allow_remote and not is_loopback(host):
+        usage_error(f"--host {host} is not a loopback address; the service has no authentication, so put it behind "
+                    "a proxy that has, and pass --allow-remote to bind it anyway")
     settings = ServerSettings(poll_seconds=poll_seconds, max_request_bytes=int(max_request_mb * 1024 * 1024),
                               max_images=max_images, threads=threads, index=index)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -11,10 +11,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from upgrader.data.readers import ImageDataset, is_idx_folder, load_dataset
 from upgrader.core.errors import DataError, InvalidRequest
-
-FASHION_ALIASES = ("fashion-mnist", "fashion_mnist", "fashionmnist")
+from upgrader.data.dataset import ImageDataset
+from upgrader.data.readers import FASHION_ALIASES, is_idx_folder, load_dataset
 
 
 def has_splits(spec: str) -> bool:
@@ -91,5 +90,5 @@ def parse_classes(spec: str | Sequence[str], known: Sequence[str]) -> tuple[str,
             continue
         raise InvalidRequest(f"unknown class {part!r}; give indices (0-3, 4,5) or names from {list(known)}")
     if not names:
-        raise InvalidRequest("no classes given; name the classes to learn, e.g. --classes 0-3")
+        raise InvalidRequest("no classes given; name the classes to learn, e.g. 0-3 or Sandal,Shirt")
     return tuple(dict.fromkeys(names))

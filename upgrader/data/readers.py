@@ -1,26 +1,28 @@
-"""Datasets in memory (uint8 NHWC), readers, deterministic splits, rehearsal memory, batch sampling
-and cheap batch augmentation.
+"""Dataset readers: MNIST-layout IDX folders, image folders and ``.npz`` files -> :class:`ImageDataset`.
 
 Readers: Fashion-MNIST / MNIST-layout IDX ``.gz`` folders, image folders ``root/<class>/<file>``
-(Pillow) and ``.npz`` files (``images`` uint8 N,H,W[,C]; ``labels``; optional ``classes``).
-Nothing here downloads. Every input problem raises ``DataError`` with a one-line message.
+(Pillow) and ``.npz`` files (``images`` uint8 N,H,W[,C]; ``labels``; optional ``classes``); a spec
+string picks one (:func:`load_dataset`). Nothing here downloads. Every input problem raises
+``DataError`` with a one-line message.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from upgrader.core.errors import DataError
+from upgrader.core.images import fit_image
+from upgrader.data.dataset import ImageDataset
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+#: Spellings of the Fashion-MNIST spec that name the Debian folder.
+FASHION_ALIASES = ("fashion-mnist", "fashion_mnist", "fashionmnist")
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
     "Trouser",
@@ -33,7 +35,6 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 # IDX type byte -> numpy dtype (big-endian as the format stores it)
 _IDX_DTYPES = {
@@ -44,102 +45,6 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-
-
-@dataclass
-class ImageDataset:
-    """Labelled images in memory.
-
-    Attributes:
-        images: uint8 [N, H, W, C], C in (1, 3).
-        labels: int64 [N], index into ``classes``.
-        classes: class names; ``labels`` index this list.
-        source: where the data came from (a path or a description), for provenance.
-    """
-
-    images: np.ndarray  # uint8 [N, H, W, C]
-    labels: np.ndarray  # int64 [N]
-    classes: list[str]  # label index -> class name
-    source: str = ""  # path or description of the origin
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8:
-            raise DataError(f"{self.source}: images must be a uint8 numpy array; convert with astype(np.uint8)")
-        if self.images.ndim == 3:
-            self.images = self.images[..., None]
-        if self.images.ndim != 4 or self.images.shape[-1] not in (1, 3):
-            raise DataError(
-                f"{self.source}: images must be N,H,W or N,H,W,C with C 1 or 3, got shape {self.images.shape}"
-            )
-        self.labels = np.asarray(self.labels).astype(np.int64, copy=False).reshape(-1)
-        if len(self.labels) != len(self.images):
-            raise DataError(
-                f"{self.source}: {len(self.images)} images but {len(self.labels)} labels; "
-                "give one label per image"
-            )
-        self.classes = [str(c) for c in self.classes]
-        if len(set(self.classes)) != len(self.classes):
-            raise DataError(f"{self.source}: duplicate class names; class names must be unique")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            raise DataError(
-                f"{self.source}: labels must lie in 0..{len(self.classes) - 1} (one per class name), "
-                f"found {self.labels.min()}..{self.labels.max()}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C)."""
-        _, h, w, c = self.images.shape
-        return int(h), int(w), int(c)
-
-    def class_names(self) -> list[str]:
-        """Class name of every item, [N]."""
-        return [self.classes[i] for i in self.labels]
-
-    def select(self, class_names: Sequence[str]) -> ImageDataset:
-        """Keep only the given classes; labels re-index ``class_names`` in the order given.
-
-        Raises:
-            DataError: a name that is not a class of this dataset.
-        """
-        names = [str(c) for c in class_names]
-        unknown = [c for c in names if c not in self.classes]
-        if unknown:
-            raise DataError(f"{self.source}: unknown classes {unknown}; known: {self.classes}")
-        old_to_new = np.full(len(self.classes), -1, dtype=np.int64)
-        for new, name in enumerate(names):
-            old_to_new[self.classes.index(name)] = new
-        keep = np.flatnonzero(old_to_new[self.labels] >= 0)
-        return ImageDataset(self.images[keep], old_to_new[self.labels[keep]], names, self.source)
-
-    def take(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
-        """Subset by item index (all classes kept)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        return ImageDataset(self.images[idx], self.labels[idx], list(self.classes), self.source)
-
-    def fingerprint(self) -> str:
-        """sha256 over images, labels and class names: identifies the exact training data."""
-        h = hashlib.sha256()
-        h.update(str(self.images.shape).encode())
-        h.update(np.ascontiguousarray(self.images).tobytes())
-        h.update(np.ascontiguousarray(self.labels).tobytes())
-        h.update("\n".join(self.classes).encode())
-        return h.hexdigest()
-
-    def vertices(self, label_map: dict[str, int]) -> np.ndarray:
-        """Map labels to interface vertex indices through ``label_map`` (class name -> vertex).
-
-        Raises:
-            DataError: a class without a vertex.
-        """
-        missing = [c for c in self.classes if c not in label_map]
-        if missing:
-            raise DataError(f"classes {missing} have no vertex; assign them in the interface first")
-        lut = np.array([label_map[c] for c in self.classes], dtype=np.int64)
-        return lut[self.labels] if len(self.labels) else np.zeros(0, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,14 +184,8 @@ def load_image_folder(
         channels = 3 if any(im.mode not in ("L", "1", "I", "I;16", "F", "LA") for im in pil) else 1
     if image_size is None:
         image_size = (pil[0].height, pil[0].width)
-    h, w = image_size
-    mode = "L" if channels == 1 else "RGB"
-    arrays = []
-    for im in pil:
-        im = im.convert(mode)
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.BILINEAR)
-        arrays.append(np.asarray(im, dtype=np.uint8).reshape(h, w, channels))
+    shape = (image_size[0], image_size[1], channels)
+    arrays = [fit_image(im, shape) for im in pil]
     return ImageDataset(np.stack(arrays), np.array(labels), [d.name for d in class_dirs], str(r))
 
 
@@ -348,7 +247,7 @@ def load_dataset(
         DataError: the spec names nothing usable.
     """
     s = str(spec)
-    if s.lower() in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
+    if s.lower() in FASHION_ALIASES:
         return load_idx_folder(DEFAULT_FASHION_DIR, split, classes or FASHION_MNIST_CLASSES)
     p = Path(s)
     if p.suffix == ".npz":
@@ -360,88 +259,3 @@ def load_dataset(
             return load_idx_folder(p, split, classes)
         return load_image_folder(p)
     raise DataError(f"{p}: unsupported dataset file; use an .npz, an IDX folder or an image folder")
-
-
-# ---------------------------------------------------------------------------------------------
-# Splits and memory
-
-
-def split_per_class(
-    ds: ImageDataset, counts: dict[str, int] | int, seed: int
-) -> tuple[ImageDataset, ImageDataset]:
-    """Take ``counts`` random items per class (deterministic in ``seed``); return (taken, rest).
-
-    Args:
-        ds: the dataset.
-        counts: items per class, one number for all classes or per class name (classes not named
-            give none).
-        seed: random seed.
-
-    Raises:
-        DataError: a class with fewer items than asked for.
-    """
-    rng = np.random.default_rng(seed)
-    taken: list[np.ndarray] = []
-    for label, name in enumerate(ds.classes):
-        want = counts if isinstance(counts, int) else int(counts.get(name, 0))
-        if want <= 0:
-            continue
-        idx = np.flatnonzero(ds.labels == label)
-        if len(idx) < want:
-            raise DataError(f"class {name!r} has {len(idx)} items, fewer than the {want} asked for")
-        taken.append(rng.choice(idx, size=want, replace=False))
-    chosen = np.sort(np.concatenate(taken)) if taken else np.zeros(0, dtype=np.int64)
-    rest = np.setdiff1d(np.arange(len(ds)), chosen)
-    return ds.take(chosen), ds.take(rest)
-
-
-def subsample_per_class(ds: ImageDataset, per_class: int, seed: int) -> ImageDataset:
-    """At most ``per_class`` random items of every class (all items of smaller classes)."""
-    counts = {name: min(per_class, int((ds.labels == i).sum())) for i, name in enumerate(ds.classes)}
-    return split_per_class(ds, counts, seed)[0]
-
-
-def probe_splits(
-    ds: ImageDataset, query_per_class: int, gallery_per_class: int, seed: int
-) -> tuple[ImageDataset, ImageDataset, ImageDataset]:
-    """Deterministic (train, probe queries, probe gallery) split; probe items never train.
-
-    Returns:
-        (train, query, gallery), disjoint.
-    """
-    query, rest = split_per_class(ds, query_per_class, seed)
-    gallery, train = split_per_class(rest, gallery_per_class, seed + 1)
-    return train, query, gallery
-
-
-@dataclass
-class RehearsalMemory:
-    """Images kept from earlier classes for fine-tuning (labels are vertex indices).
-
-    Attributes:
-        images: uint8 [M, H, W, C].
-        vertices: int64 [M].
-    """
-
-    images: np.ndarray  # uint8 [M, H, W, C]
-    vertices: np.ndarray  # int64 [M]
-
-    @classmethod
-    def build(cls, images: np.ndarray, vertices: np.ndarray, per_class: int, seed: int) -> RehearsalMemory:
-        """Keep ``per_class`` random items of every vertex (all of a smaller class), seeded."""
-        rng = np.random.default_rng(seed)
-        keep: list[np.ndarray] = []
-        for v in np.unique(vertices):
-            idx = np.flatnonzero(vertices == v)
-            keep.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
-        chosen = np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
-        return cls(images[chosen], np.asarray(vertices, dtype=np.int64)[chosen])
-
-    def merge(self, other: RehearsalMemory) -> RehearsalMemory:
-        """Concatenate two memories (e.g. the old one and the classes just learnt)."""
-        return RehearsalMemory(
-            np.concatenate([self.images, other.images]), np.concatenate([self.vertices, other.vertices])
-        )
-
-    def __len__(self) -> int:
-        return len(self.images)

@@ -1,11 +1,11 @@
 """ONNX Runtime embedder: uint8 NHWC images (or image files) -> L2-normalised embeddings.
 
-Server side: imports numpy, onnxruntime and (for files) Pillow — never torch.
+Server side: imports numpy, onnxruntime and (for files, through :mod:`upgrader.runtime.images`)
+Pillow — never torch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -15,45 +15,12 @@ from typing import Any
 import numpy as np
 
 from upgrader.core.errors import ArtifactError
+from upgrader.core.files import sha256_file
+from upgrader.runtime.images import load_images
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
 REQUIRED_METADATA = ("embedding_dim", "num_classes", "input_shape", "layout", "mean", "std", "architecture")
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file (read in 1 MiB chunks).
-
-    Raises:
-        ArtifactError: the file cannot be read.
-    """
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror}); check the artifact path") from None
-    return h.hexdigest()
-
-
-def load_image(path: str | os.PathLike[str], image_shape: tuple[int, int, int]) -> np.ndarray:
-    """Read an image file, convert to the channel count and resize to (H, W) -> uint8 [H, W, C].
-
-    Raises:
-        ArtifactError: the file is not a readable image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    h, w, c = image_shape
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).reshape(h, w, c)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ArtifactError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 
 class Embedder:
@@ -163,9 +130,7 @@ class Embedder:
 
     def load_images(self, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """Read image files resized / converted to the artifact's shape -> uint8 [N, H, W, C]."""
-        if not paths:
-            return np.zeros((0, *self.image_shape), dtype=np.uint8)
-        return np.stack([load_image(p, self.image_shape) for p in paths])
+        return load_images(paths, self.image_shape)
 
     def embed_files(self, paths: Sequence[str | os.PathLike[str]], batch_size: int = 256) -> np.ndarray:
         """Embed image files (any size/mode: converted and resized to the artifact's input)."""

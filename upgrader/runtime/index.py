@@ -3,20 +3,13 @@
 A gallery holds embeddings written by several generations; compatible generations share one space,
 so a single inner-product index over all of them serves queries from the production generation. Every
 row keeps its metadata (external id, generation id, label, registry row id) so a hit says which
-generation wrote it.
+generation wrote it. Vectors are L2-normalised on the way in (queries too), so inner product is cosine
+similarity. The FAISS structure of each index kind, and the kernel exact search picks per batch size,
+are in :mod:`upgrader.runtime.kernels`.
 
-Index kinds (``GallerySearch(dim, index=...)``):
-
-* ``"flat"`` (default) — ``faiss.IndexFlatIP``: exact; the right choice up to a few million rows.
-* ``"hnsw"`` — ``faiss.IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``: approximate graph search, for
-  large galleries where exact search is too slow. Tune ``ef_search`` for recall; measure it with
-  :func:`measure_recall` against a flat index.
-* ``"ivf"`` — ``faiss.IndexIVFFlat`` (inner product): approximate, inverted lists. It needs training:
-  it trains on the first :meth:`GallerySearch.add` (or an explicit :meth:`GallerySearch.train`) on a
-  random sample of at most ``train_size`` rows of that batch; later adds only assign to lists, so the
-  first batch should be representative. ``nlist`` defaults to ``4 * sqrt(n)`` of that first batch.
-
-Vectors are L2-normalised on the way in (queries too), so inner product is cosine similarity.
+IVF needs training: it trains on the first :meth:`GallerySearch.add` (or an explicit
+:meth:`GallerySearch.train`); later adds only assign to lists, so the first batch should be
+representative.
 
 Removal: flat and IVF remove in place (``remove_ids``; flat is wrapped in ``IndexIDMap2``, which
 compacts the storage, O(n)). FAISS's HNSW cannot delete, so for ``"hnsw"`` :meth:`remove` rebuilds the
@@ -34,20 +27,6 @@ calling thread at every search and add. The default is 1: a server gets its para
 concurrent requests, and a second OpenMP thread on a busy machine mostly spins in barriers (single
 query latency got several times worse under load with 2 threads on 2 cores).
 
-Exact search picks its kernel by batch size, so it is never slower than plain numpy:
-
-* 1 query — FAISS's SIMD kernel (dot products and a heap in one pass over the gallery; ~1.3-1.6x
-  faster than numpy ``gallery @ q`` + ``argpartition``).
-* 2 to ``blas_min_queries - 1`` queries — numpy matmul + ``argpartition`` on a zero-copy view of the
-  FAISS storage (under the read lock): here FAISS's SIMD kernel costs one full pass per query and its
-  BLAS kernel works in 1024-row blocks with per-block heaps, both measured slower than one GEMM.
-* ``blas_min_queries`` (16) and more — FAISS's BLAS kernel (sgemm + heap): 2-6x numpy at 1000 queries.
-  FAISS chooses it by ``faiss.cvar.distance_compute_blas_threshold``, which FAISS 1.15 compares with
-  ``n_queries * dim`` and ships at 128000, so batches of up to ~1000 queries at dim 127 never used
-  BLAS and were ~3x *slower* than numpy. GallerySearch sets it to ``blas_min_queries * dim``; the
-  variable is process-wide, so the last GallerySearch constructed decides it — which only ever
-  changes speed, never results.
-
 Incremental sync with the registry::
 
     gs.add_gallery(reg.load_gallery(after_row_id=gs.last_row_id))
@@ -55,18 +34,25 @@ Incremental sync with the registry::
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 import faiss
 import numpy as np
 
-IndexKind = Literal["flat", "hnsw", "ivf"]
-INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivf")
+from upgrader.runtime.kernels import (
+    INDEX_KINDS,
+    FaissIndex,
+    IndexKind,
+    new_index,
+    normalise_rows,
+    numpy_topk,
+    search_parameters,
+    set_blas_threshold,
+    train_ivf,
+)
+from upgrader.runtime.rwlock import ReadWriteLock
 
 
 class _GalleryLike(Protocol):
@@ -90,82 +76,12 @@ class Hit:
     row_id: int  # registry row id of the gallery item
 
 
-def set_threads(n: int) -> None:
-    """Set FAISS's OpenMP thread count for the *calling thread* (OpenMP keeps it per thread).
-
-    Threads started later (a server's worker pool) keep OpenMP's default (``OMP_NUM_THREADS`` or all
-    cores); :class:`GallerySearch` therefore applies its own ``threads`` at every call.
-    """
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
-    faiss.omp_set_num_threads(int(n))
-
-
-class _ReadWriteLock:
-    """Many readers or one writer; a waiting writer holds back new readers, so adds never starve."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        """Hold the lock shared (searches)."""
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        """Hold the lock exclusively (adds, removals, training). Not re-entrant."""
-        with self._cond:
-            self._writers_waiting += 1
-            try:
-                while self._writer or self._readers:
-                    self._cond.wait()
-            finally:
-                self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-def _normalise(x: np.ndarray, dim: int, what: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[1] != dim:
-        raise ValueError(f"{what} must have shape [N, {dim}], got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}")
-    arr = np.array(arr, dtype=np.float32, order="C", copy=True)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{what} contains NaN or inf")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError(f"{what} row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros")
-    arr /= norms
-    return arr
-
-
 class GallerySearch:
     """Top-k cosine search over gallery embeddings from any number of generations.
 
     Args:
         dim: embedding dimension (K - 1 of the workspace interface).
-        index: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"`` (approximate); see the module docstring.
+        index: ``"flat"`` (exact), ``"hnsw"`` or ``"ivf"`` (approximate); see :mod:`upgrader.runtime.kernels`.
         hnsw_m: HNSW graph degree (links per node); more = better recall, more memory, slower build.
         ef_construction: HNSW build-time beam width.
         ef_search: HNSW query-time beam width (>= k is enforced per search); the recall knob.
@@ -177,7 +93,8 @@ class GallerySearch:
         seed: seed of the IVF training sample.
         blas_min_queries: exact search of at least this many queries at once uses FAISS's BLAS
             kernel (sets ``faiss.cvar.distance_compute_blas_threshold``, process-wide); smaller
-            batches of 2+ queries use numpy matmul (module docstring). 0 leaves FAISS's threshold.
+            batches of 2+ queries use numpy matmul (:mod:`upgrader.runtime.kernels`). 0 leaves
+            FAISS's threshold.
 
     Raises:
         ValueError: a bad ``dim``, ``index`` or parameter.
@@ -213,8 +130,7 @@ class GallerySearch:
         if blas_min_queries < 0:
             raise ValueError(f"blas_min_queries must be >= 0, got {blas_min_queries}")
         if blas_min_queries:
-            # FAISS 1.15 compares n_queries * dim with this (see the module docstring).
-            faiss.cvar.distance_compute_blas_threshold = int(blas_min_queries) * int(dim)
+            set_blas_threshold(blas_min_queries, dim)
         self.threads = None if threads is None else int(threads)
         self.blas_min_queries = int(blas_min_queries)
         self.dim = int(dim)
@@ -226,7 +142,7 @@ class GallerySearch:
         self.nprobe = int(nprobe)
         self.train_size = int(train_size)
         self.seed = int(seed)
-        self._lock = _ReadWriteLock()
+        self._lock = ReadWriteLock()
         # Row metadata lives in slot arrays: a slot is assigned at add, never reused, and is the id
         # FAISS stores, so a FAISS result maps to metadata by plain indexing.
         self._row_ids = np.empty(0, dtype=np.int64)
@@ -236,10 +152,7 @@ class GallerySearch:
         self._alive = np.empty(0, dtype=bool)
         self._slot_of: dict[str, int] = {}  # live external id -> slot
         self._last_row_id = 0
-        self._hnsw_inner: Any = None
-        self._flat_inner: Any = None  # typed IndexFlatIP handle: its storage is read by the numpy path
-        self._quantizer: Any = None  # IVF's coarse quantizer must outlive the index (SWIG ownership)
-        self._index: Any = self._new_index()
+        self._faiss: FaissIndex | None = self._new_index()
 
     # ------------------------------------------------------------------ construction
 
@@ -248,23 +161,14 @@ class GallerySearch:
         if self.threads is not None:
             faiss.omp_set_num_threads(self.threads)
 
-    def _new_index(self) -> Any:
-        if self.kind == "flat":
-            inner = faiss.IndexFlatIP(self.dim)
-            self._flat_inner = inner
-            return faiss.IndexIDMap2(inner)
-        if self.kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efConstruction = self.ef_construction
-            inner.hnsw.efSearch = self.ef_search
-            self._hnsw_inner = inner  # typed handle for efSearch (IDMap2.index is the base class)
-            return faiss.IndexIDMap2(inner)
-        return None  # IVF: created at training time, once nlist is known
+    def _new_index(self) -> FaissIndex | None:
+        return new_index(self.kind, self.dim, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
+                         ef_search=self.ef_search)
 
     @property
     def is_trained(self) -> bool:
         """False only for an IVF index that has not seen its training batch yet."""
-        return self._index is not None and bool(self._index.is_trained)
+        return self._faiss is not None and bool(self._faiss.index.is_trained)
 
     def train(self, sample: np.ndarray) -> None:
         """Train an IVF index on ``sample`` (a no-op for flat and HNSW, and once trained).
@@ -274,28 +178,14 @@ class GallerySearch:
         """
         self._apply_threads()
         with self._lock.write():
-            if self.kind != "ivf" or self._index is not None:
+            if self.kind != "ivf" or self._faiss is not None:
                 return
-            self._train_ivf(_normalise(sample, self.dim, "training sample"))
+            self._train_ivf(normalise_rows(sample, self.dim, "training sample"))
 
-    def _train_ivf(self, x: np.ndarray) -> None:
-        n = x.shape[0]
-        nlist = self.nlist or max(1, int(4 * math.sqrt(n)))
-        if n < nlist:
-            raise ValueError(
-                f"IVF with nlist={nlist} needs at least {nlist} training rows, got {n}; "
-                "add a larger first batch, call train() with a sample, or lower nlist"
-            )
-        if n > self.train_size:
-            rng = np.random.default_rng(self.seed)
-            x = x[np.sort(rng.choice(n, self.train_size, replace=False))]
-        quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(x)
-        index.nprobe = min(self.nprobe, nlist)
-        self.nlist = nlist
-        self._quantizer = quantizer
-        self._index = index
+    def _train_ivf(self, x: np.ndarray) -> FaissIndex:
+        self._faiss, self.nlist = train_ivf(x, self.dim, nlist=self.nlist, nprobe=self.nprobe,
+                                            train_size=self.train_size, seed=self.seed)
+        return self._faiss
 
     # ------------------------------------------------------------------ size and cursor
 
@@ -347,7 +237,7 @@ class GallerySearch:
             ValueError: length mismatch, wrong dim, NaN/inf/all-zero rows, duplicate external ids,
                 or (IVF) a first batch too small to train on.
         """
-        x = _normalise(matrix, self.dim, "gallery matrix")
+        x = normalise_rows(matrix, self.dim, "gallery matrix")
         n = x.shape[0]
         rows = np.asarray(row_ids, dtype=np.int64).reshape(-1)
         gens = np.asarray(generation_ids, dtype=np.int64).reshape(-1)
@@ -366,11 +256,10 @@ class GallerySearch:
             known = [e for e in ext if e in self._slot_of]
             if known:
                 raise ValueError(f"external id {known[0]!r} is already in the index ({len(known)} known)")
-            if self.kind == "ivf" and self._index is None:
-                self._train_ivf(x)
+            index = self._faiss if self._faiss is not None else self._train_ivf(x)  # only IVF starts empty
             start = self._alive.size
             slots = np.arange(start, start + n, dtype=np.int64)
-            self._index.add_with_ids(x, slots)
+            index.index.add_with_ids(x, slots)
             self._row_ids = np.concatenate([self._row_ids, rows])
             self._gen_ids = np.concatenate([self._gen_ids, gens])
             self._alive = np.concatenate([self._alive, np.ones(n, dtype=bool)])
@@ -400,7 +289,7 @@ class GallerySearch:
             if self.kind == "hnsw":
                 self._rebuild_hnsw_without(slots)
             else:
-                removed = self._index.remove_ids(slots)
+                removed = self._faiss.index.remove_ids(slots)  # type: ignore[union-attr]
                 if removed != slots.size:  # pragma: no cover - FAISS contract
                     raise RuntimeError(f"FAISS removed {removed} of {slots.size} rows")
             self._alive[slots] = False
@@ -409,14 +298,15 @@ class GallerySearch:
             return int(slots.size)
 
     def _rebuild_hnsw_without(self, slots: np.ndarray) -> None:
-        old = self._index
+        old = self._faiss.index  # type: ignore[union-attr]
         ids = faiss.vector_to_array(old.id_map).astype(np.int64)
         vectors = old.index.reconstruct_n(0, old.ntotal)
         keep = ~np.isin(ids, slots)
         fresh = self._new_index()
+        assert fresh is not None  # HNSW is built empty, never trained
         if keep.any():
-            fresh.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
-        self._index = fresh
+            fresh.index.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
+        self._faiss = fresh
 
     # ------------------------------------------------------------------ search
 
@@ -440,47 +330,22 @@ class GallerySearch:
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
-        q = _normalise(q, self.dim, "queries")
+        q = normalise_rows(q, self.dim, "queries")
         self._apply_threads()
         with self._lock.read():
-            if self._index is None or self._index.ntotal == 0:
+            fi = self._faiss
+            if fi is None or fi.index.ntotal == 0:
                 return (np.full((q.shape[0], k), -np.inf, dtype=np.float32),
                         np.full((q.shape[0], k), -1, dtype=np.int64))
+            if self.kind == "flat" and 2 <= q.shape[0] < self.blas_min_queries:
+                return numpy_topk(q, fi, int(k))
             # The recall knobs are read at every search (a caller may tune them on a live index) and
             # passed per call, so concurrent searches never write shared index state.
-            nq = q.shape[0]
-            if self.kind == "flat" and 2 <= nq < self.blas_min_queries:
-                scores, positions = self._numpy_topk(q, int(k))
-                return scores, positions
-            params: Any = None
-            if self.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, int(k)))
-            elif self.kind == "ivf":
-                params = faiss.SearchParametersIVF(nprobe=max(1, min(self.nprobe, int(self._index.nlist))))
-            scores, positions = self._index.search(q, int(k), params=params)
+            params = search_parameters(self.kind, fi.index, int(k), ef_search=self.ef_search, nprobe=self.nprobe)
+            scores, positions = fi.index.search(q, int(k), params=params)
         scores = scores.astype(np.float32, copy=False)
         scores[positions < 0] = -np.inf
         return scores, positions.astype(np.int64, copy=False)
-
-    def _numpy_topk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of a small batch by one matmul over FAISS's own storage. Caller holds the read lock.
-
-        The views are valid only while no add or remove can reallocate the storage: hence the lock.
-        """
-        n = int(self._index.ntotal)
-        vectors = faiss.rev_swig_ptr(self._flat_inner.get_xb(), n * self.dim).reshape(n, self.dim)  # [N, D] view
-        slots = faiss.rev_swig_ptr(self._index.id_map.data(), n)  # [N] view: storage row -> slot
-        kk = min(k, n)
-        sims = q @ vectors.T  # [Q, N]
-        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (q.shape[0], 1))
-        top = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        rows = np.take_along_axis(part, order, axis=1)
-        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-        positions = np.full((q.shape[0], k), -1, dtype=np.int64)
-        scores[:, :kk] = np.take_along_axis(top, order, axis=1)
-        positions[:, :kk] = slots[rows]
-        return scores, positions
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k hits per query, nearest first (see :meth:`search_arrays` for arguments)."""
@@ -514,21 +379,4 @@ class GallerySearch:
                 for row in np.asarray(positions, dtype=np.int64).tolist()]
 
 
-def measure_recall(approx: GallerySearch, exact: GallerySearch, queries: np.ndarray, k: int) -> float:
-    """Recall@k of an approximate index against an exact one holding the same rows.
-
-    Mean over queries of |approx top-k ∩ exact top-k| / |exact top-k|, matching rows by external id.
-    """
-    _, pa = approx.search_arrays(queries, k)
-    _, pe = exact.search_arrays(queries, k)
-    ea = approx.external_ids_at(pa)
-    ee = exact.external_ids_at(pe)
-    total = 0.0
-    for a, e in zip(ea, ee):
-        truth = {x for x in e if x is not None}
-        if truth:
-            total += len(truth & {x for x in a if x is not None}) / len(truth)
-    return total / max(1, len(ee))
-
-
-__all__ = ["INDEX_KINDS", "GallerySearch", "Hit", "measure_recall", "set_threads"]
+__all__ = ["GallerySearch", "Hit"]

@@ -13,9 +13,10 @@ import numpy as np
 
 from registry import Generation
 
-from upgrader.compat import gate
+from upgrader.compat.metrics import class_templates
 from upgrader.data.items import excluded_indices, item_uris, load_items, parse_classes
-from upgrader.runtime.embedder import Embedder, load_image
+from upgrader.runtime.embedder import Embedder
+from upgrader.runtime.images import load_image
 from upgrader.core.errors import InvalidRequest, NoProduction
 from upgrader.services.registration import open_embedder
 from upgrader.services.workspace_init import probe_uris
@@ -47,7 +48,7 @@ def production_embedder(ws: Workspace, *, threads: int | None = None) -> tuple[G
     """
     prod = ws.registry.get_alias()
     if prod is None:
-        raise NoProduction("no production generation; promote one first (`upgrader promote GEN`)")
+        raise NoProduction("no production generation; promote one first", subject="production")
     gen = ws.registry.get_generation(prod)
     return gen, open_embedder(ws, gen, threads=threads)
 
@@ -147,7 +148,7 @@ def search_images(ws: Workspace, images: np.ndarray, k: int = 5) -> tuple[Genera
     gen, embedder = production_embedder(ws)
     index = load_search(ws)
     if len(index) == 0:
-        raise InvalidRequest("the gallery is empty; add items first (`upgrader gallery add`)")
+        raise InvalidRequest("the gallery is empty; add items first", subject="gallery")
     return gen, index.search(embedder.embed(images), k)
 
 
@@ -155,21 +156,6 @@ def read_query_images(ws: Workspace, files: Sequence[Path]) -> np.ndarray:
     """Image files resized to the production artifact's input shape, as uint8 NHWC."""
     _, embedder = production_embedder(ws)
     return np.stack([load_image(f, embedder.image_shape) for f in files])
-
-
-def mixed_gallery_accuracy(ws: Workspace, query_gen: int | None = None) -> float:
-    """Top-1 label accuracy of the probe queries (embedded by ``query_gen``, default production)
-    searched against the whole stored gallery, over the queries whose class the gallery holds."""
-    reg = ws.registry
-    gid = query_gen if query_gen is not None else reg.get_alias()
-    if gid is None:
-        raise NoProduction("no production generation to query with")
-    gallery = reg.load_gallery()
-    if len(gallery) == 0:
-        raise InvalidRequest("the gallery is empty; add items first (`upgrader gallery add`)")
-    probe = reg.probe_set("query")
-    _, queries = reg.get_probe_embeddings(gid, "query")
-    return label_accuracy(queries, probe.class_names, gallery.matrix, gallery.labels)
 
 
 def template_accuracy(
@@ -186,7 +172,7 @@ def template_accuracy(
     if not keep.any():
         return float("nan")
     index = {name: i for i, name in enumerate(names)}
-    classes, templates = gate.class_templates(gallery[labelled], [index[lbl] for lbl in glabels[labelled]])
+    classes, templates = class_templates(gallery[labelled], [index[lbl] for lbl in glabels[labelled]])
     nearest = classes[np.argmax(queries[keep] @ templates.T, axis=1)]  # [Q'] class index of the top-1 template
     return float(np.mean(np.array(names, dtype=object)[nearest] == qlabels[keep]))
 

@@ -37,163 +37,29 @@ Example::
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from registry import Generation
-
-from upgrader.runtime.embedder import Embedder
 from upgrader.core.errors import InterfaceMismatch, InvalidRequest, NoProduction
+from upgrader.runtime.images import decode_image
+from upgrader.runtime.index import GallerySearch
 from upgrader.services.registration import open_embedder
-from upgrader.runtime.index import INDEX_KINDS, GallerySearch, Hit, IndexKind
 from upgrader.services.workspace import Workspace, open_workspace
+from upgrader.serving.config import ServingConfig
+from upgrader.serving.results import AddResult, EmbedResult, ModelSnapshot, SearchResult, ServiceStatus
 
 log = logging.getLogger("upgrader.serving.service")
 
 #: Gallery rows added to the index per write-lock hold while syncing, so searches are never held
 #: back for long by a large backlog (FAISS flat adds ~1M rows/s; HNSW far fewer).
 SYNC_CHUNK = 20_000
-
-
-class BadImage(InvalidRequest):
-    """An uploaded file is not a decodable image (the server answers 400)."""
-
-
-class ImageTooLarge(InvalidRequest):
-    """An uploaded image exceeds the configured width / height / pixel limits (the server answers 413)."""
-
-
-@dataclass(frozen=True)
-class ServingConfig:
-    """How a :class:`QueryService` runs. Defaults suit a small CPU server."""
-
-    index: IndexKind = "flat"  # gallery index kind: "flat" (exact), "hnsw" or "ivf" (approximate)
-    search_threads: int = 1  # FAISS threads per search call; parallelism comes from concurrent requests
-    embed_threads: int = 1  # ONNX Runtime intra-op threads per embed call, for the same reason
-    poll_seconds: float = 1.0  # watcher period (alias + new gallery rows); 0 = no watcher, call refresh()
-    recount_seconds: float = 30.0  # compare registry item count with the index (deletions); 0 = never
-    sync_on_search: bool = False  # pull new gallery rows before every search (read-your-writes across processes)
-    max_images: int = 64  # images per call (search / embed / add)
-    max_k: int = 1000  # largest k a search may ask for
-    max_side: int = 4096  # largest width or height of an encoded image, before resizing
-    max_pixels: int = 16_777_216  # largest width * height of an encoded image (decompression bombs)
-    max_id_length: int = 256  # longest external id accepted by add()
-    batch_size: int = 256  # images per ONNX Runtime call
-
-    def __post_init__(self) -> None:
-        if self.index not in INDEX_KINDS:
-            raise InvalidRequest(f"unknown index kind {self.index!r}; choose one of {', '.join(INDEX_KINDS)}")
-        for name in ("search_threads", "embed_threads", "max_images", "max_k", "max_side", "max_pixels",
-                     "max_id_length", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.poll_seconds < 0 or self.recount_seconds < 0:
-            raise InvalidRequest("poll_seconds and recount_seconds must be >= 0")
-
-
-@dataclass(frozen=True)
-class ModelSnapshot:
-    """What one request uses from start to finish: a generation and its loaded artifact."""
-
-    generation: Generation
-    embedder: Embedder
-    loaded_at: datetime
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) the artifact takes."""
-        return self.embedder.image_shape
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Top-k hits per query and the generation that embedded the queries."""
-
-    generation: Generation
-    hits: list[list[Hit]]  # one list per query, nearest first; each Hit names the generation that wrote it
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    """Embeddings and the generation that produced them."""
-
-    generation: Generation
-    embeddings: np.ndarray  # float32 [N, D], L2-normalised
-
-
-@dataclass(frozen=True)
-class AddResult:
-    """Outcome of :meth:`QueryService.add`."""
-
-    generation: Generation  # the generation that embedded (and is recorded as writing) the items
-    added: int
-    gallery_items: int  # items in the index afterwards
-
-
-@dataclass(frozen=True)
-class ServiceStatus:
-    """A health snapshot of a running service."""
-
-    serving: Generation | None  # generation new requests use (None: nothing promoted yet)
-    production_alias: int | None  # where the registry's alias pointed at the last poll
-    serving_since: datetime | None
-    gallery_items: int
-    items_by_generation: dict[int, int]
-    last_row_id: int
-    index: str
-    reloads: int  # generation swaps since start
-    rebuilds: int  # full index rebuilds since start
-    last_poll_at: datetime | None
-    last_error: str | None  # the last failed reload / sync, cleared by the next good tick
-    watching: bool
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-
-
-def decode_image(data: bytes, image_shape: tuple[int, int, int], *, max_side: int = 4096,
-                 max_pixels: int = 16_777_216) -> np.ndarray:
-    """Decode an encoded image file (PNG, JPEG, ...) to uint8 ``[H, W, C]`` of the artifact's shape.
-
-    The header is checked against the limits before the pixels are decoded, so an oversized or
-    decompression-bomb image costs nothing. Colour is converted (grey or RGB) and the image resized
-    (bilinear) to ``image_shape``, as ``upgrader search FILE`` does.
-
-    Raises:
-        BadImage: not a decodable image. ImageTooLarge: beyond ``max_side`` / ``max_pixels``.
-    """
-    from PIL import Image
-
-    h, w, c = image_shape
-    if not data:
-        raise BadImage("empty image file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            iw, ih = im.size
-            if iw > max_side or ih > max_side or iw * ih > max_pixels:
-                raise ImageTooLarge(
-                    f"image is {iw}x{ih}; the limit is {max_side} px per side and {max_pixels} pixels — resize it first"
-                )
-            im = im.convert("L" if c == 1 else "RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).reshape(h, w, c)
-    except ImageTooLarge:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"image exceeds {max_pixels} pixels (decompression bomb guard)") from None
-    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError) for bad input
-        raise BadImage(f"not a decodable image ({exc.__class__.__name__}: {str(exc)[:120]})") from None
 
 
 class QueryService:
@@ -285,7 +151,7 @@ class QueryService:
         """
         snap = self._snapshot
         if snap is None:
-            raise NoProduction("no production generation yet; promote one (`upgrader promote GEN`)")
+            raise NoProduction("no production generation yet; promote one first", subject="production")
         return snap
 
     def reload(self) -> bool:
@@ -398,7 +264,8 @@ class QueryService:
 
         Args:
             images: uint8 ``[N, H, W, C]`` of the production artifact's shape, or a sequence of
-                encoded image files (bytes; decoded and resized, see :func:`decode_image`).
+                encoded image files (bytes; decoded and resized, see
+                :func:`upgrader.runtime.images.decode_image`).
             k: results per query, 1..``max_k``; an empty gallery gives empty lists.
 
         Raises:
@@ -531,15 +398,4 @@ class QueryService:
         return out
 
 
-__all__ = [
-    "AddResult",
-    "BadImage",
-    "EmbedResult",
-    "ImageTooLarge",
-    "ModelSnapshot",
-    "QueryService",
-    "SearchResult",
-    "ServiceStatus",
-    "ServingConfig",
-    "decode_image",
-]
+__all__ = ["QueryService"]

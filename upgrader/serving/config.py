@@ -1,0 +1,36 @@
+"""How a query service runs: index kind, poll periods and request limits, checked on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from upgrader.core.errors import InvalidRequest
+from upgrader.runtime.kernels import INDEX_KINDS, IndexKind
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How a :class:`QueryService` runs. Defaults suit a small CPU server."""
+
+    index: IndexKind = "flat"  # gallery index kind: "flat" (exact), "hnsw" or "ivf" (approximate)
+    search_threads: int = 1  # FAISS threads per search call; parallelism comes from concurrent requests
+    embed_threads: int = 1  # ONNX Runtime intra-op threads per embed call, for the same reason
+    poll_seconds: float = 1.0  # watcher period (alias + new gallery rows); 0 = no watcher, call refresh()
+    recount_seconds: float = 30.0  # compare registry item count with the index (deletions); 0 = never
+    sync_on_search: bool = False  # pull new gallery rows before every search (read-your-writes across processes)
+    max_images: int = 64  # images per call (search / embed / add)
+    max_k: int = 1000  # largest k a search may ask for
+    max_side: int = 4096  # largest width or height of an encoded image, before resizing
+    max_pixels: int = 16_777_216  # largest width * height of an encoded image (decompression bombs)
+    max_id_length: int = 256  # longest external id accepted by add()
+    batch_size: int = 256  # images per ONNX Runtime call
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEX_KINDS:
+            raise InvalidRequest(f"unknown index kind {self.index!r}; choose one of {', '.join(INDEX_KINDS)}")
+        for name in ("search_threads", "embed_threads", "max_images", "max_k", "max_side", "max_pixels",
+                     "max_id_length", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.poll_seconds < 0 or self.recount_seconds < 0:
+            raise InvalidRequest("poll_seconds and recount_seconds must be >= 0")

@@ -1,0 +1,46 @@
+"""Limits and behaviour of the HTTP server; the query service's own configuration derives from them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from upgrader.core.errors import InvalidRequest
+from upgrader.serving.config import ServingConfig
+
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and behaviour of the HTTP server (the service's own are derived from these)."""
+
+    poll_seconds: float = 1.0  # how often the production alias and new gallery rows are checked
+    max_request_bytes: int = 16 * 1024 * 1024  # largest request body; larger -> 413 before parsing
+    max_images: int = 64  # images per request
+    max_k: int = 1000  # largest k of /search
+    max_side: int = 4096  # largest width / height of an uploaded image
+    max_pixels: int = 16_777_216  # largest width * height of an uploaded image
+    threads: int = max(1, os.cpu_count() or 1)  # requests embedded / searched at once (worker threads)
+    index: str = "flat"  # gallery index: flat (exact), hnsw or ivf (approximate)
+    sync_on_search: bool = False  # pull new gallery rows before every search, not only on the poll tick
+    recount_seconds: float = 30.0  # how often deletions are looked for (a count query; 0 = never)
+
+    def __post_init__(self) -> None:
+        if self.max_request_bytes < 1024:
+            raise InvalidRequest("max_request_bytes must be at least 1024")
+        if self.threads < 1:
+            raise InvalidRequest(f"threads must be >= 1, got {self.threads}")
+
+    def serving_config(self) -> ServingConfig:
+        """The :class:`ServingConfig` of the service behind the app."""
+        return ServingConfig(
+            index=self.index,  # type: ignore[arg-type]
+            poll_seconds=self.poll_seconds,
+            recount_seconds=self.recount_seconds,
+            sync_on_search=self.sync_on_search,
+            max_images=self.max_images,
+            max_k=self.max_k,
+            max_side=self.max_side,
+            max_pixels=self.max_pixels,
+        )
