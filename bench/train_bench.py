@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from upgrader.training.loop import TrainConfig, TrainProgress, train_generation
+from upgrader.training.config import TrainConfig, TrainProgress
+from upgrader.training.loop import train_generation
 
 # architecture -> (H, W, C) it is benchmarked at
 SHAPES = {"small_cnn": (28, 28, 1), "resnet_narrow": (28, 28, 1), "resnet18": (32, 32, 3)}

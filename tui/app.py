@@ -26,7 +26,8 @@ from registry.errors import RegistryError
 from upgrader.services import dashboard_model as dashboard
 from upgrader.compat import gate
 from upgrader.core.errors import GateRefused, TrainingCancelled, UpgraderError
-from upgrader.services.promotion import MatrixView, Promotion, Verification, promote, rollback, rollback_target, verify
+from upgrader.services.matrix import MatrixView
+from upgrader.services.promotion import Promotion, Verification, promote, rollback, rollback_target, verify
 from upgrader.services.workspace import Workspace, open_workspace
 
 from tui.compatibility import CompatibilityView
@@ -441,8 +442,11 @@ class DashboardApp(App[None]):
 
         def body() -> None:
             try:
+                # torch loads here, once a person starts a run, never with the dashboard
+                from upgrader.training.pipeline import train_and_register
+
                 with open_workspace(self.home) as ws:
-                    gen = dashboard.run_training(ws, plan, progress=progress, cancel=cancel)
+                    gen = train_and_register(ws, plan.request, progress=progress, cancel=cancel).generation
             except Exception as exc:
                 self.call_from_thread(self.report_error, exc)
                 gen = None

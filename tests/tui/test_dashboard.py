@@ -13,7 +13,6 @@ from textual.widgets import DataTable, Input, Select
 
 from tui.app import DashboardApp
 from tui.modals import ConfirmModal, TrainFormModal
-from upgrader.services import dashboard_model as dashboard
 from upgrader.services.dashboard_model import alias_history
 from upgrader.services.workspace import open_workspace
 
@@ -163,11 +162,13 @@ class HeldTraining:
     """
 
     def __init__(self, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        from upgrader.training import pipeline  # what the dashboard's training action calls (torch)
+
         self.started = threading.Event()
         self.release = threading.Event()
-        real = dashboard.run_training
+        real = pipeline.train_and_register
 
-        def run_training(ws, plan, *, progress=None, cancel=None):  # type: ignore[no-untyped-def]
+        def train_and_register(ws, req, *, progress=None, cancel=None):  # type: ignore[no-untyped-def]
             def held(p) -> None:  # type: ignore[no-untyped-def]
                 if progress is not None:
                     progress(p)
@@ -175,9 +176,9 @@ class HeldTraining:
                 if not self.release.wait(timeout=HANG_SECONDS):
                     raise TimeoutError("the test never released the training")
 
-            return real(ws, plan, progress=held, cancel=cancel)
+            return real(ws, req, progress=held, cancel=cancel)
 
-        monkeypatch.setattr(dashboard, "run_training", run_training)
+        monkeypatch.setattr(pipeline, "train_and_register", train_and_register)
 
 
 async def test_training_from_the_form_streams_progress_and_registers_a_candidate(fresh_ws: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -246,7 +247,7 @@ async def test_service_errors_are_notifications(snapshot_ws: Path) -> None:
         app.screen.query_one("#arch", Select).value = ""  # a replacement without an architecture
         await pilot.click("#confirm")
         await settle(pilot)
-        assert any(s == "error" and "needs --arch" in m for s, m in notes(app))
+        assert any(s == "error" and "a replacement needs an architecture" in m for s, m in notes(app))
         assert app.is_running
     assert production_of(snapshot_ws) == "g2-finetune"
 

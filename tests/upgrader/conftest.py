@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from upgrader.data.readers import ImageDataset, load_dataset, probe_splits, split_per_class
+from upgrader.data.dataset import ImageDataset, probe_splits, split_per_class
+from upgrader.data.readers import load_dataset
 from upgrader.training.models import Encoder
-from upgrader.training.loop import TrainConfig, TrainResult, save_checkpoint, train_generation
+from upgrader.training.checkpoint import save_checkpoint
+from upgrader.training.config import TrainConfig
+from upgrader.training.loop import TrainResult, train_generation
 
 # the first generation's classes: visually distinct, so 2-3 CPU epochs separate them well
 FIRST_CLASSES = ["T-shirt/top", "Trouser", "Bag", "Sneaker", "Dress"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import upgrader.training.export as export_module
-from upgrader.runtime.embedder import sha256_file
+from upgrader.core.files import sha256_file
 from upgrader.core.errors import ExportError
 from upgrader.training.export import REQUIRED_METADATA, export_onnx
 from upgrader.training.models import build_model

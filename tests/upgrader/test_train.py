@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from upgrader.data.readers import RehearsalMemory, split_per_class
+from upgrader.data.dataset import RehearsalMemory, split_per_class
 from upgrader.core.errors import CheckpointError, TrainingCancelled, TrainingError
 from upgrader.training.simplex import d_simplex
-from upgrader.training.loop import TrainConfig, TrainProgress, load_checkpoint, save_checkpoint, train_generation
+from upgrader.training.checkpoint import load_checkpoint, save_checkpoint
+from upgrader.training.config import TrainConfig, TrainProgress
+from upgrader.training.loop import train_generation
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,7 +179,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "upgrader.training.loop",
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "upgrader.training",
          "--config", str(tmp_path / "config.json")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,  # a bound for a hang
     )

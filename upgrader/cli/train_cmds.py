@@ -1,4 +1,8 @@
-"""`train`, `replace`, `export`: the commands that need torch (imported only when they run)."""
+"""`train`, `replace`, `export`, `register`: the commands that make generations.
+
+The training side (torch) is imported only inside the commands that train or export; the request
+and its checks are torch-free (``upgrader.services.training_plan``), worded here with the flags.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, workspace
+from upgrader.core.errors import InvalidRequest
 from upgrader.core.formatting import pct
 from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
+from upgrader.services.training_plan import RequestRefused, TrainRequest
 
 if TYPE_CHECKING:
-    from upgrader.training.pipeline import TrainOutcome, TrainRequest
     from upgrader.services.workspace import Workspace
+    from upgrader.training.pipeline import TrainOutcome
 
 
 def register(app: typer.Typer) -> None:
@@ -37,20 +43,42 @@ LR = Annotated[float, typer.Option(help="Peak SGD learning rate (cosine schedule
 Seed = Annotated[int | None, typer.Option(help="Training seed (default: the workspace's).")]
 
 
+#: The training plan's refusals in this CLI's words: the flag that sets what was refused.
+FLAG_WORDING: dict[str, str] = {
+    "epochs": "--epochs must be at least 1",
+    "initial-with-parent": "an initial generation has no parent; use `upgrader train --finetune` to start from one",
+    "finetune-arch": "fine-tuning keeps the architecture ({parent_arch}); use `upgrader replace --arch {arch}` to change it",
+    "replacement-arch": "a replacement needs --arch (the new architecture)",
+    "init-weights": "--init-weights {init_weights}: no such file",
+    "name-taken": "a generation named {name!r} exists already; pass another --name",
+    "folder-exists": "{folder} exists already; remove it or pass another --name",
+}
+
+
 def run_training(ws: Workspace, req: TrainRequest, *, quiet: bool = False) -> TrainOutcome:
-    """Train with a live progress bar (epoch, loss, accuracy) on stderr."""
+    """Train with a live progress bar (epoch, loss, accuracy) on stderr.
+
+    Raises:
+        InvalidRequest: the request was refused; the message names the flag to change.
+    """
     from upgrader.training.pipeline import train_and_register
 
-    if quiet:
-        return train_and_register(ws, req)
-    with progress_bar() as bar:
-        task = bar.add_task(f"training {req.kind}", total=None, info="")
+    try:
+        if quiet:
+            return train_and_register(ws, req)
+        with progress_bar() as bar:
+            task = bar.add_task(f"training {req.kind}", total=None, info="")
 
-        def on_step(p) -> None:  # TrainProgress
-            bar.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step,
-                       info=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} acc {100 * p.accuracy:.1f}%")
+            def on_step(p) -> None:  # TrainProgress
+                bar.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step,
+                           info=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} acc {100 * p.accuracy:.1f}%")
 
-        return train_and_register(ws, req, progress=on_step)
+            return train_and_register(ws, req, progress=on_step)
+    except RequestRefused as exc:
+        wording = FLAG_WORDING.get(exc.reason)
+        if wording is None:
+            raise
+        raise InvalidRequest(wording.format(**exc.details)) from None
 
 
 def _report(out: TrainOutcome, json_out: bool) -> None:
@@ -91,8 +119,6 @@ def train(
     Example: upgrader train --classes 0-3 --epochs 3          (initial)
              upgrader train --classes 4,5 --finetune           (from production)
     """
-    from upgrader.training.pipeline import TrainRequest
-
     with workspace(home) as ws:
         if finetune is None:
             finetune = ws.registry.get_alias() is not None or parent is not None
@@ -128,8 +154,6 @@ def replace(
 
     Example: upgrader replace --arch resnet_narrow --classes 6,7 --epochs 4
     """
-    from upgrader.training.pipeline import TrainRequest
-
     req = TrainRequest(
         kind="replacement", classes=(classes,), dataset=dataset, arch=arch, method=method, epochs=epochs,
         batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class,

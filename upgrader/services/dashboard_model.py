@@ -1,25 +1,24 @@
-"""Read and act helpers for the Textual dashboard (``tui/``) that the other services lack.
+"""The dashboard's read model: what the Textual dashboard (``tui/``) shows, read in one call per view,
+and its training form turned into a checked plan.
 
 The dashboard goes through services only: it never touches ``ws.registry`` itself. This module reads
-what the dashboard shows in one call per view (a whole snapshot for a refresh, the details of one
-generation, the alias history with names) and plans training runs. It imports no torch; the training
-side (``upgrader.training.pipeline``) is imported lazily inside the two functions that need it, so the
-dashboard process loads torch only when a person actually starts a training run.
+a whole snapshot for a refresh, the details of one generation, the alias history with names, the
+gallery by generation and the compatibility matrix, and checks a training form against the workspace
+(``upgrader.services.training_plan``). Running the plan is the training side's job: the dashboard
+imports ``upgrader.training.pipeline`` only inside the action that starts a run.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from registry import AliasMove, GateReport, Generation
 
 from upgrader.core.errors import InvalidRequest
 from upgrader.core.vocabulary import KINDS
+from upgrader.services.matrix import MatrixView, compatibility_matrix
 from upgrader.services.status import GenerationRow, generation_rows
-from upgrader.services.promotion import MatrixView, compatibility_matrix
+from upgrader.services.training_plan import TrainRequest, anchor_generation, validate_request
 from upgrader.services.workspace import Workspace
 
 #: The kinds in the order the training form offers them (the common case first).
@@ -172,7 +171,7 @@ class TrainForm:
 class TrainingPlan:
     """A checked training request and what it will do, for the confirmation modal."""
 
-    request: Any  # upgrader.training.pipeline.TrainRequest (typed loosely: that module imports torch)
+    request: TrainRequest  # what ``upgrader.training.pipeline.train_and_register`` runs
     name: str  # the generation it will register
     arch: str
     parent: Generation | None  # starts from / anchored on
@@ -201,14 +200,12 @@ class TrainingPlan:
 def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
     """Turn the form into a checked request (unknown kind, architecture, taken name... are refused).
 
-    Imports the training side (torch), so call it from a worker thread.
+    Reads the registry, so call it from a worker thread.
 
     Raises:
         InvalidRequest: the form contradicts itself or the workspace.
         NoProduction: a fine-tune with nothing in production.
     """
-    from upgrader.training import pipeline as train_service  # torch: only when a person asks to train
-
     if form.kind not in TRAIN_KINDS:
         raise InvalidRequest(f"unknown kind {form.kind!r}; use one of {', '.join(TRAIN_KINDS)}")
     classes = tuple(c.strip() for c in form.classes.split(",") if c.strip())
@@ -216,7 +213,7 @@ def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
         raise InvalidRequest("name the classes to train on, e.g. 4-6 or 4,5")
     if form.per_class is not None and form.per_class < 1:
         raise InvalidRequest("images per class must be at least 1")
-    req = train_service.TrainRequest(
+    req = TrainRequest(
         kind=form.kind,
         classes=classes,
         dataset=form.dataset or None,
@@ -226,29 +223,12 @@ def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
         per_class=form.per_class,
         name=form.name or None,
     )
-    parent, arch, name = train_service.validate_request(ws, req)
-    # Same rule as train_and_register: only hoc and bct have a compatibility term, and the anchor is
-    # loaded from the parent's checkpoint (an imported artifact has none).
-    anchored = form.method in ("hoc", "bct") and parent is not None and bool(parent.checkpoint_path)
-    req = train_service.TrainRequest(**{**req.__dict__, "name": name})
+    parent, arch, name = validate_request(ws, req)
+    # the anchor is loaded from its checkpoint: an imported artifact has none and anchors nothing
+    anchor = anchor_generation(req, parent)
+    anchored = anchor is not None and bool(anchor.checkpoint_path)
+    req = replace(req, name=name)
     return TrainingPlan(req, name, arch, parent, anchored, form.dataset or ws.config.dataset, classes)
-
-
-def run_training(
-    ws: Workspace,
-    plan: TrainingPlan,
-    *,
-    progress: Callable[[Any], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> Generation:
-    """Train, export and register the planned generation; returns it (a candidate).
-
-    Raises:
-        TrainingCancelled: ``cancel`` was set; nothing was written.
-    """
-    from upgrader.training.pipeline import train_and_register  # torch: only when a person asks to train
-
-    return train_and_register(ws, plan.request, progress=progress, cancel=cancel).generation
 
 
 def matrix_view(ws: Workspace, *, live_only: bool, metric: str) -> MatrixView:

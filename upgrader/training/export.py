@@ -12,7 +12,6 @@ import copy
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -180,8 +179,6 @@ def export_onnx(
     Raises:
         ExportError: export, checker, dynamic batch or parity failure (nothing is written).
     """
-    import onnx
-
     encoder = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).float().eval()
     shape = tuple(int(s) for s in (image_shape or (encoder.image_size, encoder.image_size, encoder.in_channels)))
     if len(shape) != 3 or shape[2] != encoder.in_channels:
@@ -189,10 +186,29 @@ def export_onnx(
     mean = list(mean) if mean is not None else encoder.arch_kwargs["mean"]
     std = list(std) if std is not None else encoder.arch_kwargs["std"]
     module = _Deployable(encoder, mean, std).eval()
-    meta = {
+    meta = _artifact_metadata(encoder, shape, mean, std, metadata or {})  # type: ignore[arg-type]
+    dest = Path(path)
+    with replacing(dest) as tmp_path:
+        tmp = str(tmp_path)
+        _write_graph(module, shape, meta, tmp)  # type: ignore[arg-type]
+        max_diff, min_cos = _parity(tmp, module, shape, seed)  # type: ignore[arg-type]
+        if not (max_diff <= MAX_ABS_DIFF and min_cos >= MIN_COSINE):
+            raise ExportError(
+                f"ONNX output differs from PyTorch (max abs diff {max_diff:.2e}, min cosine {min_cos:.6f}); "
+                "artifact not written"
+            )
+        digest = sha256_file(tmp)
+    return ExportResult(dest, digest, meta, max_diff, min_cos)
+
+
+def _artifact_metadata(
+    encoder: Encoder, shape: tuple[int, int, int], mean: Sequence[float], std: Sequence[float], extra: dict[str, str]
+) -> dict[str, str]:
+    """The metadata_props of an artifact: the caller's entries, then what the embedder needs (which win)."""
+    return {
         "generation_id": "",
         "generation_name": "",
-        **{str(k): str(v) for k, v in (metadata or {}).items()},
+        **{str(k): str(v) for k, v in extra.items()},
         "embedding_dim": str(encoder.embedding_dim),
         "num_classes": str(encoder.num_classes),
         "input_shape": ",".join(str(s) for s in shape),
@@ -205,100 +221,30 @@ def export_onnx(
         "output": OUTPUT_NAME,
         "normalized": "l2",
     }
-    dest = Path(path)
-    with replacing(dest) as tmp_path:
-        tmp = str(tmp_path)
-        # batch >= 2 so the exporter cannot specialise the batch axis to 1
-        example = torch.zeros((2, *shape), dtype=torch.uint8)
-        _export_graph(module, example, tmp)
-        proto = onnx.load(tmp)
-        _strip_provenance(proto)
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save_model(proto, tmp, save_as_external_data=False)
-        try:
-            onnx.checker.check_model(tmp, full_check=True)
-        except Exception as exc:
-            raise ExportError(f"onnx.checker rejected the export: {exc}") from None
-        inputs = proto.graph.input
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-            raise ExportError(f"exported graph inputs {[i.name for i in inputs]}, expected ['{INPUT_NAME}']")
-        max_diff, min_cos = _parity(tmp, module, shape, seed)  # type: ignore[arg-type]
-        if not (max_diff <= MAX_ABS_DIFF and min_cos >= MIN_COSINE):
-            raise ExportError(
-                f"ONNX output differs from PyTorch (max abs diff {max_diff:.2e}, min cosine {min_cos:.6f}); "
-                "artifact not written"
-            )
-        digest = sha256_file(tmp)
-    return ExportResult(dest, digest, meta, max_diff, min_cos)
 
 
-class _CalibrationReader:
-    """onnxruntime.quantization CalibrationDataReader over uint8 NHWC images."""
-
-    def __init__(self, images: np.ndarray, batch_size: int = 32) -> None:
-        self._batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-        self._pos = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._pos >= len(self._batches):
-            return None
-        self._pos += 1
-        return {INPUT_NAME: self._batches[self._pos - 1]}
-
-    def rewind(self) -> None:
-        self._pos = 0
-
-
-def quantize_int8(
-    fp32_path: str | os.PathLike[str], int8_path: str | os.PathLike[str], calibration_images: np.ndarray
-) -> ExportResult:
-    """Static INT8 (QDQ, per-channel weights, MinMax calibration) copy of an fp32 artifact.
-
-    Experimental, bench-only: it is not an export option because on the 2-core CPU it did not meet
-    the target (>= 2x PyTorch eager at batch 64 with <= 1 point template top-1 loss). small_cnn at
-    1 thread: INT8 1.27x eager vs fp32 1.53x, top-1 -0.3 points (bench/embed_bench.py).
-
-    Args:
-        fp32_path: an artifact written by ``export_onnx``.
-        int8_path: destination; metadata is copied and ``precision`` set to "int8".
-        calibration_images: uint8 NHWC images representative of the data (a few hundred).
+def _write_graph(module: nn.Module, shape: tuple[int, int, int], meta: dict[str, str], tmp: str) -> None:
+    """Export ``module`` to ``tmp`` with ``meta`` as its metadata_props, then check the file.
 
     Raises:
-        ExportError: quantisation failed.
+        ExportError: onnx.checker refuses the file, or its graph input is not the one the embedder feeds.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    src, dest = Path(fp32_path), Path(int8_path)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmpdir:
-        pre = os.path.join(tmpdir, "pre.onnx")
-        out = os.path.join(tmpdir, "int8.onnx")
-        try:
-            quant_pre_process(str(src), pre, skip_symbolic_shape=True)
-            quantize_static(
-                pre,
-                out,
-                _CalibrationReader(calibration_images),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
-        except Exception as exc:
-            raise ExportError(f"INT8 quantisation failed: {exc}") from None
-        meta = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
-        meta["precision"] = "int8"
-        proto = onnx.load(out)
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save_model(proto, out, save_as_external_data=False)
-        digest = sha256_file(out)
-        os.replace(out, dest)
-    return ExportResult(dest, digest, meta, float("nan"), float("nan"))
+    # batch >= 2 so the exporter cannot specialise the batch axis to 1
+    example = torch.zeros((2, *shape), dtype=torch.uint8)
+    _export_graph(module, example, tmp)
+    proto = onnx.load(tmp)
+    _strip_provenance(proto)
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(proto, tmp, save_as_external_data=False)
+    try:
+        onnx.checker.check_model(tmp, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"onnx.checker rejected the export: {exc}") from None
+    inputs = proto.graph.input
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        raise ExportError(f"exported graph inputs {[i.name for i in inputs]}, expected ['{INPUT_NAME}']")

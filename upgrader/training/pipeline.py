@@ -1,7 +1,9 @@
-"""Train, export and register a generation: the service behind ``upgrader train`` and ``replace``.
+"""Train, export and register a generation: the service behind ``upgrader train`` and ``replace``,
+and the dashboard's training runs.
 
-The training side (torch) is imported here at module level; the CLI imports this module only for the
-commands that train, so `promote`, `search` and servers never load torch.
+The training side (torch) is imported here at module level; the UIs import this module only inside
+the actions that train, so `promote`, `search` and servers never load torch. What to train and its
+checks (``TrainRequest``, ``validate_request``) live torch-free in ``upgrader.services.training_plan``.
 """
 
 from __future__ import annotations
@@ -9,49 +11,25 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from registry import Generation, NewGeneration
 
-from upgrader.data.readers import ImageDataset, RehearsalMemory, subsample_per_class
-from upgrader.data.items import excluded_indices, load_items, parse_classes
+from upgrader.core.errors import DataError, InvalidRequest
 from upgrader.core.files import replacing
-from upgrader.core.vocabulary import KINDS, METHODS
-from upgrader.core.errors import DataError, InvalidRequest, NoProduction
-from upgrader.training.export import export_onnx
+from upgrader.data.dataset import ImageDataset, RehearsalMemory, subsample_per_class
+from upgrader.data.items import excluded_indices, load_items, parse_classes
 from upgrader.services.registration import artifact_paths, classes_metadata, known_classes, register_generation
-from upgrader.training.models import ARCHITECTURES
-from upgrader.services.workspace_init import probe_uris
-from upgrader.training.loop import TrainConfig, TrainProgress, load_checkpoint, save_checkpoint, train_generation
+from upgrader.services.training_plan import TrainRequest, anchor_generation, validate_request
 from upgrader.services.workspace import Workspace
-
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    """What to train. Defaults suit the 2-core CPU the demo runs on."""
-
-    kind: str  # initial | finetune | replacement
-    classes: tuple[str, ...]  # the new classes to learn (names or indices into the dataset's classes)
-    dataset: str | None = None  # dataset spec; None: the workspace's
-    arch: str | None = None  # architecture; None: small_cnn (initial), the parent's (finetune)
-    method: str = "hoc"  # hoc | ce | er | bct
-    epochs: int = 3  # passes over the new data
-    batch_size: int = 128  # batch size (half memory, half new data when a memory exists)
-    lr: float = 0.05  # peak SGD learning rate
-    per_class: int | None = None  # at most this many training images per new class (None: all)
-    memory_per_class: int = 20  # rehearsal images kept per class for later generations
-    parent: str | None = None  # finetune: generation to start from (default production)
-    anchor: bool = True  # replacement: use production as the frozen anchor (False: no anchor)
-    init_weights: str | None = None  # replacement: a checkpoint of the same architecture to start from
-    name: str | None = None  # generation name; default g<N>-<kind>-<arch>-<method>
-    seed: int | None = None  # None: the workspace seed
-    device: str = "auto"  # auto | cpu | cuda
-    extra: dict[str, Any] = field(default_factory=dict)  # further TrainConfig fields (lam, mu, ...)
+from upgrader.services.workspace_init import probe_uris
+from upgrader.training.checkpoint import load_checkpoint, save_checkpoint
+from upgrader.training.config import TrainConfig, TrainProgress
+from upgrader.training.export import ExportResult, export_onnx
+from upgrader.training.loop import TrainResult, train_generation
 
 
 @dataclass(frozen=True)
@@ -87,63 +65,18 @@ def _save_memory(memory: RehearsalMemory, path: Path) -> None:
         np.savez_compressed(tmp, images=memory.images, vertices=memory.vertices)
 
 
-def _resolve_parent(ws: Workspace, req: TrainRequest) -> Generation | None:
-    reg = ws.registry
-    if req.kind == "initial":
-        if req.parent:
-            raise InvalidRequest("an initial generation has no parent; use `upgrader train --finetune` to start from one")
-        return None
-    if req.parent:
-        return reg.get_generation(req.parent)
-    prod = reg.get_alias()
-    if prod is None:
-        if req.kind == "finetune":
-            raise NoProduction("no production generation to fine-tune; train an initial one and promote it first")
-        return None
-    return reg.get_generation(prod)
+@dataclass
+class _RunInputs:
+    """What one run trains on, read and checked before the generation's folder exists."""
 
-
-def _default_name(ws: Workspace, req: TrainRequest, arch: str) -> str:
-    n = len(ws.registry.list_generations()) + 1
-    return f"g{n}-{req.kind}-{arch}-{req.method}"
-
-
-def validate_request(ws: Workspace, req: TrainRequest) -> tuple[Generation | None, str, str]:
-    """Check a request before any work: returns (parent, architecture, generation name).
-
-    Raises:
-        InvalidRequest: unknown kind, method or architecture, a taken name, missing weights.
-    """
-    if req.kind not in KINDS:
-        raise InvalidRequest(f"unknown kind {req.kind!r}; use one of {', '.join(KINDS)}")
-    if req.method not in METHODS:
-        raise InvalidRequest(f"unknown method {req.method!r}; use one of {', '.join(METHODS)}")
-    if req.epochs < 1:
-        raise InvalidRequest("--epochs must be at least 1")
-    parent = _resolve_parent(ws, req)
-    if req.kind == "finetune":
-        assert parent is not None
-        arch = req.arch or parent.architecture
-        if arch != parent.architecture:
-            raise InvalidRequest(
-                f"fine-tuning keeps the architecture ({parent.architecture}); use `upgrader replace --arch {arch}` to change it"
-            )
-    elif req.kind == "replacement":
-        if not req.arch:
-            raise InvalidRequest("a replacement needs --arch (the new architecture)")
-        arch = req.arch
-    else:
-        arch = req.arch or "small_cnn"
-    if arch not in ARCHITECTURES:
-        raise InvalidRequest(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
-    if req.init_weights and not Path(req.init_weights).is_file():
-        raise InvalidRequest(f"--init-weights {req.init_weights}: no such file")
-    name = req.name or _default_name(ws, req, arch)
-    if any(g.name == name for g in ws.registry.list_generations()):
-        raise InvalidRequest(f"a generation named {name!r} exists already; pass another --name")
-    if ws.generation_dir(name).exists():
-        raise InvalidRequest(f"{ws.generation_dir(name)} exists already; remove it or pass another --name")
-    return parent, arch, name
+    classes: tuple[str, ...]  # the new classes, as the dataset names them
+    data: ImageDataset  # their training images
+    vertices: np.ndarray  # int64 [N]: each image's vertex in the interface
+    memory: RehearsalMemory | None  # the parent's rehearsal memory
+    anchor: Generation | None  # the generation the compatibility term holds the new one to
+    anchor_checkpoint: Path | None  # its checkpoint (None: nothing anchors the run)
+    init_checkpoint: Path | None  # the weights training starts from
+    config: TrainConfig
 
 
 def train_and_register(
@@ -157,9 +90,59 @@ def train_and_register(
 
     The artifacts are written into a new folder that is removed again if any step fails, so a failed
     or cancelled run leaves neither files nor registry rows behind.
+
+    Args:
+        ws: the workspace.
+        req: what to train (checked first with ``validate_request``).
+        progress: called after every training step.
+        cancel: when set, training stops at the next step and nothing is kept.
+
+    Raises:
+        InvalidRequest, NoProduction, DataError: the request cannot run. TrainingCancelled: ``cancel``.
     """
     parent, arch, name = validate_request(ws, req)
-    reg = ws.registry
+    inputs = _run_inputs(ws, req, parent, arch)
+    mem = inputs.memory
+    paths = artifact_paths(ws, name)
+    gen_dir = ws.generation_dir(name)
+    gen_dir.mkdir(parents=True)
+    try:
+        result = train_generation(
+            inputs.config,
+            (inputs.data.images, inputs.vertices),
+            memory=(mem.images, mem.vertices) if mem is not None and len(mem) else None,
+            anchor_checkpoint=inputs.anchor_checkpoint,
+            init_checkpoint=inputs.init_checkpoint,
+            num_classes=ws.registry.interface().num_classes,
+            progress=progress,
+            cancel=cancel,
+        )
+        save_checkpoint(result.model, paths["checkpoint"], result.meta)
+        new_memory = RehearsalMemory.build(inputs.data.images, inputs.vertices, req.memory_per_class, inputs.config.seed)
+        _save_memory(mem.merge(new_memory) if mem is not None else new_memory, paths["memory"])
+        predicted_id = max((g.id for g in ws.registry.list_generations()), default=0) + 1
+        exported = export_onnx(
+            result.model, paths["onnx"], metadata={
+                "generation_id": str(predicted_id), "generation_name": name,
+                **classes_metadata(ws.registry.interface().label_map, result.meta["vertices"]),
+            },
+        )
+        gen = register_generation(ws, _new_generation(ws, req, name, parent, inputs, result, exported))
+    except BaseException:
+        shutil.rmtree(gen_dir, ignore_errors=True)
+        raise
+    return TrainOutcome(
+        generation=gen,
+        seconds=result.seconds,
+        images_per_second=result.images_per_second,
+        history=result.history,
+        export_parity={"max_abs_diff": exported.max_abs_diff, "min_cosine": exported.min_cosine},
+    )
+
+
+def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arch: str) -> _RunInputs:
+    """Read the new classes' images, the parent's memory and the checkpoints; assign the classes
+    their vertices (the interface grows here, before training)."""
     seed = ws.config.seed if req.seed is None else req.seed
     pool = training_pool(ws, req.dataset)
     classes = parse_classes(list(req.classes), pool.classes)
@@ -168,13 +151,10 @@ def train_and_register(
         new_ds = subsample_per_class(new_ds, req.per_class, seed)
     if len(new_ds) < 2:
         raise DataError(f"only {len(new_ds)} training images for classes {list(classes)}; give more data")
-    label_map = reg.assign_classes(classes)
+    label_map = ws.registry.assign_classes(classes)
     vertices = new_ds.vertices(label_map)
 
-    # The anchor is the generation whose space the new one must stay compatible with; only the
-    # methods with a compatibility term (hoc, bct) use it.
-    anchored = req.method in ("hoc", "bct") and (req.kind == "finetune" or (req.kind == "replacement" and req.anchor))
-    anchor_gen = parent if anchored else None
+    anchor_gen = anchor_generation(req, parent)
     memory = _load_memory(artifact_paths(ws, parent.name)["memory"]) if parent else None
     if memory is not None and memory.images.shape[1:] != new_ds.images.shape[1:]:
         raise DataError(
@@ -188,76 +168,52 @@ def train_and_register(
         init_ckpt = ws.resolve(parent.checkpoint_path)
     elif req.init_weights:
         init_ckpt = Path(req.init_weights)
-
     config = TrainConfig(
         arch=arch, kind=req.kind, method=req.method, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr,
         memory_per_class=req.memory_per_class, seed=seed, device=req.device, **req.extra,
     )
-    paths = artifact_paths(ws, name)
-    gen_dir = ws.generation_dir(name)
-    gen_dir.mkdir(parents=True)
-    try:
-        result = train_generation(
-            config,
-            (new_ds.images, vertices),
-            memory=(memory.images, memory.vertices) if memory is not None and len(memory) else None,
-            anchor_checkpoint=anchor_ckpt,
-            init_checkpoint=init_ckpt,
-            num_classes=reg.interface().num_classes,
-            progress=progress,
-            cancel=cancel,
-        )
-        save_checkpoint(result.model, paths["checkpoint"], result.meta)
-        new_memory = RehearsalMemory.build(new_ds.images, vertices, req.memory_per_class, seed)
-        _save_memory(memory.merge(new_memory) if memory is not None else new_memory, paths["memory"])
-        predicted_id = max((g.id for g in reg.list_generations()), default=0) + 1
-        exported = export_onnx(
-            result.model, paths["onnx"], metadata={
-                "generation_id": str(predicted_id), "generation_name": name,
-                **classes_metadata(reg.interface().label_map, result.meta["vertices"]),
-            },
-        )
-        gen = register_generation(
-            ws,
-            NewGeneration(
-                name=name,
-                kind=req.kind,
-                method=req.method,
-                architecture=arch,
-                onnx_path=ws.relative(exported.path),
-                onnx_sha256=exported.sha256,
-                num_classes=reg.interface().num_classes,
-                parent_id=parent.id if parent else None,
-                train_config={
-                    **asdict(config),
-                    "classes": list(classes),
-                    "dataset": req.dataset or ws.config.dataset,
-                    "per_class": req.per_class,
-                    "anchor": anchor_gen.name if anchor_gen and anchor_ckpt else None,
-                    "memory_items": len(memory) if memory is not None else 0,
-                    "vertices": result.meta["vertices"],  # classes learnt so far (new + memory)
-                },
-                data_fingerprint=new_ds.fingerprint(),
-                onnx_metadata=exported.metadata,
-                checkpoint_path=ws.relative(paths["checkpoint"]),
-                metrics={
-                    "train_seconds": round(result.seconds, 3),
-                    "images_per_second": round(result.images_per_second, 1),
-                    "final_loss": result.history[-1]["loss"] if result.history else None,
-                    "final_accuracy": result.history[-1]["accuracy"] if result.history else None,
-                    "train_images": len(new_ds),
-                },
-            ),
-        )
-    except BaseException:
-        shutil.rmtree(gen_dir, ignore_errors=True)
-        raise
-    return TrainOutcome(
-        generation=gen,
-        seconds=result.seconds,
-        images_per_second=result.images_per_second,
-        history=result.history,
-        export_parity={"max_abs_diff": exported.max_abs_diff, "min_cosine": exported.min_cosine},
+    return _RunInputs(classes, new_ds, vertices, memory, anchor_gen, anchor_ckpt, init_ckpt, config)
+
+
+def _new_generation(
+    ws: Workspace,
+    req: TrainRequest,
+    name: str,
+    parent: Generation | None,
+    inputs: _RunInputs,
+    result: TrainResult,
+    exported: ExportResult,
+) -> NewGeneration:
+    """The registry row of a trained and exported generation: its config, data and figures."""
+    history = result.history
+    return NewGeneration(
+        name=name,
+        kind=req.kind,
+        method=req.method,
+        architecture=inputs.config.arch,
+        onnx_path=ws.relative(exported.path),
+        onnx_sha256=exported.sha256,
+        num_classes=ws.registry.interface().num_classes,
+        parent_id=parent.id if parent else None,
+        train_config={
+            **asdict(inputs.config),
+            "classes": list(inputs.classes),
+            "dataset": req.dataset or ws.config.dataset,
+            "per_class": req.per_class,
+            "anchor": inputs.anchor.name if inputs.anchor and inputs.anchor_checkpoint else None,
+            "memory_items": len(inputs.memory) if inputs.memory is not None else 0,
+            "vertices": result.meta["vertices"],  # classes learnt so far (new + memory)
+        },
+        data_fingerprint=inputs.data.fingerprint(),
+        onnx_metadata=exported.metadata,
+        checkpoint_path=ws.relative(artifact_paths(ws, name)["checkpoint"]),
+        metrics={
+            "train_seconds": round(result.seconds, 3),
+            "images_per_second": round(result.images_per_second, 1),
+            "final_loss": history[-1]["loss"] if history else None,
+            "final_accuracy": history[-1]["accuracy"] if history else None,
+            "train_images": len(inputs.data),
+        },
     )
 
 
