@@ -13,7 +13,8 @@ import argparse
 import json
 import sys
 
-from upgrader.study.runner import METHODS, StudyConfig, parse_methods, parse_scenarios, run_study
+from upgrader.core.vocabulary import METHODS
+from upgrader.study.runner import StudyConfig, parse_methods, parse_scenarios, run_study
 
 
 def main() -> None:

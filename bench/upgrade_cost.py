@@ -7,8 +7,8 @@ For each gallery size N (default 10k, 100k, 1M items of the demo's image size, 2
   upgrade never touches them), time ``register`` of the new generation g2 (``import_artifact``: checks,
   copy, probe-set embedding) + ``verify`` (the gate) + ``promote``. Training is excluded: g1 and g2
   are trained once, up front, in a scratch workspace (g2 = a hoc fine-tune of g1 on two new classes,
-  with the study's recipe and a seed whose g2 the gate passes; seed 1's g2 ties g1 exactly on g1's
-  classes, which the strict criterion refuses; the JSON records the verdict).
+  with the study's recipe and a seed whose g2 the gate passes: a g2 that only ties g1 on g1's classes
+  is refused by the strict criterion; the JSON records the verdict).
 - full re-index: ``Embedder.embed`` of N images with g2 (what a backfill must do). Above
   ``--max-measured`` items a sample of ``--sample`` images (>= 50k) is timed and extrapolated
   linearly; the JSON says so.
@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from upgrader.runtime.embedder import Embedder
 from upgrader.core.errors import GateRefused
+from upgrader.runtime.embedder import Embedder
+from upgrader.services.promotion import promote, verify
 from upgrader.services.registration import import_artifact
 from upgrader.services.workspace_init import init_workspace
-from upgrader.services.promotion import promote, verify
 
 
 def log(message: str) -> None:
@@ -68,7 +68,8 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
 
 def train_generations(root: Path, args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any]]:
     """Train g1 (initial, classes 0-3) and g2 (hoc fine-tune on 4-5) once; return their ONNX files (not timed)."""
-    from upgrader.training.pipeline import TrainRequest, train_and_register
+    from upgrader.services.training_plan import TrainRequest
+    from upgrader.training.pipeline import train_and_register
 
     ws = init_workspace(root / "scratch", dataset=args.dataset, num_classes=args.k,
                         query_per_class=args.probe_per_class, gallery_per_class=args.probe_per_class, seed=0)

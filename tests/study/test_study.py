@@ -12,17 +12,10 @@ from typer.testing import CliRunner
 
 from upgrader.cli import app
 from upgrader.core.errors import InvalidRequest
-from upgrader.study.runner import (
-    RunRecord,
-    StudyConfig,
-    check_targets,
-    mean_matrix,
-    mean_std,
-    registry_figures,
-    summarise,
-    validate,
-)
 from upgrader.services.workspace import open_workspace
+from upgrader.study.aggregation import check_targets, mean_matrix, mean_std, summarise
+from upgrader.study.records import RunRecord
+from upgrader.study.runner import StudyConfig, registry_figures, validate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, progress_bar, usage_error
+from upgrader.core.errors import WorkspaceError
 from upgrader.core.vocabulary import METHODS
-from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, progress_bar
+
+if TYPE_CHECKING:
+    from upgrader.study.runner import StudyConfig
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's command."""
     app.command("study")(study)
+
+
+def _check_sizes(sizes: dict[str, int]) -> None:
+    """Refuse a size below 1 naming its flag, before the study checks the rest of its configuration."""
+    for flag, value in sizes.items():
+        if value < 1:
+            usage_error(f"{flag} must be at least 1 (got {value})")
 
 
 def _ms(stat: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
@@ -36,6 +47,26 @@ def render_summary(data: dict[str, Any]) -> Table:
                       _ms(s["final_mixed"]), _ms(s["final_reindex"]),
                       f'{_ms(s.get("final_mixed_items", {}))} / {_ms(s.get("final_reindex_items", {}))}', refusals or "-")
     return t
+
+
+def _run_with_progress(config: StudyConfig) -> dict[str, Any]:
+    """Run the study under a progress bar (one tick per run), its log lines above the bar."""
+    from upgrader.study.runner import run_study
+
+    with progress_bar() as bar:
+        task = bar.add_task("study", total=None, info="")
+
+        def on_run(done: int, total: int, record: Any, label: str) -> None:
+            info = label if record is None else f"{label}: {record.status}"
+            bar.update(task, completed=done, total=total, info=info)
+
+        def log(message: str) -> None:
+            bar.console.print(message, highlight=False, soft_wrap=True)
+
+        try:
+            return run_study(config, log=log, on_run=on_run)
+        except WorkspaceError as exc:  # a run's folder under OUT that the study did not make: name the flag
+            raise WorkspaceError(f"{exc} (--out)") from None
 
 
 @handle_errors
@@ -63,7 +94,7 @@ def study(
 
     Example: upgrader study --scenario short --methods hoc,er --seeds 3 --out ./study
     """
-    from upgrader.study.runner import StudyConfig, parse_methods, parse_scenarios, run_study
+    from upgrader.study.runner import StudyConfig, parse_methods, parse_scenarios
 
     config = StudyConfig(
         out=str(out), dataset=dataset, scenarios=parse_scenarios(scenario), methods=parse_methods(methods), seeds=seeds,
@@ -72,17 +103,9 @@ def study(
         gallery_per_class=gallery_per_class, probe_per_class=probe_per_class,
         force_refused=force_refused, keep_workspaces=keep_workspaces,
     )
-    with progress_bar() as bar:
-        task = bar.add_task("study", total=None, info="")
-
-        def on_run(done: int, total: int, record: Any, label: str) -> None:
-            info = label if record is None else f"{label}: {record.status}"
-            bar.update(task, completed=done, total=total, info=info)
-
-        def log(message: str) -> None:
-            bar.console.print(message, highlight=False, soft_wrap=True)
-
-        data = run_study(config, log=log, on_run=on_run)
+    _check_sizes({"--seeds": seeds, "--epochs": epochs, "--train-per-class": train_per_class,
+                  "--gallery-per-class": gallery_per_class, "--probe-per-class": probe_per_class})
+    data = _run_with_progress(config)
     if json_out:
         print_json(data)
     else:

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from upgrader.core.errors import GateRefused, WorkspaceError
+from upgrader.core.files import write_atomic
+from upgrader.services.promotion import promote
+from upgrader.services.workspace import CONFIG_FILE, Workspace, resolve_home
 from upgrader.services.workspace_init import init_workspace
 from upgrader.study.scenario import Log, ScenarioConfig, ScenarioResult, quick as quick_sizes, run_scenario
-from upgrader.training.pipeline import TrainRequest, train_and_register
-from upgrader.services.promotion import promote
-from upgrader.core.files import write_atomic
-from upgrader.services.workspace import CONFIG_FILE, Workspace, resolve_home
+from upgrader.services.training_plan import TrainRequest
+from upgrader.training.pipeline import train_and_register
 
 MARKER = "demo.json"  # marks a workspace the demo made, so a re-run may replace it (and nothing else)
 
@@ -43,13 +44,13 @@ def prepare_home(home: str | Path | None) -> Path:
     root = resolve_home(home) if home else Path("upgrader-demo").resolve()
     if (root / CONFIG_FILE).exists():
         if not (root / MARKER).exists():
-            raise WorkspaceError(f"{root} holds a workspace the demo did not create; pass another --home")
+            raise WorkspaceError(f"{root} holds a workspace the demo did not create; choose another folder", subject="home")
         shutil.rmtree(root)
     return root
 
 
 def demo_config(quick: bool, device: str = "auto", seed: int = 0) -> ScenarioConfig:
-    """Scenario sizes for the full demo (under 20 min on 2 cores) or --quick (under 3 min)."""
+    """Scenario sizes for the full demo or the quick one (README, "Fresh machine", says how long each takes)."""
     base = ScenarioConfig(method="hoc", seed=seed, device=device)
     return quick_sizes(base) if quick else base
 

@@ -4,59 +4,44 @@ Every run gets its own fresh workspace (``<out>/workspaces/<scenario>-<method>-s
 temporary folder otherwise) and goes through :func:`upgrader.study.scenario.run_scenario`, i.e. the real
 training, ONNX export, registry, ONNX Runtime embedder, gate (``promote``) and gallery. Generations the
 gate refuses are recorded and, by default, forced so the chain goes on (that is how ``er`` and ``ce``
-show *where* compatibility breaks). The study aggregates mean +- std over seeds and writes
-``results.json`` (rewritten after every run, so a stopped study leaves its partial results),
-``report.md`` and PNG figures.
+show *where* compatibility breaks). After every run the study rewrites ``results.json`` (so a stopped
+study leaves its partial results), ``report.md`` and PNG figures; the aggregation over seeds is in
+:mod:`upgrader.study.aggregation`, the report in :mod:`upgrader.study.report`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from registry.errors import RegistryError
 from upgrader.core.errors import InvalidRequest, UpgraderError, WorkspaceError
 from upgrader.core.files import write_atomic
-from upgrader.core.formatting import pct
 from upgrader.core.jsonable import jsonable
 from upgrader.core.vocabulary import METHODS
+from upgrader.study.aggregation import REFERENCE, check_targets, summarise
+from upgrader.study.records import RunRecord
+from upgrader.study.report import render_report
 
 SCENARIO_NAMES = ("short", "long")
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 RUN_MARKER = "study-run.json"  # marks a workspace the study made, so a re-run may replace it (and nothing else)
 
-#: What the issue asks the study to show; checked and reported, never enforced.
-TARGETS = {
-    "hoc_ac_short": 1.0,  # hoc AC on short, every seed
-    "hoc_ac_long": 0.95,  # hoc AC on long, every seed
-    "hoc_am_over_er_points": 15.0,  # AM(hoc) - AM(er), percentage points
-    "mixed_vs_reindex_points": 3.0,  # |mixed - re-index| after the last hoc promotion, points
-}
-
-#: The authors' released runs (DESIGN 3), for the report: CIFAR-100 training, CIFAR-10 template top-1.
-REFERENCE = {
-    "d-Simplex-HOC": {"7 tasks": {"AC": 0.95, "AM": 68.90}, "31 tasks": {"AC": 0.65, "AM": 68.07}},
-    "ER": {"7 tasks": {"AC": 0.00, "AM": 35.18}, "31 tasks": {"AC": 0.00, "AM": 30.32}},
-}
-
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What to run and at which sizes. The defaults fit short x 4 methods x 3 seeds in ~30 min on 2 CPU cores."""
+    """What to run and at which sizes; README's "Compatibility study" says how long the defaults take."""
 
     out: str  # output folder: results.json, report.md, figures, workspaces/
     dataset: str = "fashion-mnist"  # any dataset spec the product reads (>= 10 classes for the scenarios)
@@ -65,20 +50,21 @@ class StudyConfig:
     seeds: int = 3  # seeds 0 .. seeds-1 (also the probe draw of each run's workspace)
     device: str = "auto"  # auto | cpu | cuda
     num_classes: int = 64  # interface K (preallocated vertices)
-    # Sizes: the --quick demo's images per class, with more epochs (a generation trained 1-2 epochs
-    # is so far from converged that its features barely reach their vertices), ~2 min a run.
+    # Sizes: the quick demo's images per class, with more epochs: a generation trained 1-2 epochs is
+    # so far from converged that its features barely reach their vertices.
     initial_epochs: int = 5  # epochs of the first generation
     epochs: int = 5  # epochs of a fine-tune
     replacement_epochs: int | None = None  # epochs of a replacement (None: 2 x epochs)
-    train_per_class: int = 600  # training images per new class (the --quick demo's)
-    memory_per_class: int = 300  # rehearsal images kept per class (the --quick demo's; see ScenarioConfig)
+    train_per_class: int = 600  # training images per new class (the quick demo's)
+    memory_per_class: int = 300  # rehearsal images kept per class (the quick demo's; see ScenarioConfig)
     gallery_per_class: int = 100  # gallery items added per new class after each promotion
-    # 100 + 100 per class: at 50, one query is 0.5 points of a 4-class pair and ties (which the
-    # gate counts as violations) were common between generations of equal quality.
+    # 100 + 100 per class: with fewer, one query weighs too much in a small class pair (at 50, one query
+    # is 0.5 points of a 4-class pair) and ties, which the gate counts as violations, become likely
+    # between generations of equal quality.
     probe_per_class: int = 100  # probe queries and probe gallery items per class (each)
     batch_size: int = 128
     lr: float = 0.05
-    force_refused: bool = True  # promote refused generations with --force (recorded) so the chain goes on
+    force_refused: bool = True  # promote refused generations anyway (a recorded forced move) so the chain goes on
     keep_workspaces: bool = True  # keep every run's workspace under out/workspaces (to re-derive the numbers)
     figures: bool = True  # write PNG figures
 
@@ -102,46 +88,20 @@ class StudyConfig:
         )
 
 
-@dataclass
-class RunRecord:
-    """One scenario run (one method, one seed) as results.json stores it."""
-
-    scenario: str
-    method: str
-    seed: int
-    status: str  # done | failed
-    workspace: str | None  # kept workspace, None when removed
-    error: str = ""
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0  # this process (training threads and ONNX Runtime threads included)
-    generation_ids: list[int] = field(default_factory=list)
-    generation_names: list[str] = field(default_factory=list)
-    matrix: list[list[float]] = field(default_factory=list)  # template top-1, C[t][j], t = query generation
-    ac: float | None = None
-    am: float | None = None
-    final_self_test: float | None = None
-    final_mixed: float | None = None  # mixed-gallery accuracy (templates, DESIGN 3's primary) after the last step
-    final_reindex: float | None = None  # full re-index accuracy (templates) after the last step
-    final_mixed_items: float | None = None  # the same two with item-level top-1
-    final_reindex_items: float | None = None
-    # At every promotion, the new generation's self-test beats production's on the same classes
-    # (the gate's improvement check: like for like, since a later generation serves more classes).
-    self_test_rises: bool | None = None
-    refused_steps: list[int] = field(default_factory=list)  # steps whose generation the gate refused
-    forced_steps: list[int] = field(default_factory=list)  # refused steps promoted with --force
-    registry: dict[str, Any] = field(default_factory=dict)  # figures re-read from the registry afterwards
-    steps: list[dict[str, Any]] = field(default_factory=list)  # StepResult of every step
-
-
 # --------------------------------------------------------------------------------------------------
 # Validation and workspaces
 # --------------------------------------------------------------------------------------------------
 
 
+def _names(text: str | Sequence[str]) -> list[str]:
+    """"a,b" or ["a", "b,c"] -> lower-case names, blanks dropped."""
+    items = [text] if isinstance(text, str) else list(text)
+    return [p.strip().lower() for item in items for p in item.split(",") if p.strip()]
+
+
 def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
     """"hoc,ce" or ["hoc", "ce"] -> ("hoc", "ce"); unknown names are a usage error."""
-    items = [text] if isinstance(text, str) else list(text)
-    names = [p.strip().lower() for item in items for p in item.split(",") if p.strip()]
+    names = _names(text)
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
         raise InvalidRequest(f"unknown method(s) {bad or names}; choose from {', '.join(METHODS)}")
@@ -150,8 +110,7 @@ def parse_methods(text: str | Sequence[str]) -> tuple[str, ...]:
 
 def parse_scenarios(text: str | Sequence[str]) -> tuple[str, ...]:
     """"short", "long" or "short,long" -> a tuple of scenario names."""
-    items = [text] if isinstance(text, str) else list(text)
-    names = [p.strip().lower() for item in items for p in item.split(",") if p.strip()]
+    names = _names(text)
     bad = [n for n in names if n not in SCENARIO_NAMES]
     if bad or not names:
         raise InvalidRequest(f"unknown scenario(s) {bad or names}; choose from {', '.join(SCENARIO_NAMES)}")
@@ -170,8 +129,10 @@ def validate(config: StudyConfig) -> None:
 
     parse_methods(config.methods)
     parse_scenarios(config.scenarios)
-    for name, value in (("--seeds", config.seeds), ("--epochs", config.epochs), ("--train-per-class", config.train_per_class),
-                        ("--gallery-per-class", config.gallery_per_class), ("--probe-per-class", config.probe_per_class)):
+    for name, value in (("the number of seeds", config.seeds), ("the epochs of a fine-tune", config.epochs),
+                        ("training images per new class", config.train_per_class),
+                        ("gallery items per new class", config.gallery_per_class),
+                        ("probe items per class", config.probe_per_class)):
         if value < 1:
             raise InvalidRequest(f"{name} must be at least 1 (got {value})")
     classes = load_items(config.dataset, "test").classes
@@ -197,7 +158,7 @@ def _fresh_home(config: StudyConfig, scenario: str, method: str, seed: int) -> P
     home = Path(config.out) / "workspaces" / run_dir_name(scenario, method, seed)
     if home.exists():
         if not (home / RUN_MARKER).exists():
-            raise WorkspaceError(f"{home} exists and was not made by the study; choose another --out")
+            raise WorkspaceError(f"{home} exists and was not made by the study; choose another output folder")
         shutil.rmtree(home)
     return home
 
@@ -212,7 +173,7 @@ def registry_figures(home: str | Path, generation_ids: Sequence[int]) -> dict[st
 
     This is what a user runs on a kept workspace to check results.json (and what the tests compare).
     """
-    from upgrader.services.promotion import compatibility_matrix
+    from upgrader.services.matrix import compatibility_matrix
     from upgrader.services.workspace import open_workspace
 
     with open_workspace(home) as ws:
@@ -233,11 +194,36 @@ def registry_figures(home: str | Path, generation_ids: Sequence[int]) -> dict[st
         }
 
 
+def _fill_record(record: RunRecord, result: Any, home: Path) -> None:
+    """Copy a finished :class:`upgrader.study.scenario.ScenarioResult` into ``record`` and re-read the registry."""
+    steps = result.steps
+    record.status = "done"
+    record.generation_ids = list(result.generation_ids)
+    by_id = {s.generation_id: s.generation_name for s in steps}
+    record.generation_names = [by_id.get(g, str(g)) for g in result.generation_ids]
+    record.matrix = result.matrix
+    record.ac, record.am = result.ac, result.am
+    last = steps[-1]
+    record.final_self_test = last.self_test
+    record.final_mixed, record.final_reindex = last.mixed_template, last.reindex_template
+    record.final_mixed_items, record.final_reindex_items = last.mixed_accuracy, last.reindex_accuracy
+    record.self_test_rises = all(
+        s.previous_self_test is None or s.self_test > s.previous_self_test for s in steps if s.promoted
+    )
+    record.refused_steps = [s.step for s in steps if not s.gate_passed]
+    record.forced_steps = [s.step for s in steps if s.forced]
+    record.steps = [jsonable(asdict(s)) for s in steps]
+    record.registry = registry_figures(home, result.generation_ids)
+
+
 def run_one(config: StudyConfig, scenario: str, method: str, seed: int, *, log: Log = lambda _: None) -> RunRecord:
     """Run one scenario for one method and seed in a fresh workspace and record it.
 
     Product and registry errors (bad data, a failed export, a schema changed under a running study...)
     are recorded as a failed run, not raised, so one broken run does not lose the rest of the study.
+
+    Raises:
+        WorkspaceError: the run's kept-workspace folder exists and was not made by the study.
     """
     import resource
 
@@ -255,24 +241,7 @@ def run_one(config: StudyConfig, scenario: str, method: str, seed: int, *, log: 
         with ws:
             write_atomic(home / RUN_MARKER, json.dumps({"scenario": scenario, "method": method, "seed": seed}).encode())
             result = run_scenario(ws, scenario, config.scenario_config(method, seed), log=log)
-        steps = result.steps
-        record.status = "done"
-        record.generation_ids = list(result.generation_ids)
-        by_id = {s.generation_id: s.generation_name for s in steps}
-        record.generation_names = [by_id.get(g, str(g)) for g in result.generation_ids]
-        record.matrix = result.matrix
-        record.ac, record.am = result.ac, result.am
-        last = steps[-1]
-        record.final_self_test = last.self_test
-        record.final_mixed, record.final_reindex = last.mixed_template, last.reindex_template
-        record.final_mixed_items, record.final_reindex_items = last.mixed_accuracy, last.reindex_accuracy
-        record.self_test_rises = all(
-            s.previous_self_test is None or s.self_test > s.previous_self_test for s in steps if s.promoted
-        )
-        record.refused_steps = [s.step for s in steps if not s.gate_passed]
-        record.forced_steps = [s.step for s in steps if s.forced]
-        record.steps = [jsonable(asdict(s)) for s in steps]
-        record.registry = registry_figures(home, result.generation_ids)
+        _fill_record(record, result, home)
     except (UpgraderError, RegistryError) as exc:
         record.error = f"{exc.__class__.__name__}: {exc}"
         log(f"  run {run_dir_name(scenario, method, seed)} failed: {record.error}")
@@ -287,217 +256,12 @@ def run_one(config: StudyConfig, scenario: str, method: str, seed: int, *, log: 
 
 
 # --------------------------------------------------------------------------------------------------
-# Aggregation
+# The study
 # --------------------------------------------------------------------------------------------------
-
-
-def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
-    """{"mean", "std" (population, 0 for one value), "n", "min", "max"} over the non-missing values."""
-    xs = np.array([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
-    if len(xs) == 0:
-        return {"mean": None, "std": None, "n": 0, "min": None, "max": None}
-    return {"mean": float(xs.mean()), "std": float(xs.std()), "n": int(len(xs)), "min": float(xs.min()), "max": float(xs.max())}
-
-
-def mean_matrix(matrices: Sequence[Sequence[Sequence[float]]]) -> list[list[float | None]]:
-    """Element-wise mean of matrices (padded with NaN where a run's chain is shorter)."""
-    if not matrices:
-        return []
-    size = max(len(m) for m in matrices)
-    stack = np.full((len(matrices), size, size), np.nan)
-    for i, m in enumerate(matrices):
-        if len(m):
-            arr = np.array(m, dtype=np.float64)
-            stack[i, : arr.shape[0], : arr.shape[1]] = arr
-    with np.errstate(invalid="ignore"):
-        counts = np.sum(~np.isnan(stack), axis=0)
-        mean = np.where(counts > 0, np.nansum(stack, axis=0) / np.maximum(counts, 1), np.nan)
-    return jsonable(mean)
-
-
-def _per_step(runs: Sequence[RunRecord], key: str) -> list[dict[str, Any]]:
-    """mean/std of a StepResult field at every step over runs."""
-    steps = max((len(r.steps) for r in runs), default=0)
-    return [mean_std([r.steps[i].get(key) for r in runs if i < len(r.steps)]) for i in range(steps)]
-
-
-def _gap(mixed: float | None, reindex: float | None) -> float | None:
-    return None if mixed is None or reindex is None else mixed - reindex
-
-
-def summarise(runs: Sequence[RunRecord]) -> dict[str, dict[str, Any]]:
-    """Per scenario, per method: mean +- std of AC, AM, final self-test, mixed vs re-index, per-step curves."""
-    out: dict[str, dict[str, Any]] = {}
-    for scenario in dict.fromkeys(r.scenario for r in runs):
-        out[scenario] = {}
-        for method in dict.fromkeys(r.method for r in runs if r.scenario == scenario):
-            done = [r for r in runs if r.scenario == scenario and r.method == method and r.status == "done"]
-            failed = [r for r in runs if r.scenario == scenario and r.method == method and r.status != "done"]
-            gaps = [_gap(r.final_mixed, r.final_reindex) for r in done]
-            item_gaps = [_gap(r.final_mixed_items, r.final_reindex_items) for r in done]
-            out[scenario][method] = {
-                "runs": len(done),
-                "failed": len(failed),
-                "seeds": [r.seed for r in done],
-                "ac": mean_std([r.ac for r in done]),
-                "am": mean_std([r.am for r in done]),
-                "final_self_test": mean_std([r.final_self_test for r in done]),
-                "final_mixed": mean_std([r.final_mixed for r in done]),
-                "final_reindex": mean_std([r.final_reindex for r in done]),
-                "mixed_minus_reindex": mean_std(gaps),
-                "final_mixed_items": mean_std([r.final_mixed_items for r in done]),
-                "final_reindex_items": mean_std([r.final_reindex_items for r in done]),
-                "mixed_minus_reindex_items": mean_std(item_gaps),
-                "self_test_rises_all_seeds": bool(done) and all(r.self_test_rises for r in done),
-                "refused_steps": {str(r.seed): r.refused_steps for r in done},
-                "matrix_mean": mean_matrix([r.matrix for r in done]),
-                "self_test_by_step": _per_step(done, "self_test"),
-                "mixed_by_step": _per_step(done, "mixed_template"),
-                "reindex_by_step": _per_step(done, "reindex_template"),
-                "mixed_items_by_step": _per_step(done, "mixed_accuracy"),
-                "gate_mixed_estimate_by_step": _per_step(done, "gate_mixed_estimate"),
-                "reindex_items_by_step": _per_step(done, "reindex_accuracy"),
-                "gate_passed_by_step": [
-                    [r.steps[i]["gate_passed"] for r in done if i < len(r.steps)]
-                    for i in range(max((len(r.steps) for r in done), default=0))
-                ],
-                "seconds": mean_std([r.seconds for r in done]),
-            }
-    return out
-
-
-def check_targets(runs: Sequence[RunRecord], summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, each with what was measured and whether it is met (None: not measured)."""
-    checks: list[dict[str, Any]] = []
-
-    def add(name: str, target: str, measured: str, met: bool | None) -> None:
-        checks.append({"target": name, "wanted": target, "measured": measured, "met": met})
-
-    for scenario, wanted in (("short", TARGETS["hoc_ac_short"]), ("long", TARGETS["hoc_ac_long"])):
-        hoc = [r for r in runs if r.scenario == scenario and r.method == "hoc" and r.status == "done"]
-        if hoc:
-            acs = [r.ac for r in hoc]
-            add(f"hoc AC on {scenario}, every seed", f">= {wanted:.2f}", ", ".join(f"s{r.seed}: {r.ac:.3f}" for r in hoc),
-                all(a is not None and a >= wanted for a in acs))
-            add(f"hoc self-test rises at every promotion ({scenario})", "every seed",
-                ", ".join(f"s{r.seed}: {'yes' if r.self_test_rises else 'no'}" for r in hoc), all(r.self_test_rises for r in hoc))
-            for protocol, pairs in (("templates", [(r.seed, r.final_mixed, r.final_reindex) for r in hoc]),
-                                    ("items", [(r.seed, r.final_mixed_items, r.final_reindex_items) for r in hoc])):
-                add(f"mixed gallery within {TARGETS['mixed_vs_reindex_points']:.0f} points of re-index after the last hoc "
-                    f"promotion ({scenario}, {protocol})",
-                    f"<= {TARGETS['mixed_vs_reindex_points']:.0f} points",
-                    ", ".join(f"s{s}: {100 * (m - x):+.1f}" for s, m, x in pairs if m is not None and x is not None),
-                    all(m is not None and x is not None and 100 * (x - m) <= TARGETS["mixed_vs_reindex_points"] for _, m, x in pairs))
-        methods = summary.get(scenario, {})
-        if "hoc" in methods and "er" in methods and methods["hoc"]["am"]["mean"] is not None and methods["er"]["am"]["mean"] is not None:
-            diff = 100 * (methods["hoc"]["am"]["mean"] - methods["er"]["am"]["mean"])
-            add(f"AM(hoc) - AM(er) on {scenario}", f">= {TARGETS['hoc_am_over_er_points']:.0f} points", f"{diff:+.1f} points",
-                diff >= TARGETS["hoc_am_over_er_points"])
-        for method in ("er", "ce"):
-            rs = [r for r in runs if r.scenario == scenario and r.method == method and r.status == "done"]
-            if rs:
-                add(f"the gate refuses {method} generations that break compatibility ({scenario})", "refusals recorded",
-                    ", ".join(f"s{r.seed}: steps {r.refused_steps or 'none'}" for r in rs),
-                    all(r.refused_steps for r in rs))
-    return checks
-
-
-# --------------------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------------------
-
-
-def _fmt(stat: dict[str, Any], *, pct: bool = True, digits: int = 1) -> str:
-    if stat.get("mean") is None:
-        return "-"
-    scale = 100.0 if pct else 1.0
-    return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
-
-
-def render_report(data: dict[str, Any]) -> str:
-    """report.md from the results.json content."""
-    cfg = data["config"]
-    lines = [
-        "# Compatibility study",
-        "",
-        f"Dataset `{cfg['dataset']}`, K = {cfg['num_classes']}; scenarios {', '.join(cfg['scenarios'])}; methods "
-        f"{', '.join(cfg['methods'])}; seeds 0..{cfg['seeds'] - 1}; device `{cfg['device']}`.",
-        f"Sizes: {cfg['train_per_class']} training images per new class, {cfg['epochs']} epochs "
-        f"({cfg['replacement_epochs'] if cfg['replacement_epochs'] is not None else 2 * cfg['epochs']} for a replacement), "
-        f"{cfg['memory_per_class']} rehearsal images per class, {cfg['gallery_per_class']} gallery items per new class, "
-        f"probe set {cfg['probe_per_class']} queries + {cfg['probe_per_class']} gallery items per class.",
-        f"Code: commit `{(data.get('code') or {}).get('git_commit') or '?'}`"
-        + (f", uncommitted: {', '.join(data['code']['uncommitted'])}" if (data.get('code') or {}).get('uncommitted') else "") + ".",
-        f"Status: {data['status']} — {data['runs_done']} of {data['runs_planned']} runs finished"
-        + (f", {data['runs_failed']} failed" if data["runs_failed"] else "") + f"; {data['seconds']:.0f} s so far.",
-        "",
-        "Every run trained, exported, registered, gated (`promote`) and indexed through the product's services in its own "
-        "workspace; refused generations were " + ("forced (recorded as forced in the alias history) so the chain goes on."
-                                                  if cfg["force_refused"] else "left out of the chain."),
-        "Metrics: AC / AM over the promoted chain (template top-1 on the probe set, each pair on the classes both generations learnt: DESIGN 3 and README); self-test = M(t, t) of the last "
-        "generation; mixed gallery = the production generation's probe queries searched on the stored gallery (items "
-        "embedded by the generations that were production when they were added), scored with DESIGN 3's two protocols: "
-        "templates (each class's items averaged, the primary metric) and items (the nearest item's label); re-index = "
-        "the same after re-embedding every item with production. Mean ± std over seeds, in percent (AC as a fraction).",
-        "",
-        "## Results",
-        "",
-        "| scenario | method | runs | AC | AM | final self-test | mixed gallery | full re-index | mixed − re-index "
-        "| mixed vs re-index (items) | gate refusals (steps, per seed) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for scenario, methods in data["summary"].items():
-        for method, s in methods.items():
-            refusals = "; ".join(f"s{seed}: {','.join(map(str, st)) or '-'}" for seed, st in s["refused_steps"].items())
-            lines.append(
-                f"| {scenario} | {method} | {s['runs']}{' (' + str(s['failed']) + ' failed)' if s['failed'] else ''} | "
-                f"{_fmt(s['ac'], pct=False, digits=3)} | {_fmt(s['am'])} | {_fmt(s['final_self_test'])} | {_fmt(s['final_mixed'])} | "
-                f"{_fmt(s['final_reindex'])} | {_fmt(s['mixed_minus_reindex'])} | "
-                f"{_fmt(s['final_mixed_items'])} vs {_fmt(s['final_reindex_items'])} | {refusals or '-'} |"
-            )
-    lines += ["", "## Targets", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
-    for c in data["targets"]:
-        met = "-" if c["met"] is None else ("yes" if c["met"] else "**no**")
-        lines.append(f"| {c['target']} | {c['wanted']} | {c['measured']} | {met} |")
-    lines += [
-        "",
-        "Reference (the authors' released runs, CIFAR-100 training, CIFAR-10 retrieval): d-Simplex-HOC AC 0.95 / AM 68.90 "
-        "over 7 tasks, AC 0.65 / AM 68.07 over 31; ER AC 0.00 / AM 35.18 (7) and 0.00 / 30.32 (31).",
-        "",
-        "## Per run",
-        "",
-        "| scenario | method | seed | AC | AM | self-test by step | gate by step | mixed / re-index after the last step "
-        "(templates; items) | s | workspace |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in data["runs"]:
-        if r["status"] != "done":
-            lines.append(f"| {r['scenario']} | {r['method']} | {r['seed']} | failed: {r['error']} | | | | | {r['seconds']:.0f} | |")
-            continue
-        st = " → ".join(f"{100 * s['self_test']:.1f}" for s in r["steps"])
-        gates = " ".join("pass" if s["gate_passed"] else ("FORCED" if s["forced"] else "REFUSED") for s in r["steps"])
-        lines.append(
-            f"| {r['scenario']} | {r['method']} | {r['seed']} | {r['ac']:.3f} | {100 * r['am']:.1f} | {st} | {gates} | "
-            f"{pct(r['final_mixed'])} / {pct(r['final_reindex'])}; {pct(r.get('final_mixed_items'))} / "
-            f"{pct(r.get('final_reindex_items'))} | {r['seconds']:.0f} | "
-            f"{Path(r['workspace']).name if r['workspace'] else '(removed)'} |"
-        )
-    if data.get("figures"):
-        lines += ["", "## Figures", ""]
-        for fig in data["figures"]:
-            lines.append(f"![{fig}]({fig})")
-            lines.append("")
-    lines += [
-        "",
-        "Re-derive any run's numbers from its kept workspace: `upgrader matrix --home <out>/workspaces/<run>` "
-        "or `upgrader.study.runner.registry_figures(home, generation_ids)`.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def provenance() -> dict[str, Any]:
-    """The code the study ran: git commit and uncommitted training-side files (the numbers depend on the recipe)."""
+    """The code the study ran: git commit and the tracked files changed since (the numbers depend on the recipe)."""
     import subprocess
 
     root = Path(__file__).resolve().parent.parent
@@ -513,7 +277,20 @@ def provenance() -> dict[str, Any]:
 
 def write_outputs(config: StudyConfig, runs: Sequence[RunRecord], *, started: float, planned: int, final: bool,
                   figures: bool = True, code: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Aggregate and (re)write results.json, report.md and the figures; return the results.json content."""
+    """Aggregate and (re)write results.json, report.md and the figures.
+
+    Args:
+        config: the study's configuration (recorded in results.json).
+        runs: every run so far.
+        started: ``time.perf_counter()`` when the study began.
+        planned: how many runs the study will make in all.
+        final: whether every run is done (results.json's status).
+        figures: whether to draw the figures this time (also needs ``config.figures`` and a finished run).
+        code: :func:`provenance` of the study.
+
+    Returns:
+        The results.json content.
+    """
     out = Path(config.out)
     summary = summarise(runs)
     data: dict[str, Any] = {
