@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from registry.errors import RegistryError, UnknownGeneration
+from registry.errors import RegistryError, SchemaOutOfDate, WorkspaceNotFound
 
 from upgrader.core.jsonable import jsonable
 from upgrader.core.errors import GateRefused, InvalidRequest, UpgraderError
@@ -35,6 +35,30 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: What the CLI adds to an error from below it: the flag or command a user types for the thing the
+#: error's ``subject`` names. Services and the registry speak of the thing; only the CLI knows its flags.
+SUBJECT_WORDS: dict[str, str] = {
+    "num_classes": "-k/--num-classes",
+    "classes": "--classes",
+    "name": "--name",
+    "home": "--home",
+    "workspace": "`upgrader init --home DIR` creates one; --home or UPGRADER_HOME opens one",
+    "production": "`upgrader promote GEN`",
+    "gallery": "`upgrader gallery add`",
+    "artifact": "`upgrader export GEN` re-exports it",
+    "schema": "`upgrader db upgrade` migrates it",
+}
+#: Registry errors carry no subject (the registry imports nothing from upgrader): named by type here.
+REGISTRY_SUBJECTS: dict[type[RegistryError], str] = {WorkspaceNotFound: "workspace", SchemaOutOfDate: "schema"}
+
+
+def cli_message(exc: Exception) -> str:
+    """``exc``'s message, plus the CLI's own words for its subject (a flag or a command) when it has one."""
+    subject = getattr(exc, "subject", None) or REGISTRY_SUBJECTS.get(type(exc))
+    words = SUBJECT_WORDS.get(subject or "")
+    return f"{exc} ({words})" if words else str(exc)
+
+
 def handle_errors(fn: F) -> F:
     """Turn the product's errors into one line on stderr and the documented exit code."""
 
@@ -46,13 +70,10 @@ def handle_errors(fn: F) -> F:
             err_console.print(f"[bold red]refused:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_GATE) from None
         except InvalidRequest as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {cli_message(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
-        except UnknownGeneration as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_ERROR) from None
         except (UpgraderError, RegistryError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {cli_message(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]

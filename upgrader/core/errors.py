@@ -9,7 +9,18 @@ from __future__ import annotations
 
 
 class UpgraderError(Exception):
-    """Root of every error the ``upgrader`` package raises on purpose."""
+    """Root of every error the ``upgrader`` package raises on purpose.
+
+    Args:
+        message: the problem and the remedy, in the domain's words (no CLI flags: the package is
+            used by the dashboard, the HTTP server and Python callers too).
+        subject: which input or state the remedy is about (e.g. ``"num_classes"``, ``"workspace"``),
+            so a front end can name its own control for it (the CLI adds the flag or the command).
+    """
+
+    def __init__(self, message: str = "", *, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.subject = subject
 
 
 class DataError(UpgraderError):
@@ -63,7 +74,7 @@ class GateRefused(UpgraderError):
     """
 
     def __init__(self, message: str, report_id: int | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, subject="gate")
         self.report_id = report_id
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from registry import Generation, NewGeneration
 from registry.entities import PROBE_SPLITS
 
-from upgrader.runtime.embedder import Embedder, sha256_file
-from upgrader.core.files import replacing
+from upgrader.runtime.embedder import Embedder
+from upgrader.core.files import replacing, sha256_file
 from upgrader.core.errors import ArtifactError, InterfaceMismatch, InvalidRequest
 from upgrader.services.workspace import Workspace
 
@@ -34,8 +34,9 @@ def check_artifact_interface(ws: Workspace, embedder: Embedder) -> None:
     if k != iface.num_classes or dim != iface.embedding_dim:
         raise InterfaceMismatch(
             f"artifact {embedder.path} has K={k}, dim={dim} but the workspace interface is "
-            f"K={iface.num_classes}, dim={iface.embedding_dim}; train it with --num-classes "
-            f"{iface.num_classes} (a generation with another K can never be compatible)"
+            f"K={iface.num_classes}, dim={iface.embedding_dim}; train it with K={iface.num_classes} "
+            "(a generation with another K can never be compatible)",
+            subject="num_classes",
         )
 
 
@@ -60,7 +61,8 @@ def open_embedder(ws: Workspace, gen: Generation, *, threads: int | None = None,
     path = ws.resolve(gen.onnx_path)
     if not path.is_file():
         raise ArtifactError(
-            f"artifact of generation {gen.name} is missing at {path}; re-export it with `upgrader export {gen.name}`"
+            f"artifact of generation {gen.name} is missing at {path}; re-export it from its checkpoint",
+            subject="artifact",
         )
     if verify_sha:
         actual = sha256_file(path)
@@ -68,7 +70,8 @@ def open_embedder(ws: Workspace, gen: Generation, *, threads: int | None = None,
             raise ArtifactError(
                 f"artifact of generation {gen.name} at {path} has sha256 {actual[:12]}… but the registry "
                 f"recorded {gen.onnx_sha256[:12]}…; it was modified after registration — re-export it "
-                f"with `upgrader export {gen.name}`"
+                "from its checkpoint",
+                subject="artifact",
             )
     return Embedder(path, threads=threads)
 
@@ -106,13 +109,15 @@ def imported_classes(ws: Workspace, embedder: Embedder, classes: Sequence[str] |
     try:
         learnt = {str(n): int(v) for n, v in json.loads(raw).items()}
     except (ValueError, AttributeError, TypeError) as err:
-        raise ArtifactError(f"artifact {embedder.path} has an unreadable '{CLASSES_KEY}' record; pass --classes") from err
+        raise ArtifactError(f"artifact {embedder.path} has an unreadable '{CLASSES_KEY}' record; "
+                            "name the classes it learnt", subject="classes") from err
     for name, vertex in learnt.items():
         mine = label_map.get(name)
         if mine is None:
             raise InvalidRequest(
                 f"artifact {embedder.path} learnt class {name!r}, which this workspace does not have; "
-                f"pass --classes with the classes of this workspace it learnt"
+                "name the classes of this workspace it learnt",
+                subject="classes",
             )
         if mine != vertex:
             raise ArtifactError(
@@ -190,7 +195,7 @@ def import_artifact(
     parent_id = reg.get_generation(parent).id if parent else reg.get_alias()
     dest = artifact_paths(ws, name)["onnx"]
     if dest.parent.exists():
-        raise ArtifactError(f"{dest.parent} exists already; choose another --name")
+        raise ArtifactError(f"{dest.parent} exists already; choose another name", subject="name")
     dest.parent.mkdir(parents=True)
     try:
         with replacing(dest) as tmp, open(tmp, "wb") as out, open(source, "rb") as src:

@@ -108,13 +108,13 @@ def read_config(root: Path) -> WorkspaceConfig:
     """The workspace.json of the workspace at ``root``.
 
     Raises:
-        WorkspaceError: no workspace there (the message names ``upgrader init``), or a bad file.
+        WorkspaceError: no workspace there (subject ``workspace``), or a bad file.
     """
     cfg_path = root / CONFIG_FILE
     if not cfg_path.is_file():
         raise WorkspaceError(
-            f"no upgrader workspace at {root}; create one with `upgrader init --home {root}` "
-            "or point --home / UPGRADER_HOME at an existing one"
+            f"no upgrader workspace at {root}; create one there, or open an existing one",
+            subject="workspace",
         )
     try:
         return WorkspaceConfig(**json.loads(cfg_path.read_text()))
@@ -146,7 +146,7 @@ def create_workspace(home: str | Path | None, config: WorkspaceConfig) -> Worksp
     """
     root = resolve_home(home)
     if (root / CONFIG_FILE).exists():
-        raise WorkspaceError(f"a workspace already exists at {root}; use it, or choose another --home")
+        raise WorkspaceError(f"a workspace already exists at {root}; use it, or choose another folder", subject="home")
     root.mkdir(parents=True, exist_ok=True)
     (root / ARTIFACTS_DIR).mkdir(exist_ok=True)
     registry = Registry.open(_registry_location(root, config), create=True)

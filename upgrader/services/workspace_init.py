@@ -42,7 +42,7 @@ def init_workspace(
         DataError: the dataset cannot be read or has too few items per class.
     """
     if num_classes < 2:
-        raise InvalidRequest("--num-classes (K) must be at least 2")
+        raise InvalidRequest("K (the interface's class count) must be at least 2", subject="num_classes")
     if query_per_class < 1 or gallery_per_class < 1:
         raise InvalidRequest("the probe set needs at least 1 query and 1 gallery item per class")
     split = "test" if has_splits(dataset) else "all"
@@ -50,8 +50,9 @@ def init_workspace(
     names = parse_classes(classes, ds.classes)
     if len(names) > num_classes:
         raise InvalidRequest(
-            f"the dataset has {len(names)} classes but K is {num_classes}; choose --num-classes >= {len(names)} "
-            "(preallocate room for future classes too)"
+            f"the dataset has {len(names)} classes but K is {num_classes}; choose K >= {len(names)} "
+            "(preallocate room for future classes too)",
+            subject="num_classes",
         )
     ds_sel_labels = np.array([names.index(ds.classes[i]) if ds.classes[i] in names else -1 for i in ds.labels])
     q_idx = draw_per_class(ds_sel_labels, len(names), query_per_class, seed)
