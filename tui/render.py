@@ -13,7 +13,7 @@ from rich.color import Color
 from rich.style import Style
 from rich.text import Text
 
-from upgrader.services.status import GenerationRow
+from upgrader.services.status import GenerationSummary
 
 #: How the dashboard prints a timestamp; tests pass a fixed one so snapshots do not change.
 TimeFormat = Callable[[datetime], str]
@@ -75,17 +75,17 @@ def _hsl_to_rgb(h: float, s: float, lum: float) -> tuple[int, int, int]:
     return round((r + m) * 255), round((g + m) * 255), round((b + m) * 255)
 
 
-def lineage_order(rows: list[GenerationRow]) -> list[tuple[GenerationRow, str]]:
+def lineage_order(rows: list[GenerationSummary]) -> list[tuple[GenerationSummary, str]]:
     """Rows in tree order (children under their parent, by id) with a tree prefix for the name.
 
     A generation whose parent is unknown starts a new root, so nothing is ever left out.
     """
     ids = {r.generation.id for r in rows}
-    children: dict[int | None, list[GenerationRow]] = {}
+    children: dict[int | None, list[GenerationSummary]] = {}
     for r in sorted(rows, key=lambda r: r.generation.id):
         parent = r.generation.parent_id if r.generation.parent_id in ids else None
         children.setdefault(parent, []).append(r)
-    out: list[tuple[GenerationRow, str]] = []
+    out: list[tuple[GenerationSummary, str]] = []
 
     def walk(parent: int | None, indent: str) -> None:
         kids = children.get(parent, [])

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import pytest
-from rich.console import Console
-from textual.pilot import Pilot
-from textual.widget import Widget
-from textual.worker import WorkerCancelled
-from textual.widgets import DataTable, Static
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from builders import build_fresh_workspace, build_snapshot_workspace, export_artifacts  # noqa: E402
-
-FROZEN = "2025-01-01 12:00"
-
-
-def frozen_time(_: datetime) -> str:
-    """Every timestamp as one fixed string, so screens do not depend on when the workspace was built."""
-    return FROZEN
 
 
 @pytest.fixture(scope="session")
@@ -53,47 +38,3 @@ def snapshot_ws(snapshot_master: Path, tmp_path: Path) -> Path:
 def fresh_ws(fresh_master: Path, tmp_path: Path) -> Path:
     """A private copy of the fresh workspace."""
     return Path(shutil.copytree(fresh_master, tmp_path / "ws"))
-
-
-# A bound for a hung app, not an expected duration: the helpers below return as soon as their
-# condition holds, and fail loudly (never return quietly) when it does not within this time.
-HANG_SECONDS = 120.0
-
-
-async def settle(pilot: Pilot) -> None:
-    """Wait until every worker (and what it scheduled on the UI thread) is done and the app is quiet."""
-    app = pilot.app
-    quiet = 0
-    deadline = time.monotonic() + HANG_SECONDS
-    while quiet < 3:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the app never settled: workers {[w.name for w in app.workers]}")
-        try:
-            await app.workers.wait_for_complete()
-        except WorkerCancelled:
-            pass  # an exclusive worker superseded by a newer one (a refresh after a refresh): not an error
-        await pilot.pause(0.02)
-        busy = any(not w.is_finished for w in app.workers)
-        quiet = 0 if busy else quiet + 1
-
-
-async def wait_until(pilot: Pilot, condition: Callable[[], object], what: str) -> None:
-    """Let the app run until ``condition()`` is true; fail naming ``what`` if it never becomes so."""
-    deadline = time.monotonic() + HANG_SECONDS
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.02)
-
-
-def text_of(widget: Widget) -> str:
-    """What a Static shows, as plain text."""
-    assert isinstance(widget, Static)
-    console = Console(width=200, record=True, file=open("/dev/null", "w"))
-    console.print(widget.content)
-    return console.export_text()
-
-
-def rows_of(table: DataTable) -> list[list[str]]:
-    """A DataTable's cells as plain strings, in display order."""
-    return [[getattr(c, "plain", str(c)) for c in table.get_row_at(i)] for i in range(table.row_count)]

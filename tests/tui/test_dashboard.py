@@ -7,12 +7,14 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import HANG_SECONDS, frozen_time, rows_of, settle, text_of, wait_until
+from pilot import HANG_SECONDS, frozen_time, rows_of, settle, text_of, wait_until
 from textual.command import CommandList
 from textual.widgets import DataTable, Input, Select
 
 from tui.app import DashboardApp
 from tui.modals import ConfirmModal, TrainFormModal
+from upgrader.compat.gate import GateConfig
+from upgrader.core.vocabulary import ARCHITECTURES
 from upgrader.services.dashboard_model import alias_history
 from upgrader.services.workspace import open_workspace
 
@@ -298,3 +300,27 @@ def test_the_dashboard_imports_no_torch() -> None:
     for path in (ROOT / "tui").glob("*.py"):
         source = path.read_text()
         assert "import torch" not in source and "sqlalchemy" not in source and ".registry" not in source, path
+
+
+async def test_the_heatmap_is_decided_at_the_dashboards_margin(fresh_ws: Path) -> None:
+    app = DashboardApp(fresh_ws, time_format=frozen_time, gate_config=GateConfig(margin=0.25))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        assert app.matrix is not None and app.matrix.margin == 0.25  # the gate's verdicts at this margin ...
+        cells = rows_of(app.query_one("#matrix", DataTable))
+        for t, row in enumerate(app.matrix.passes):  # ... are what each cell shows
+            for j, passed in enumerate(row):
+                if passed is not None:
+                    assert ("✓" if passed else "✗") in cells[t][j + 1], cells
+
+
+async def test_the_training_form_offers_every_architecture(fresh_ws: Path) -> None:
+    app = DashboardApp(fresh_ws, time_format=frozen_time)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, TrainFormModal), "the training form")
+        offered = {value for _, value in app.screen.query_one("#arch", Select)._options}
+        assert set(ARCHITECTURES) <= offered and "resnet_wide" in offered

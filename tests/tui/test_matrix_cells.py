@@ -10,7 +10,7 @@ from textual.widgets import DataTable
 
 from registry import Generation
 
-from tui.compatibility import CompatibilityView
+from tui.views.compatibility import CompatibilityView
 from upgrader.services.matrix import MatrixView
 
 

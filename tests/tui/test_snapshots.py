@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import frozen_time, settle
+from pilot import frozen_time, settle
 
 from tui.app import DashboardApp
 

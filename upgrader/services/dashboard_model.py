@@ -17,7 +17,7 @@ from registry import AliasMove, GateReport, Generation
 from upgrader.core.errors import InvalidRequest
 from upgrader.core.vocabulary import KINDS
 from upgrader.services.matrix import MatrixView, compatibility_matrix
-from upgrader.services.status import GenerationRow, generation_rows
+from upgrader.services.status import GenerationSummary, generation_rows
 from upgrader.services.training_plan import TrainRequest, anchor_generation, validate_request
 from upgrader.services.workspace import Workspace
 
@@ -66,7 +66,7 @@ class DashboardSnapshot:
     home: str
     dataset: str
     num_classes: int
-    rows: list[GenerationRow]  # the lineage, ascending id
+    rows: list[GenerationSummary]  # the lineage, ascending id
     production: Generation | None
     gallery: GallerySummary
     history: list[HistoryEntry]  # oldest first
@@ -86,7 +86,7 @@ class DashboardSnapshot:
 class GenerationDetails:
     """One generation with its relatives, artifact and gate reports (newest first)."""
 
-    row: GenerationRow
+    row: GenerationSummary
     parent: Generation | None
     children: list[Generation]
     artifact_path: str  # absolute path of the ONNX artifact
@@ -231,10 +231,11 @@ def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
     return TrainingPlan(req, name, arch, parent, anchored, form.dataset or ws.config.dataset, classes)
 
 
-def matrix_view(ws: Workspace, *, live_only: bool, metric: str) -> MatrixView:
+def matrix_view(ws: Workspace, *, live_only: bool, metric: str, margin: float = 0.0) -> MatrixView:
     """The compatibility matrix over the live generations, or over every generation (rejected ones
-    included, unlike the CLI's default, so a person can see why the gate refused them)."""
+    included, unlike the CLI's default, so a person can see why the gate refused them); each cell
+    carries the gate's verdict at ``margin``."""
     if live_only:
-        return compatibility_matrix(ws, live_only=True, metric=metric)
+        return compatibility_matrix(ws, live_only=True, metric=metric, margin=margin)
     ids = [g.id for g in ws.registry.list_generations()]
-    return compatibility_matrix(ws, ids or None, metric=metric)
+    return compatibility_matrix(ws, ids or None, metric=metric, margin=margin)
