@@ -15,7 +15,8 @@ import numpy as np
 
 from upgrader.core.errors import ExportError
 from upgrader.core.files import sha256_file
-from upgrader.training.export import INPUT_NAME, ExportResult
+from upgrader.core.artifact import INPUT_NAME
+from upgrader.training.export import ExportResult
 
 
 class CalibrationReader:

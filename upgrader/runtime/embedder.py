@@ -14,13 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from upgrader.core.artifact import INPUT_NAME, OUTPUT_NAME, REQUIRED_METADATA
 from upgrader.core.errors import ArtifactError
 from upgrader.core.files import sha256_file
 from upgrader.runtime.images import load_images
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "embeddings"
-REQUIRED_METADATA = ("embedding_dim", "num_classes", "input_shape", "layout", "mean", "std", "architecture")
 
 
 class Embedder:

@@ -16,6 +16,7 @@ from registry import Generation, NewGeneration
 from registry.entities import PROBE_SPLITS
 
 from upgrader.runtime.embedder import Embedder
+from upgrader.core.artifact import CLASSES_KEY
 from upgrader.core.files import replacing, sha256_file
 from upgrader.core.errors import ArtifactError, InterfaceMismatch, InvalidRequest
 from upgrader.services.workspace import Workspace
@@ -74,10 +75,6 @@ def open_embedder(ws: Workspace, gen: Generation, *, threads: int | None = None,
                 subject="artifact",
             )
     return Embedder(path, threads=threads)
-
-
-#: Artifact metadata key: JSON ``{class name: vertex}`` of every class the generation learnt.
-CLASSES_KEY = "classes"
 
 
 def classes_metadata(label_map: Mapping[str, int], vertices: Sequence[int]) -> dict[str, str]:

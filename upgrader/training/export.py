@@ -23,17 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upgrader.core.artifact import INPUT_NAME, OUTPUT_NAME
 from upgrader.core.files import replacing, sha256_file
 from upgrader.core.errors import ExportError
 from upgrader.training.models import Encoder
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "embeddings"
 PARITY_BATCHES = (1, 7)
 MIN_COSINE = 0.9999
 MAX_ABS_DIFF = 1e-3
-# keys every artifact carries in metadata_props (the embedder checks them)
-REQUIRED_METADATA = ("embedding_dim", "num_classes", "input_shape", "layout", "mean", "std", "architecture")
 
 
 @dataclass
