@@ -17,7 +17,7 @@ from upgrader.services.workspace import Workspace
 
 
 @dataclass(frozen=True)
-class GenerationRow:
+class GenerationSummary:
     """One generation with what the lineage table shows about it."""
 
     generation: Generation
@@ -94,7 +94,7 @@ def self_tests(ws: Workspace, metric: str = DEFAULT_PRIMARY_METRIC) -> dict[int,
     return out
 
 
-def generation_rows(ws: Workspace) -> list[GenerationRow]:
+def generation_rows(ws: Workspace) -> list[GenerationSummary]:
     """The lineage, oldest first, with production marked."""
     reg = ws.registry
     prod = reg.get_alias()
@@ -104,7 +104,7 @@ def generation_rows(ws: Workspace) -> list[GenerationRow]:
     for gen in reg.list_generations():
         path = ws.resolve(gen.onnx_path)
         rows.append(
-            GenerationRow(
+            GenerationSummary(
                 generation=gen,
                 is_production=gen.id == prod,
                 self_test=tests.get(gen.id),
