@@ -1,4 +1,7 @@
-"""Shared fixtures of the training-side tests: a small Fashion-MNIST case trained once per session."""
+"""Fixtures shared by the training and runtime tests: a small Fashion-MNIST case trained once per session.
+
+At the top of tests/ because tests/training and tests/runtime both use the one trained generation.
+"""
 
 from __future__ import annotations
 

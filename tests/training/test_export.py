@@ -13,7 +13,8 @@ import torch
 import upgrader.training.export as export_module
 from upgrader.core.files import sha256_file
 from upgrader.core.errors import ExportError
-from upgrader.training.export import REQUIRED_METADATA, export_onnx
+from upgrader.core.artifact import REQUIRED_METADATA
+from upgrader.training.export import export_onnx
 from upgrader.training.models import build_model
 
 

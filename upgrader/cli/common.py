@@ -20,7 +20,7 @@ from upgrader.core.jsonable import jsonable
 from upgrader.core.errors import GateRefused, InvalidRequest, UpgraderError
 from upgrader.services.workspace import Workspace, open_workspace
 
-#: Exit codes (DESIGN 5): 1 error, 2 usage, 3 gate refused.
+#: Exit codes (docs/design.md §5): 1 error, 2 usage, 3 gate refused.
 EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 1, 2, 3
 
 HomeOption = Annotated[

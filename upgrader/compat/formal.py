@@ -3,7 +3,7 @@
 Pure numpy. In expectation over (probe query, probe gallery) pairs with cosine distance ``d = 1 - cos``,
 same-class pairs must be no farther across generations than within the old one, and different-class
 pairs no nearer. The gate always computes and reports it; it only decides a verdict when
-``GateConfig.check_formal`` is set, because DESIGN makes the empirical criterion the gate's rule (the
+``GateConfig.check_formal`` is set, because docs/design.md §3 makes the empirical criterion the gate's rule (the
 formal inequalities are sufficient in expectation but say nothing about the retrieval accuracy a user
 sees, and they can fail for a model that retrieves better than its predecessor).
 """

@@ -4,7 +4,7 @@ Pure numpy. The gate computes and writes nothing; the services layer loads the p
 the registry, calls :func:`evaluate_candidate` (promotion) or :func:`evaluate_rollback`, and stores the
 returned :class:`~upgrader.compat.verdict.GateVerdict` as a gate report.
 
-The rules (DESIGN.md section 3), on retrieval accuracy ``M(q, g)`` (:mod:`upgrader.compat.metrics`)
+The rules (docs/design.md §3), on retrieval accuracy ``M(q, g)`` (:mod:`upgrader.compat.metrics`)
 scored on the probe classes both generations learnt:
 
 * **compatibility** (the gate's rule, :func:`compatibility_check`): candidate ``t`` is compatible with
@@ -49,7 +49,7 @@ class GateConfig:
     # replacement that is meant to be only as good, or an operator override recorded in the report).
     require_improvement: bool = True
     # Make the formal (Shen et al.) inequalities a condition of passing. Off by default: the formal
-    # check is always computed and reported, but DESIGN makes the empirical criterion the gate's rule.
+    # check is always computed and reported, but docs/design.md §3 makes the empirical criterion the gate's rule.
     check_formal: bool = False
     # Promotion also needs the mixed-gallery estimate >= its re-index accuracy - mixed_tolerance (both
     # template top-1, in [0, 1]). None: the estimate is computed and reported, but decides nothing.

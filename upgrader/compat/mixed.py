@@ -10,8 +10,8 @@ passed the pairwise gate while its search fell from 74% after a re-index to 47% 
 The estimate rebuilds that situation on the probe set: every probe gallery item of class ``c`` is
 taken from the embeddings of the generation that stores most of class ``c`` in the real gallery
 (:func:`gallery_owners`), and the candidate's probe queries are scored against it with template top-1
-(DESIGN 3's primary protocol, via :func:`upgrader.compat.metrics.template_top1`), next to the same queries
-against the candidate's own probe gallery (what a full re-index would give).
+(the primary protocol of docs/design.md §3, via :func:`upgrader.compat.metrics.template_top1`), next to the
+same queries against the candidate's own probe gallery (what a full re-index would give).
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def read_query_images(ws: Workspace, files: Sequence[Path]) -> np.ndarray:
 def template_accuracy(
     queries: np.ndarray, query_labels: Sequence[str], gallery: np.ndarray, gallery_labels: Sequence[str | None]
 ) -> float:
-    """Share of queries whose nearest class template is their class (DESIGN 3's primary protocol):
+    """Share of queries whose nearest class template is their class (the primary protocol of docs/design.md §3):
     a template is the mean of a label's gallery items, re-normalised. Queries whose label is absent
     from the gallery, and unlabelled items, are left out."""
     glabels = np.array(list(gallery_labels), dtype=object)

@@ -42,9 +42,9 @@ def _intro(data: dict[str, Any]) -> list[str]:
         "Every run trained, exported, registered, gated (`promote`) and indexed through the product's services in its own "
         "workspace; refused generations were " + ("forced (recorded as forced in the alias history) so the chain goes on."
                                                   if cfg["force_refused"] else "left out of the chain."),
-        "Metrics: AC / AM over the promoted chain (template top-1 on the probe set, each pair on the classes both generations learnt: DESIGN 3 and README); self-test = M(t, t) of the last "
+        "Metrics: AC / AM over the promoted chain (template top-1 on the probe set, each pair on the classes both generations learnt: docs/design.md §3 and README); self-test = M(t, t) of the last "
         "generation; mixed gallery = the production generation's probe queries searched on the stored gallery (items "
-        "embedded by the generations that were production when they were added), scored with DESIGN 3's two protocols: "
+        "embedded by the generations that were production when they were added), scored with the two protocols of docs/design.md §3: "
         "templates (each class's items averaged, the primary metric) and items (the nearest item's label); re-index = "
         "the same after re-embedding every item with production. Mean ± std over seeds, in percent (AC as a fraction).",
         "",

@@ -30,7 +30,7 @@ class TrainConfig:
     mu: float = 10.0  # HOC similarity scale
     bct_weight: float = 1.0  # weight of the BCT influence loss
     # hoc only: weight of the vertex-alignment (stationarity) term added to lambda*CE + (1-lambda)*HOC,
-    # also for a first generation. 0 gives DESIGN's loss exactly. Measured on the study's short
+    # also for a first generation. 0 gives the loss of docs/design.md §2 exactly. Measured on the study's short
     # scenario (6 seeds, an exploratory GPU sweep): with 5, AC 1.0 on 5 of 6 seeds, AM 82-84 and the
     # mixed gallery 2-8 points (templates) below a re-index; with 0, 10-16 points below and AM 79-80.
     # 20 pulled as hard but, on a 1-epoch first generation (31 steps), overwhelmed the CE (self-test

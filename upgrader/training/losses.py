@@ -1,4 +1,4 @@
-"""Training losses on the fixed d-Simplex (DESIGN section 2).
+"""Training losses on the fixed d-Simplex (docs/design.md §2).
 
 All losses are ``nn.Module``s; ``hoc_loss`` is also exposed as a function for tests and callers that
 already hold L2-normalised features.
@@ -86,7 +86,7 @@ class HOCLoss(nn.Module):
 
 
 class CompatibilityLoss(nn.Module):
-    """lambda * CE on the simplex + (1 - lambda) * HOC against the anchor (DESIGN 2)."""
+    """lambda * CE on the simplex + (1 - lambda) * HOC against the anchor (docs/design.md §2)."""
 
     def __init__(self, lam: float = 0.1, mu: float = 10.0) -> None:
         """Args: lam: weight of the CE term; mu: HOC scale."""

@@ -1,4 +1,4 @@
-"""The fixed d-Simplex classifier geometry (DESIGN section 2)."""
+"""The fixed d-Simplex classifier geometry (docs/design.md §2)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from upgrader.core.errors import ModelError
 def d_simplex(num_classes: int) -> torch.Tensor:
     """Vertices of a regular simplex centred at the origin: one unit row per class.
 
-    Construction (DESIGN 2): the n x n identity (n = K-1), one extra row of (1 - sqrt(1+n))/n,
+    Construction (docs/design.md §2): the n x n identity (n = K-1), one extra row of (1 - sqrt(1+n))/n,
     subtract the column means, L2-normalise each row. Pairwise cosine is exactly -1/(K-1).
 
     Args:
