@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,23 +42,7 @@ def init_workspace(
         WorkspaceError: a workspace exists at ``home`` already.
         DataError: the dataset cannot be read or has too few items per class.
     """
-    if num_classes < 2:
-        raise InvalidRequest("K (the interface's class count) must be at least 2", subject="num_classes")
-    if query_per_class < 1 or gallery_per_class < 1:
-        raise InvalidRequest("the probe set needs at least 1 query and 1 gallery item per class")
-    split = "test" if has_splits(dataset) else "all"
-    ds = load_items(dataset, split)
-    names = parse_classes(classes, ds.classes)
-    if len(names) > num_classes:
-        raise InvalidRequest(
-            f"the dataset has {len(names)} classes but K is {num_classes}; choose K >= {len(names)} "
-            "(preallocate room for future classes too)",
-            subject="num_classes",
-        )
-    ds_sel_labels = np.array([names.index(ds.classes[i]) if ds.classes[i] in names else -1 for i in ds.labels])
-    q_idx = draw_per_class(ds_sel_labels, len(names), query_per_class, seed)
-    g_idx = draw_per_class(ds_sel_labels, len(names), gallery_per_class, seed + 1, exclude=q_idx)
-
+    ds, split, names, q_idx, g_idx = _draw_probe(dataset, classes, num_classes, query_per_class, gallery_per_class, seed)
     root = resolve_home(home)
     created_root = not root.exists()
     config = WorkspaceConfig(
@@ -80,10 +65,38 @@ def init_workspace(
         save_config(ws)
     except BaseException:
         ws.close()
-        if created_root:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            for leftover in ("registry.db", "registry.db-wal", "registry.db-shm", CONFIG_FILE):
-                (root / leftover).unlink(missing_ok=True)
+        _remove_partial(root, created_root)
         raise
     return ws
+
+
+def _draw_probe(dataset: str, classes: str, num_classes: int, query_per_class: int, gallery_per_class: int,
+                seed: int) -> tuple[Any, str, list[str], np.ndarray, np.ndarray]:
+    """Check the request and draw the probe set: (dataset items, split, class names, query idx, gallery idx)."""
+    if num_classes < 2:
+        raise InvalidRequest("K (the interface's class count) must be at least 2", subject="num_classes")
+    if query_per_class < 1 or gallery_per_class < 1:
+        raise InvalidRequest("the probe set needs at least 1 query and 1 gallery item per class")
+    split = "test" if has_splits(dataset) else "all"
+    ds = load_items(dataset, split)
+    names = parse_classes(classes, ds.classes)
+    if len(names) > num_classes:
+        raise InvalidRequest(
+            f"the dataset has {len(names)} classes but K is {num_classes}; choose K >= {len(names)} "
+            "(preallocate room for future classes too)",
+            subject="num_classes",
+        )
+    ds_sel_labels = np.array([names.index(ds.classes[i]) if ds.classes[i] in names else -1 for i in ds.labels])
+    q_idx = draw_per_class(ds_sel_labels, len(names), query_per_class, seed)
+    g_idx = draw_per_class(ds_sel_labels, len(names), gallery_per_class, seed + 1, exclude=q_idx)
+
+    return ds, split, names, q_idx, g_idx
+
+
+def _remove_partial(root: Path, created_root: bool) -> None:
+    """Undo a failed init: the folder it created, or the files it wrote into an existing one."""
+    if created_root:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for leftover in ("registry.db", "registry.db-wal", "registry.db-shm", CONFIG_FILE):
+        (root / leftover).unlink(missing_ok=True)

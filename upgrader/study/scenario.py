@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from registry import Generation, ProbeSet
 
 from upgrader.core.errors import GateRefused
 from upgrader.data.items import excluded_indices, item_uris, load_items
@@ -141,6 +144,66 @@ def _gallery_images(ws: Workspace, cls: tuple[int, ...], per_class: int, seed: i
     return part.images, [f"test-{i}" for i in idx], part.class_names(), item_uris(spec, "test", idx)
 
 
+def _request(ws: Workspace, step: Step, i: int, names: list[str], config: ScenarioConfig) -> tuple[TrainRequest, str]:
+    """The training request of step ``i``, and the architecture it trains."""
+    # A fine-tune keeps production's architecture, whatever the plan said (a refused replacement
+    # leaves the previous architecture in production).
+    prod = ws.registry.get_alias()
+    arch = ws.registry.get_generation(prod).architecture if step.kind == "finetune" and prod is not None else step.arch
+    return TrainRequest(
+        kind=step.kind,
+        classes=tuple(names),
+        arch=arch if step.kind != "finetune" else None,
+        method=config.method,
+        epochs={"initial": config.initial_epochs, "replacement": config.replacement_epochs}.get(step.kind, config.epochs),
+        batch_size=config.batch_size,
+        lr=config.lr,
+        per_class=config.train_per_class,
+        memory_per_class=config.memory_per_class,
+        seed=config.seed + i,
+        device=config.device,
+        name=f"g{i}-{step.kind}-{arch}-{config.method}",
+        extra={},
+    ), arch
+
+
+def _measure(ws: Workspace, probe_query: ProbeSet, gallery: tuple[list[np.ndarray], list[str]]) -> dict[str, Any]:
+    """Search accuracy of production's probe queries on the stored (mixed) gallery and after a re-index."""
+    comp = composition(ws)
+    prod, embedder = production_embedder(ws)
+    stored = ws.registry.load_gallery()
+    _, queries = ws.registry.get_probe_embeddings(prod.id, "query")
+    reindexed = embedder.embed(np.concatenate(gallery[0])) if gallery[0] else stored.matrix
+    labels = probe_query.class_names
+    return {
+        "gallery_items": comp.total,
+        "gallery_by_generation": {g.id: n for g, n in comp.counts},
+        "mixed_accuracy": label_accuracy(queries, labels, stored.matrix, stored.labels),
+        "reindex_accuracy": label_accuracy(queries, labels, reindexed, gallery[1]),
+        "mixed_template": template_accuracy(queries, labels, stored.matrix, stored.labels),
+        "reindex_template": template_accuracy(queries, labels, reindexed, gallery[1]),
+    }
+
+
+def _gate(ws: Workspace, gen: Generation, name: str, i: int, config: ScenarioConfig,
+          log: Log) -> tuple[bool, bool, list[str], dict[str, Any] | None]:
+    """Promote ``gen`` through the gate: (passed, forced, refusal reasons, gate report)."""
+    passed, forced, reasons, report = True, False, [], None
+    try:
+        done = promote(ws, gen.id, reason=f"scenario {name} step {i}", actor="scenario")
+        passed = done.report.passed if done.report else True
+        report = done.report.report if done.report else None
+    except GateRefused as exc:
+        passed = False
+        report = ws.registry.get_gate_report(exc.report_id).report if exc.report_id else None
+        reasons = list(report.get("reasons", [])) if report else [str(exc)]
+        log(f"  gate refused {gen.name}: {'; '.join(reasons)}")
+        if config.force_refused:
+            promote(ws, gen.id, reason=f"scenario {name} step {i}: continue the chain past a refusal", force=True, actor="scenario")
+            forced = True
+    return passed, forced, reasons, report
+
+
 def run_scenario(
     ws: Workspace,
     name: str,
@@ -153,83 +216,42 @@ def run_scenario(
     steps = SCENARIOS[name]
     result = ScenarioResult(scenario=name, method=config.method, seed=config.seed)
     start = time.perf_counter()
-    gallery_images: list[np.ndarray] = []
-    gallery_labels: list[str] = []
+    gallery: tuple[list[np.ndarray], list[str]] = ([], [])  # what a full re-index would embed: images, labels
     chain: list[int] = []
     classes_all = load_items(ws.config.dataset, "test").classes
     # The probe set is fixed when the workspace is made: read it (pixels included) once, not per step.
-    probe, probe_gallery = ws.registry.probe_set("query"), ws.registry.probe_set("gallery")
-    probe_vertices = (probe.vertices, probe_gallery.vertices)
+    probe = (ws.registry.probe_set("query"), ws.registry.probe_set("gallery"))
+    vertices = (probe[0].vertices, probe[1].vertices)
     for i, step in enumerate(steps, 1):
         t0 = time.perf_counter()
         names = [classes_all[c] for c in step.classes]
-        # A fine-tune keeps production's architecture, whatever the plan said (a refused replacement
-        # leaves the previous architecture in production).
         prod = ws.registry.get_alias()
-        arch = ws.registry.get_generation(prod).architecture if step.kind == "finetune" and prod is not None else step.arch
-        req = TrainRequest(
-            kind=step.kind,
-            classes=tuple(names),
-            arch=arch if step.kind != "finetune" else None,
-            method=config.method,
-            epochs={"initial": config.initial_epochs, "replacement": config.replacement_epochs}.get(step.kind, config.epochs),
-            batch_size=config.batch_size,
-            lr=config.lr,
-            per_class=config.train_per_class,
-            memory_per_class=config.memory_per_class,
-            seed=config.seed + i,
-            device=config.device,
-            name=f"g{i}-{step.kind}-{arch}-{config.method}",
-            extra={},
-        )
+        req, arch = _request(ws, step, i, names, config)
         log(f"step {i}/{len(steps)}: {step.kind} {arch} ({config.method}) on {', '.join(names)}")
         out = train_and_register(ws, req, progress=on_progress)
         gen = out.generation
         classes = known_classes(gen)
-        previous = None if prod is None else probe_self_test(ws, prod, classes, probe_vertices).template_top1
-        passed, forced, reasons, report = True, False, [], None
-        try:
-            done = promote(ws, gen.id, reason=f"scenario {name} step {i}", actor="scenario")
-            passed = done.report.passed if done.report else True
-            report = done.report.report if done.report else None
-        except GateRefused as exc:
-            passed = False
-            report = ws.registry.get_gate_report(exc.report_id).report if exc.report_id else None
-            reasons = list(report.get("reasons", [])) if report else [str(exc)]
-            log(f"  gate refused {gen.name}: {'; '.join(reasons)}")
-            if config.force_refused:
-                promote(ws, gen.id, reason=f"scenario {name} step {i}: continue the chain past a refusal", force=True, actor="scenario")
-                forced = True
-        promoted = passed or forced
-        if promoted:
+        previous = None if prod is None else probe_self_test(ws, prod, classes, vertices).template_top1
+        passed, forced, reasons, report = _gate(ws, gen, name, i, config, log)
+        if passed or forced:
             chain.append(gen.id)
             imgs, ids, labels, uris = _gallery_images(ws, step.classes, config.gallery_per_class, config.seed + 100 + i)
             add_images(ws, imgs, [f"{ids_i}" for ids_i in ids], labels=labels, source_uris=uris)
-            gallery_images.append(imgs)
-            gallery_labels.extend(labels)
-        comp = composition(ws)
-        prod, embedder = production_embedder(ws)
-        stored = ws.registry.load_gallery()
-        _, queries = ws.registry.get_probe_embeddings(prod.id, "query")
-        reindexed = embedder.embed(np.concatenate(gallery_images)) if gallery_images else stored.matrix
+            gallery[0].append(imgs)
+            gallery[1].extend(labels)
         estimate = (report or {}).get("mixed") or {}
         sr = StepResult(
             step=i, kind=step.kind, arch=arch, classes=names, generation_id=gen.id, generation_name=gen.name,
-            train_seconds=out.seconds, gate_passed=passed, promoted=promoted, forced=forced, gate_reasons=reasons,
-            gate_mixed_estimate=estimate.get("mixed"), gate_reindex_estimate=estimate.get("reindex"),
-            self_test=probe_self_test(ws, gen.id, classes, probe_vertices).template_top1, previous_self_test=previous, gallery_items=comp.total,
-            gallery_by_generation={g.id: n for g, n in comp.counts},
-            mixed_accuracy=label_accuracy(queries, probe.class_names, stored.matrix, stored.labels),
-            reindex_accuracy=label_accuracy(queries, probe.class_names, reindexed, gallery_labels),
-            mixed_template=template_accuracy(queries, probe.class_names, stored.matrix, stored.labels),
-            reindex_template=template_accuracy(queries, probe.class_names, reindexed, gallery_labels),
-            seconds=time.perf_counter() - t0,
+            train_seconds=out.seconds, gate_passed=passed, promoted=passed or forced, forced=forced,
+            gate_reasons=reasons, gate_mixed_estimate=estimate.get("mixed"), gate_reindex_estimate=estimate.get("reindex"),
+            self_test=probe_self_test(ws, gen.id, classes, vertices).template_top1, previous_self_test=previous,
+            **_measure(ws, probe[0], gallery), seconds=time.perf_counter() - t0,
         )
         result.steps.append(sr)
         log(f"  {gen.name}: self-test {100 * sr.self_test:.1f}%, gate {'passed' if passed else 'REFUSED'}"
             f"{' (forced)' if forced else ''}; mixed gallery {100 * sr.mixed_template:.1f}% vs re-index "
             f"{100 * sr.reindex_template:.1f}% (templates), {100 * sr.mixed_accuracy:.1f}% vs "
-            f"{100 * sr.reindex_accuracy:.1f}% (items) ({comp.total} items) in {sr.seconds:.0f}s")
+            f"{100 * sr.reindex_accuracy:.1f}% (items) ({sr.gallery_items} items) in {sr.seconds:.0f}s")
     view = compatibility_matrix(ws, chain)
     result.generation_ids = chain
     result.matrix = view.matrix.tolist()
