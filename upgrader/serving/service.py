@@ -24,8 +24,7 @@ searches the whole stored gallery — items written by any number of generations
   the old index until then). The same recount repairs rows a cursor could miss on PostgreSQL, where
   concurrent transactions may commit out of row-id order. :meth:`QueryService.rebuild` forces one.
 
-Server side: numpy, onnxruntime, Pillow, FAISS and the registry — never torch (a test checks it in a
-subprocess), so a CPU server installs no training stack.
+Server side: numpy, onnxruntime, Pillow, FAISS and the registry — never torch (docs/design.md §4).
 
 Example::
 
