@@ -63,6 +63,17 @@ def test_db_upgrade_is_idempotent_on_a_current_workspace(invoke, seeded: Path) -
     assert invoke("status", "--json", home=seeded).exit_code == 0
 
 
+def test_an_old_schema_is_refused_with_the_command_that_migrates_it(invoke, seeded: Path) -> None:
+    from registry.migrations import downgrade
+
+    downgrade(f"sqlite:///{seeded / 'registry.db'}", "-1")  # as a workspace made by the previous release
+    res = invoke("status", home=seeded)
+    assert res.exit_code == 1
+    assert "older than" in res.stderr and "(`upgrader db upgrade` migrates it)" in res.stderr  # the CLI's words
+    assert invoke("db", "upgrade", home=seeded).exit_code == 0
+    assert invoke("status", "--json", home=seeded).exit_code == 0
+
+
 def test_unknown_generation_is_an_error(invoke, seeded: Path) -> None:
     res = invoke("verify", "no-such-gen", home=seeded)
     assert res.exit_code == 1
