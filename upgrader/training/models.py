@@ -266,8 +266,3 @@ def build_model(
 def rebuild_model(arch: str, kwargs: dict[str, Any]) -> Encoder:
     """Rebuild an encoder from ``model.arch`` and ``model.arch_kwargs`` (checkpoint round-trip)."""
     return build_model(arch, **kwargs)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
