@@ -52,8 +52,25 @@ SUBJECT_WORDS: dict[str, str] = {
 REGISTRY_SUBJECTS: dict[type[RegistryError], str] = {WorkspaceNotFound: "workspace", SchemaOutOfDate: "schema"}
 
 
+#: Refusals that name their check (``reason``, e.g. the training plan's), said whole in the CLI's
+#: words; ``{field}`` takes the refusal's ``details``.
+REASON_WORDS: dict[str, str] = {
+    "epochs": "--epochs must be at least 1",
+    "initial-with-parent": "an initial generation has no parent; use `upgrader train --finetune` to start from one",
+    "finetune-arch": "fine-tuning keeps the architecture ({parent_arch}); use `upgrader replace --arch {arch}` to change it",
+    "replacement-arch": "a replacement needs --arch (the new architecture)",
+    "init-weights": "--init-weights {init_weights}: no such file",
+    "name-taken": "a generation named {name!r} exists already; pass another --name",
+    "folder-exists": "{folder} exists already; remove it or pass another --name",
+}
+
+
 def cli_message(exc: Exception) -> str:
-    """``exc``'s message, plus the CLI's own words for its subject (a flag or a command) when it has one."""
+    """``exc``'s message in the CLI's words: the whole sentence for a refusal with a known ``reason``,
+    else the message plus the flag or command for its ``subject`` when it has one."""
+    wording = REASON_WORDS.get(getattr(exc, "reason", None) or "")
+    if wording is not None:
+        return wording.format(**getattr(exc, "details", {}))
     subject = getattr(exc, "subject", None) or REGISTRY_SUBJECTS.get(type(exc))
     words = SUBJECT_WORDS.get(subject or "")
     return f"{exc} ({words})" if words else str(exc)

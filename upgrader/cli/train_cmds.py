@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, workspace
-from upgrader.core.errors import InvalidRequest
 from upgrader.core.formatting import pct
 from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
-from upgrader.services.training_plan import RequestRefused, TrainRequest
+from upgrader.services.training_plan import TrainRequest
 
 if TYPE_CHECKING:
     from upgrader.services.workspace import Workspace
@@ -43,42 +42,24 @@ LR = Annotated[float, typer.Option(help="Peak SGD learning rate (cosine schedule
 Seed = Annotated[int | None, typer.Option(help="Training seed (default: the workspace's).")]
 
 
-#: The training plan's refusals in this CLI's words: the flag that sets what was refused.
-FLAG_WORDING: dict[str, str] = {
-    "epochs": "--epochs must be at least 1",
-    "initial-with-parent": "an initial generation has no parent; use `upgrader train --finetune` to start from one",
-    "finetune-arch": "fine-tuning keeps the architecture ({parent_arch}); use `upgrader replace --arch {arch}` to change it",
-    "replacement-arch": "a replacement needs --arch (the new architecture)",
-    "init-weights": "--init-weights {init_weights}: no such file",
-    "name-taken": "a generation named {name!r} exists already; pass another --name",
-    "folder-exists": "{folder} exists already; remove it or pass another --name",
-}
-
-
 def run_training(ws: Workspace, req: TrainRequest, *, quiet: bool = False) -> TrainOutcome:
     """Train with a live progress bar (epoch, loss, accuracy) on stderr.
 
     Raises:
-        InvalidRequest: the request was refused; the message names the flag to change.
+        InvalidRequest: the request was refused (the CLI words it with the flag to change).
     """
     from upgrader.training.pipeline import train_and_register
 
-    try:
-        if quiet:
-            return train_and_register(ws, req)
-        with progress_bar() as bar:
-            task = bar.add_task(f"training {req.kind}", total=None, info="")
+    if quiet:
+        return train_and_register(ws, req)
+    with progress_bar() as bar:
+        task = bar.add_task(f"training {req.kind}", total=None, info="")
 
-            def on_step(p) -> None:  # TrainProgress
-                bar.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step,
-                           info=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} acc {100 * p.accuracy:.1f}%")
+        def on_step(p) -> None:  # TrainProgress
+            bar.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step,
+                       info=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} acc {100 * p.accuracy:.1f}%")
 
-            return train_and_register(ws, req, progress=on_step)
-    except RequestRefused as exc:
-        wording = FLAG_WORDING.get(exc.reason)
-        if wording is None:
-            raise
-        raise InvalidRequest(wording.format(**exc.details)) from None
+        return train_and_register(ws, req, progress=on_step)
 
 
 def _report(out: TrainOutcome, json_out: bool) -> None:
