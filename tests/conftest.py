@@ -1,6 +1,7 @@
 """Fixtures shared by the training and runtime tests: a small Fashion-MNIST case trained once per session.
 
 At the top of tests/ because tests/training and tests/runtime both use the one trained generation.
+torch is imported where a fixture needs it, so a run of the torch-free tests never loads it.
 """
 
 from __future__ import annotations
@@ -8,17 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 
 from upgrader.data.dataset import ImageDataset, probe_splits, split_per_class
 from upgrader.data.readers import load_dataset
-from upgrader.training.models import Encoder
-from upgrader.training.checkpoint import save_checkpoint
-from upgrader.training.config import TrainConfig
-from upgrader.training.loop import TrainResult, train_generation
+
+if TYPE_CHECKING:
+    from upgrader.training.loop import TrainResult
+    from upgrader.training.models import Encoder
 
 # the first generation's classes: visually distinct, so 2-3 CPU epochs separate them well
 FIRST_CLASSES = ["T-shirt/top", "Trouser", "Bag", "Sneaker", "Dress"]
@@ -36,6 +37,8 @@ def template_top1(q_feats: np.ndarray, q_labels: np.ndarray, g_feats: np.ndarray
 
 def embed_torch(model: Encoder, images: np.ndarray) -> np.ndarray:
     """L2-normalised PyTorch features of uint8 NHWC images."""
+    import torch
+
     return model.eval().embed(torch.from_numpy(images)).numpy()
 
 
@@ -69,6 +72,10 @@ def fashion() -> FashionCase:
 
 @pytest.fixture(scope="session")
 def first_generation(fashion: FashionCase, tmp_path_factory: pytest.TempPathFactory) -> FirstGeneration:
+    from upgrader.training.checkpoint import save_checkpoint
+    from upgrader.training.config import TrainConfig
+    from upgrader.training.loop import train_generation
+
     data = split_per_class(fashion.train.select(FIRST_CLASSES), 300, seed=1)[0]
     result = train_generation(
         TrainConfig(epochs=3, seed=0), (data.images, data.vertices(fashion.label_map)), num_classes=INTERFACE_K
