@@ -192,8 +192,8 @@ def test_the_matrix_table_colours_a_cell_by_the_gates_verdict(seeded: Path) -> N
     finally:
         ws.close()
     # Column 1 is gallery gen g1; row 1 is query gen g2. Before, any M(2,1) > M(1,1) was green.
-    assert list(render_matrix(plain).columns[1].cells)[1].startswith("[green]")
-    assert list(render_matrix(strict).columns[1].cells)[1].startswith("[red]")
+    assert list(render_matrix(plain).columns[1].cells)[1].spans[0].style == "green"
+    assert list(render_matrix(strict).columns[1].cells)[1].spans[0].style == "red"
 
 
 def test_a_forced_move_without_a_reason_is_refused_in_domain_words_below_the_cli(seeded: Path) -> None:

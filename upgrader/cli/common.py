@@ -12,6 +12,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from registry.errors import RegistryError, SchemaOutOfDate, WorkspaceNotFound
@@ -29,8 +31,10 @@ HomeOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
-console = Console()
-err_console = Console(stderr=True)
+#: Markup is off: whatever a command prints is shown literally (names, ids and reasons are the user's
+#: text, and ``[/]evil`` must print as typed). Styling goes through :func:`styled`.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,6 +69,15 @@ REASON_WORDS: dict[str, str] = {
 }
 
 
+def styled(template: str, *values: object) -> Text:
+    """Rich text from a markup ``template`` whose ``{}`` fields take ``values`` literally.
+
+    The template is the CLI's own words and may style them (``"[green]ok[/] {}"``); each value is
+    escaped before it is put in, so a user's ``[/]x`` is printed as typed and never read as markup.
+    """
+    return Text.from_markup(template.format(*(escape(str(v)) for v in values)))
+
+
 def cli_message(exc: Exception) -> str:
     """``exc``'s message in the CLI's words: the whole sentence for a refusal with a known ``reason``,
     else the message plus the flag or command for its ``subject`` when it has one."""
@@ -84,13 +97,13 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except GateRefused as exc:
-            err_console.print(f"[bold red]refused:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(styled("[bold red]refused:[/] {}", exc), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_GATE) from None
         except InvalidRequest as exc:
-            err_console.print(f"[bold red]error:[/] {cli_message(exc)}", highlight=False, soft_wrap=True)
+            err_console.print(styled("[bold red]error:[/] {}", cli_message(exc)), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except (UpgraderError, RegistryError) as exc:
-            err_console.print(f"[bold red]error:[/] {cli_message(exc)}", highlight=False, soft_wrap=True)
+            err_console.print(styled("[bold red]error:[/] {}", cli_message(exc)), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
@@ -114,10 +127,10 @@ def print_json(obj: Any) -> None:
 def progress_bar(transient: bool = False) -> Progress:
     """The progress bar long commands share (stderr, so --json stdout stays clean)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json
+from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, styled
 from upgrader.core.formatting import pct
 
 
@@ -47,15 +47,15 @@ def demo(
             t.add_column(col)
         for s in sc.steps:
             comp = ", ".join(f"g{g}:{n}" for g, n in sorted(s.gallery_by_generation.items()))
-            t.add_row(str(s.step), s.generation_name, "[green]passed[/]" if s.gate_passed else "[red]refused[/]",
+            t.add_row(str(s.step), s.generation_name, styled("[green]passed[/]" if s.gate_passed else "[red]refused[/]"),
                       pct(s.self_test), f"{s.gallery_items} ({comp})", pct(s.mixed_accuracy), pct(s.reindex_accuracy),
                       f"{s.train_seconds:.0f}")
         console.print(t)
         console.print(f"AC = {sc.ac:.3f}, AM = {100 * sc.am:.2f} over {len(sc.generation_ids)} generations; "
                       f"no gallery item was re-embedded.")
         verdict = "[green]refused[/]" if result.baseline_refused else "[red]NOT refused[/]"
-        console.print(f"baseline {result.baseline_generation} (er): gate {verdict}; production stays "
-                      f"{result.production_after_baseline}")
+        console.print(styled("baseline {} (er): gate " + verdict + "; production stays {}",
+                             result.baseline_generation, result.production_after_baseline))
         for line in result.baseline_reasons[:4]:
             console.print(f"  - {line}")
         console.print(f"demo finished in {result.seconds:.0f}s; workspace at {result.home} "

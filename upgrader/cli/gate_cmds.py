@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from registry import AliasMove
 
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, usage_error, workspace
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, styled, usage_error, workspace
 from upgrader.compat.gate import GateConfig
 from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC
 from upgrader.compat.verdict import GateVerdict
@@ -33,11 +34,10 @@ ForcePromote = Annotated[bool, typer.Option("--force", help="Promote even if the
 ForceRollback = Annotated[bool, typer.Option("--force", help="Roll back even if the gate refuses (needs --reason).")]
 
 
-def _move_line(move: AliasMove, names: dict[int, str]) -> str:
+def _move_line(move: AliasMove, names: dict[int, str]) -> Text:
     """'FORCED from -> to' as the promote and rollback commands print it."""
-    forced = "[bold red]FORCED[/] " if move.forced else ""
     before = names.get(move.from_gen, "-") if move.from_gen else "-"
-    return f"{forced}{before} -> [bold]{names[move.to_gen]}[/]"
+    return styled(("[bold red]FORCED[/] " if move.forced else "") + "{} -> [bold]{}[/]", before, names[move.to_gen])
 
 
 def register(app: typer.Typer) -> None:
@@ -58,14 +58,14 @@ def _config(
         raise typer.BadParameter(str(exc)) from None
 
 
-def _mixed_line(mixed: dict[str, Any] | None) -> str | None:
+def _mixed_line(mixed: dict[str, Any] | None) -> Text | None:
     """The mixed-gallery estimate of a report dict as one printed line (None when the gate made none)."""
     if not mixed:
         return None
     diff = 100 * (mixed["mixed"] - mixed["reindex"])
     colour = "green" if diff >= 0 else "yellow"
-    return (f"mixed gallery estimate (template top-1): {pct(mixed['mixed'])}% vs {pct(mixed['reindex'])}% "
-            f"after a re-index, [{colour}]{diff:+.1f} points[/] over {mixed['classes']} classes")
+    return styled(f"mixed gallery estimate (template top-1): {{}}% vs {{}}% after a re-index, [{colour}]{{}} points[/] "
+                  "over {} classes", pct(mixed["mixed"]), pct(mixed["reindex"]), f"{diff:+.1f}", mixed["classes"])
 
 
 def _force_needs_reason(force: bool, reason: str) -> None:
@@ -75,8 +75,8 @@ def _force_needs_reason(force: bool, reason: str) -> None:
 
 
 def _checks_table(verdict: GateVerdict, names: dict[int, str]) -> Table:
-    t = Table(title=f"gate ({verdict.kind}) for {names.get(verdict.candidate, verdict.candidate)}: "
-                    + ("[green]PASSED[/]" if verdict.passed else "[red]REFUSED[/]"))
+    t = Table(title=styled("gate ({}) for {}: " + ("[green]PASSED[/]" if verdict.passed else "[red]REFUSED[/]"),
+                           verdict.kind, names.get(verdict.candidate, verdict.candidate)))
     for col in ("check", "queries", "gallery", verdict.primary_metric, "threshold", "result"):
         t.add_column(col)
     for c in verdict.checks:
@@ -84,7 +84,7 @@ def _checks_table(verdict: GateVerdict, names: dict[int, str]) -> Table:
         kind = "mixed (template top-1)" if c.kind == "mixed" and verdict.primary_metric != "template_top1" else c.kind
         gallery_cell = "mixed" if c.kind == "mixed" else names.get(c.gallery_gen, str(c.gallery_gen))
         t.add_row(kind, names.get(c.query_gen, str(c.query_gen)), gallery_cell,
-                  pct(c.value), f"{c.comparison} {pct(c.threshold)}", "[green]ok[/]" if c.passed else "[red]FAIL[/]")
+                  pct(c.value), f"{c.comparison} {pct(c.threshold)}", styled("[green]ok[/]" if c.passed else "[red]FAIL[/]"))
     return t
 
 
@@ -111,10 +111,10 @@ def verify(
         console.print(_checks_table(run.verdict, names))
         if run.verdict.mixed is not None:
             console.print(_mixed_line(run.verdict.mixed.to_dict()))
-            console.print(f"  [dim]{run.verdict.mixed.ownership()}[/]")
+            console.print(styled("  [dim]{}[/]", run.verdict.mixed.ownership()))
         for line in run.verdict.reasons:
-            console.print(f"  [red]-[/] {line}")
-        console.print(f"report {run.report.id}: {run.generation.name} is now [bold]{run.generation.status}[/]")
+            console.print(styled("  [red]-[/] {}", line))
+        console.print(styled("report {}: {} is now [bold]{}[/]", run.report.id, run.generation.name, run.generation.status))
     if not run.verdict.passed:
         raise typer.Exit(3)
 
@@ -152,8 +152,8 @@ def promote(
                     "report_id": done.report.id if done.report else None})
         return
     m = done.move
-    console.print(f"production: {_move_line(m, names)} "
-                  f"(gate report {m.gate_report_id}{', reused' if done.reused_report else ''}; by {m.actor}: {m.reason})")
+    console.print(Text("production: ") + _move_line(m, names)
+                  + Text(f" (gate report {m.gate_report_id}{', reused' if done.reused_report else ''}; by {m.actor}: {m.reason})"))
     line = _mixed_line(done.report.report.get("mixed")) if done.report else None
     if line:
         console.print(line)
@@ -187,7 +187,7 @@ def rollback(
         print_json({"rolled_back": True, "move": done.move, "forced": done.forced, "report_id": done.report.id if done.report else None})
         return
     m = done.move
-    console.print(f"production rolled back: {_move_line(m, names)} (report {m.gate_report_id})")
+    console.print(Text("production rolled back: ") + _move_line(m, names) + Text(f" (report {m.gate_report_id})"))
 
 
 @handle_errors
@@ -228,15 +228,15 @@ def render_matrix(view: MatrixView) -> Table:
     for g in view.generations:
         t.add_column(str(g.id), justify="right")
     for ti, gt in enumerate(view.generations):
-        cells = []
+        cells: list[str | Text] = []
         for j, _ in enumerate(view.generations):
             v = m[ti, j]
             if j == ti:
-                cells.append(f"[bold]{pct(v)}[/]")
+                cells.append(styled("[bold]{}[/]", pct(v)))
             elif j < ti:
-                cells.append(f"[{'green' if view.passes[ti][j] else 'red'}]{pct(v)}[/]")
+                cells.append(styled("[green]{}[/]" if view.passes[ti][j] else "[red]{}[/]", pct(v)))
             else:
-                cells.append(f"[dim]{pct(v)}[/]")
+                cells.append(styled("[dim]{}[/]", pct(v)))
         star = "*" if gt.id == view.production else ""
         t.add_row(f"{gt.id} {gt.name}{star}", *cells)
     return t

@@ -6,8 +6,9 @@ import os
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
-from upgrader.cli.common import HomeOption, JsonOption, console, err_console, handle_errors, print_json, usage_error
+from upgrader.cli.common import HomeOption, JsonOption, console, err_console, handle_errors, print_json, styled, usage_error
 
 
 def register(app: typer.Typer) -> None:
@@ -60,9 +61,10 @@ def serve(
         if json_out:
             print_json(info)
             return
-        gen = f"[bold]{info['generation']}[/]" if st.serving else "[yellow]nothing (promote a generation)[/]"
-        console.print(f"serving {gen} over {st.gallery_items} gallery items on [bold]{info['url']}[/] "
-                      f"(docs: {info['url']}/docs); watching the production alias every {poll_seconds:g}s")
+        gen = styled("[bold]{}[/]", info["generation"]) if st.serving else styled("[yellow]nothing (promote a generation)[/]")
+        console.print(Text("serving ") + gen + styled(
+            " over {} gallery items on [bold]{}[/] (docs: {}/docs); watching the production alias every {}s",
+            st.gallery_items, info["url"], info["url"], f"{poll_seconds:g}"))
         err_console.print("Ctrl-C to stop", style="dim")
 
     run_server(home, host=host, port=port, settings=settings, allow_remote=allow_remote,

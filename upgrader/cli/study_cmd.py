@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, progress_bar, usage_error
+from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, progress_bar, styled, usage_error
 from upgrader.core.errors import WorkspaceError
 from upgrader.core.vocabulary import METHODS
 
@@ -111,9 +111,9 @@ def study(
     else:
         console.print(render_summary(data))
         for c in data["targets"]:
-            mark = "-" if c["met"] is None else ("[green]met[/]" if c["met"] else "[red]not met[/]")
+            mark = "-" if c["met"] is None else styled("[green]met[/]" if c["met"] else "[red]not met[/]")
             console.print(f"{mark}  {c['target']} ({c['wanted']}): {c['measured']}", highlight=False)
         console.print(f"report: {Path(config.out) / 'report.md'}; figures: {', '.join(data['figures'])}")
     if data["runs_failed"]:
-        err_console.print(f"[bold red]{data['runs_failed']} run(s) failed[/]; see results.json")
+        err_console.print(styled("[bold red]{} run(s) failed[/]; see results.json", data["runs_failed"]))
         raise typer.Exit(1)

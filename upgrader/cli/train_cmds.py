@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, workspace
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, styled, workspace
 from upgrader.core.formatting import pct
 from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
 from upgrader.services.training_plan import TrainRequest
@@ -68,11 +68,12 @@ def _report(out: TrainOutcome, json_out: bool) -> None:
         return
     g = out.generation
     last = out.history[-1] if out.history else {}
-    console.print(
-        f"[green]registered[/] generation [bold]{g.name}[/] (id {g.id}, {g.architecture}/{g.method}, status {g.status}): "
+    console.print(styled(
+        "[green]registered[/] generation [bold]{}[/] ({}): {}",
+        g.name, f"id {g.id}, {g.architecture}/{g.method}, status {g.status}",
         f"{out.seconds:.1f}s at {out.images_per_second:.0f} img/s, final loss {last.get('loss', float('nan')):.3f}, "
-        f"train acc {pct(last.get('accuracy'))}%; ONNX parity cos >= {out.export_parity['min_cosine']:.6f}"
-    )
+        f"train acc {pct(last.get('accuracy'))}%; ONNX parity cos >= {out.export_parity['min_cosine']:.6f}",
+    ))
     console.print(f"next: upgrader verify {g.name}   then   upgrader promote {g.name}")
 
 
@@ -194,4 +195,4 @@ def register_artifact(
     if json_out:
         print_json(gen)
         return
-    console.print(f"[green]registered[/] {gen.name} (id {gen.id}); next: upgrader verify {gen.name}")
+    console.print(styled("[green]registered[/] {} (id {}); next: upgrader verify {}", gen.name, gen.id, gen.name))

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from registry import Registry
 
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, workspace
+from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, styled, workspace
 from upgrader.core.formatting import pct
 from upgrader.services.status import generation_rows, workspace_status
 from upgrader.services.workspace import registry_location
@@ -60,8 +60,9 @@ def init(
     if json_out:
         print_json(st)
         return
-    console.print(f"[green]created[/] workspace at [bold]{st.home}[/] (K={st.num_classes}, dim {st.embedding_dim}, "
-                  f"{st.classes_assigned} classes, probe {st.probe_counts['query']} queries / {st.probe_counts['gallery']} gallery)")
+    console.print(styled("[green]created[/] workspace at [bold]{}[/] ({})", st.home,
+                         f"K={st.num_classes}, dim {st.embedding_dim}, {st.classes_assigned} classes, "
+                         f"probe {st.probe_counts['query']} queries / {st.probe_counts['gallery']} gallery"))
     console.print("next: upgrader train --classes 0-3   (an initial generation)")
 
 
@@ -113,7 +114,7 @@ def generations(home: HomeOption = None, json_out: JsonOption = False) -> None:
         g = r.generation
         t.add_row(
             str(g.id), ("* " if r.is_production else "") + g.name, g.kind, g.architecture, g.method,
-            str(g.parent_id or "-"), f"[{STATUS_STYLE.get(g.status, '')}]{g.status}[/]", pct(r.self_test),
+            str(g.parent_id or "-"), styled(f"[{STATUS_STYLE.get(g.status, '')}]{{}}[/]", g.status), pct(r.self_test),
             str(r.gallery_items), f"{g.created_at:%Y-%m-%d %H:%M}",
         )
     console.print(t)
@@ -137,7 +138,7 @@ def history(home: HomeOption = None, json_out: JsonOption = False) -> None:
     for m in moves:
         t.add_row(
             str(m.id), f"{m.at:%Y-%m-%d %H:%M:%S}", names.get(m.from_gen, "-") if m.from_gen else "-", names.get(m.to_gen, str(m.to_gen)),
-            m.actor, str(m.gate_report_id or "-"), "[bold red]yes[/]" if m.forced else "no", m.reason,
+            m.actor, str(m.gate_report_id or "-"), styled("[bold red]yes[/]") if m.forced else "no", m.reason,
         )
     console.print(t)
 
