@@ -1,0 +1,197 @@
+"""Item-level search on a probe gallery composed like the real one: the number users get.
+
+Pure numpy. A retrieval service answers with the nearest *items* of a gallery whose classes were
+embedded by different generations. This module rebuilds that gallery from the probe set (each probe
+gallery item of a class is taken from the embeddings of a generation that stores that class in the
+real gallery, in proportion to how many real items each stores) and scores probe queries on it:
+Recall@1 and mAP per query, with the score calibration serving applies
+(:mod:`upgrader.compat.score_calibration`) fitted by cross-validation, so no query is scored by a
+calibration fitted on it, and a bootstrap 95% interval over queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from upgrader.compat.metrics import _average_precision
+from upgrader.compat.score_calibration import Calibration, fit_calibration
+
+#: Gallery generation marker of a probe gallery item left out of the composed gallery.
+LEFT_OUT = -1
+#: Bootstrap resamples for an interval.
+BOOTSTRAP_SAMPLES = 2000
+
+
+def compose(
+    gallery_labels: np.ndarray | Sequence[int],
+    holders: Mapping[int, Mapping[int, int]],
+    new_classes: Mapping[int, int] | None = None,
+) -> np.ndarray:
+    """Which generation stands in for each probe gallery item.
+
+    Args:
+        gallery_labels: ``[N]`` class vertex of each probe gallery item.
+        holders: class vertex -> {generation: real gallery items of that class it stores}.
+        new_classes: class vertex -> generation, for classes with no real items yet that a generation
+            will write (the candidate's new classes once promoted).
+
+    Returns:
+        int64 ``[N]``: the generation of each item, or :data:`LEFT_OUT` for a class no one stores.
+        Within a class the items are shared out in proportion to the real counts (largest
+        remainder), in item order, so the result is deterministic.
+    """
+    labels = np.asarray(gallery_labels, dtype=np.int64)
+    out = np.full(labels.shape, LEFT_OUT, dtype=np.int64)
+    for v in np.unique(labels):
+        idx = np.flatnonzero(labels == v)
+        counts = {int(g): int(n) for g, n in holders.get(int(v), {}).items() if n > 0}
+        if not counts and new_classes and int(v) in new_classes:
+            counts = {int(new_classes[int(v)]): 1}
+        if not counts:
+            continue
+        total = sum(counts.values())
+        gens = sorted(counts)
+        exact = np.array([len(idx) * counts[g] / total for g in gens])
+        share = np.floor(exact).astype(int)
+        for i in np.argsort(-(exact - share), kind="stable")[: len(idx) - share.sum()]:
+            share[i] += 1
+        out[idx] = np.repeat(np.asarray(gens, dtype=np.int64), share)
+    return out
+
+
+def per_query(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    gallery_gens: np.ndarray,
+    calibration: Calibration | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hit at rank 1 (0/1) and average precision of each query on one gallery: ``([Q], [Q])``.
+
+    Queries whose class has no item in the gallery cannot be scored; leave them out before calling.
+    """
+    scores = np.asarray(queries, dtype=np.float32) @ np.asarray(gallery, dtype=np.float32).T
+    if calibration is not None and not calibration.is_identity:
+        scores = calibration.apply(scores, gallery_gens)
+    relevant = np.asarray(query_labels)[:, None] == np.asarray(gallery_labels)[None, :]
+    top = np.argmax(scores, axis=1)
+    hits = relevant[np.arange(len(top)), top].astype(np.float64)
+    return hits, _average_precision(scores, relevant)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap 95% interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly on one side of 0 (for a difference: the two differ)."""
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+def bootstrap(values: np.ndarray, *, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> Interval:
+    """Mean of ``values`` ``[Q]`` (per query; a paired difference works the same) with a percentile
+    bootstrap 95% interval over queries."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(samples, v.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return Interval(float(v.mean()), float(lo), float(hi))
+
+
+def folds_of(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index of each query, stratified by class (each class spread over the folds)."""
+    labels = np.asarray(labels)
+    out = np.empty(labels.shape, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for v in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == v))
+        out[idx] = np.arange(len(idx)) % folds
+    return out
+
+
+@dataclass(frozen=True)
+class SearchScores:
+    """Per-query results of one search situation (kept for paired comparisons)."""
+
+    hits: np.ndarray  # [Q] 0/1
+    ap: np.ndarray  # [Q]
+    labels: np.ndarray  # [Q] class vertex of each scored query
+
+    def summary(self, seed: int = 0) -> dict[str, object]:
+        """Recall@1 and mAP with their intervals, and how many queries they rest on."""
+        return {"recall_at_1": bootstrap(self.hits, seed=seed).to_dict(),
+                "map": bootstrap(self.ap, seed=seed + 1).to_dict(), "queries": int(self.hits.size)}
+
+
+def cross_validated(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    gallery_gens: np.ndarray,
+    embedded: Mapping[int, np.ndarray],
+    known: Mapping[int, frozenset[int] | None],
+    query_gen: int,
+    *,
+    calibrate: bool = True,
+    folds: int = 5,
+    seed: int = 0,
+    fitter: Callable[..., Calibration] = fit_calibration,
+) -> SearchScores:
+    """Score ``query_gen``'s queries on a composed gallery, calibration fitted on the other folds.
+
+    Args:
+        queries: ``[Q, D]`` probe queries embedded by ``query_gen``; query_labels ``[Q]``.
+        gallery_labels: ``[N]`` class of each probe gallery item; gallery_gens ``[N]`` from :func:`compose`.
+        embedded: generation -> its embeddings of the whole probe gallery ``[N, D]`` (same item order).
+        known: generation -> the class vertices it was trained on (None: all); the calibration of a
+            generation is fitted on those classes only (it has no useful features for the others).
+        calibrate: False scores raw cosines (what serving did before calibration).
+    """
+    keep = gallery_gens != LEFT_OUT
+    g_labels, g_gens = np.asarray(gallery_labels)[keep], np.asarray(gallery_gens)[keep]
+    gallery = np.empty((int(keep.sum()), np.asarray(queries).shape[1]), dtype=np.float32)
+    for g in np.unique(g_gens):
+        rows = g_gens == g
+        gallery[rows] = np.asarray(embedded[int(g)], dtype=np.float32)[keep][rows]
+    q_labels = np.asarray(query_labels)
+    scored = np.isin(q_labels, g_labels)
+    q, q_labels = np.asarray(queries, dtype=np.float32)[scored], q_labels[scored]
+    hits = np.zeros(len(q)); ap = np.zeros(len(q))
+    if len(q) == 0:
+        return SearchScores(hits, ap, q_labels)
+    fold = folds_of(q_labels, folds, seed) if calibrate else np.zeros(len(q), dtype=np.int64)
+    for f in np.unique(fold):
+        test = fold == f
+        cal = None
+        if calibrate:
+            train = ~test if folds > 1 else test
+            cal = fitter(query_gen, q[train], q_labels[train], _fit_galleries(embedded, known, gallery_labels, g_gens))
+        hits[test], ap[test] = per_query(q[test], q_labels[test], gallery, g_labels, g_gens, cal)
+    return SearchScores(hits, ap, q_labels)
+
+
+def _fit_galleries(
+    embedded: Mapping[int, np.ndarray], known: Mapping[int, frozenset[int] | None],
+    gallery_labels: np.ndarray, gens_present: np.ndarray,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each present generation's whole probe gallery on the classes it knows (the fitting data)."""
+    labels = np.asarray(gallery_labels)
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for g in np.unique(gens_present):
+        classes = known.get(int(g))
+        rows = np.ones(labels.shape, bool) if classes is None else np.isin(labels, list(classes))
+        out[int(g)] = (np.asarray(embedded[int(g)], dtype=np.float32)[rows], labels[rows])
+    return out
