@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-METHOD_COLOURS = {"hoc": "tab:green", "bct": "tab:blue", "ce": "tab:orange", "er": "tab:red"}
+METHOD_COLOURS = {"hoc": "tab:green", "hoc-paper": "tab:olive", "bct": "tab:blue", "ce": "tab:orange", "er": "tab:red"}
 
 
 def _plt() -> Any:

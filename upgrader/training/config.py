@@ -20,7 +20,7 @@ class TrainConfig:
 
     arch: str = "small_cnn"  # a key of upgrader.training.models.ARCHITECTURES
     kind: str = "initial"  # initial | finetune | replacement
-    method: str = "hoc"  # hoc (default) | ce | er | bct
+    method: str = "hoc"  # hoc (default) | hoc-paper | ce | er | bct
     epochs: int = 3  # passes over the new data
     batch_size: int = 128  # global batch (split across ranks under torchrun); half memory when fine-tuning
     lr: float = 0.05  # peak SGD learning rate, cosine-decayed to 0 per step
@@ -29,14 +29,14 @@ class TrainConfig:
     lam: float = 0.1  # lambda: CE weight in lambda*CE + (1-lambda)*HOC
     mu: float = 10.0  # HOC similarity scale
     bct_weight: float = 1.0  # weight of the BCT influence loss
-    # hoc only: weight of the vertex-alignment (stationarity) term added to lambda*CE + (1-lambda)*HOC,
+    # hoc only (hoc-paper never adds it): weight of the vertex-alignment (stationarity) term added to lambda*CE + (1-lambda)*HOC,
     # also for a first generation. 0 gives the loss of docs/design.md §2 exactly. Measured on the study's short
     # scenario (6 seeds, an exploratory GPU sweep): with 5, AC 1.0 on 5 of 6 seeds, AM 82-84 and the
     # mixed gallery 2-8 points (templates) below a re-index; with 0, 10-16 points below and AM 79-80.
     # 20 pulled as hard but, on a 1-epoch first generation (31 steps), overwhelmed the CE (self-test
     # 66% vs 78%) and its fine-tune then failed the gate; 5 did not.
     stationarity: float = 5.0
-    # hoc only: ridge of the closed-form vertex calibration folded into the projection after training
+    # hoc only (not hoc-paper): ridge of the closed-form vertex calibration folded into the projection after training
     # (upgrader/training/calibration.py); None turns it off. Measured offline on the study's stored
     # workspaces (short, 3 seeds; long, 1 seed): the mixed gallery went from 3-9 points below a
     # re-index to within 1 (short) and from 19 to 4 (long), with AC unchanged or better. 0 (plain

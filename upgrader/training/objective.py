@@ -1,4 +1,4 @@
-"""What a training step minimises: the method's loss (hoc, ce, er, bct) over the lineage's classes,
+"""What a training step minimises: the method's loss (hoc, hoc-paper, ce, er, bct) over the lineage's classes,
 with the frozen anchor and the masks it needs."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from upgrader.core.vocabulary import ANCHORED_METHODS, HOC_METHODS
 from upgrader.training.anchor import influence_loss, known_vertices, load_anchor
 from upgrader.training.checkpoint import CheckpointPath
 from upgrader.training.config import TrainConfig
@@ -30,7 +31,7 @@ class Objective:
 
     def loss(self, feats: torch.Tensor, logits: torch.Tensor, old_feats: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         """The method's loss for raw features [B, K-1], masked logits [B, K] and the anchor's features."""
-        if self.config.method == "hoc":
+        if self.config.method in HOC_METHODS:  # hoc-paper: lambda*CE + (1-lambda)*HOC, nothing else
             old = None if old_feats is None else old_feats.float()
             loss = self.compat(logits, feats, old, labels, self.anchor_knows[labels])
             if self.align is not None:
@@ -66,7 +67,7 @@ def build_objective(
     device = images.device
     anchor: Encoder | None = None
     anchor_meta: dict[str, Any] = {}
-    if config.method in ("hoc", "bct") and anchor_checkpoint is not None:
+    if config.method in ANCHORED_METHODS and anchor_checkpoint is not None:
         anchor, anchor_meta = load_anchor(anchor_checkpoint, num_classes, images.shape[-1], device, memory_format)
     anchor_knows = known_vertices(anchor_meta, num_classes, device)
     # The softmax ranges over the vertices of the classes the lineage has learnt (this data and the
