@@ -2,6 +2,7 @@
 production gallery, in SQLite or PostgreSQL (SQLAlchemy 2 + numpy; no torch, no upgrader).
 
 Open a workspace with :meth:`Registry.open`; every failure is a :class:`RegistryError` subclass.
+Front ends check a generation name with :func:`generation_name` before making folders for it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from registry.entities import (
     ProbeSet,
 )
 from registry.errors import (
+    AliasTampered,
     BackendError,
     ConstraintViolation,
     DuplicateItem,
@@ -39,14 +41,17 @@ from registry.errors import (
     UnknownGeneration,
     WorkspaceNotFound,
 )
+from registry.validation import GENERATION_NAME_PATTERN, generation_name
 
 __all__ = [
     "EMBEDDING_DTYPES",
+    "GENERATION_NAME_PATTERN",
     "GENERATION_KINDS",
     "GENERATION_STATUSES",
     "PROBE_SPLITS",
     "PRODUCTION",
     "AliasMove",
+    "AliasTampered",
     "BackendError",
     "ConstraintViolation",
     "DuplicateItem",
@@ -70,4 +75,5 @@ __all__ = [
     "UnknownGateReport",
     "UnknownGeneration",
     "WorkspaceNotFound",
+    "generation_name",
 ]

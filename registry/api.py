@@ -9,7 +9,7 @@ call to its store.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -176,20 +176,47 @@ class Registry:
         return self._probes.probe_counts()
 
     def put_probe_embeddings(
-        self, gen_id: int | str, split: str, item_ids: Sequence[int] | np.ndarray, embeddings: np.ndarray
+        self,
+        gen_id: int | str,
+        split: str,
+        item_ids: Sequence[int] | np.ndarray,
+        embeddings: np.ndarray,
+        *,
+        artifact_sha256: str | None = None,
     ) -> None:
-        """Store a generation's float32 embeddings of one probe split, replacing what it had."""
-        self._probes.put_probe_embeddings(gen_id, split, item_ids, embeddings)
+        """Store a generation's float32 embeddings of one probe split, replacing what it had.
+
+        They are bound to ``artifact_sha256`` (``None``: the generation's current artifact).
+        """
+        self._probes.put_probe_embeddings(gen_id, split, item_ids, embeddings, artifact_sha256=artifact_sha256)
 
     def get_probe_embeddings(self, gen_id: int | str, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """A generation's probe embeddings for one split: (int64 item ids, float32 ``[N, D]``)."""
+        """A generation's probe embeddings of its current artifact: (int64 item ids, float32 ``[N, D]``).
+
+        Raises ``ProbeSetError`` when they are missing or stale (of an earlier artifact).
+        """
         return self._probes.get_probe_embeddings(gen_id, split)
+
+    def has_probe_embeddings(self, gen_id: int | str) -> bool:
+        """Whether both splits are embedded by the current artifact, one row per probe item."""
+        return self._probes.has_probe_embeddings(gen_id)
 
     # Generations: registry.stores.generations.
 
-    def add_generation(self, new: NewGeneration) -> Generation:
-        """Register a generation (status ``candidate``) trained for the workspace's K."""
-        return self._generations.add_generation(new)
+    def add_generation(
+        self,
+        new: NewGeneration,
+        *,
+        probe_embeddings: Mapping[str, tuple[Sequence[int] | np.ndarray, np.ndarray]] | None = None,
+    ) -> Generation:
+        """Register a generation (status ``candidate``), with its probe embeddings in the same transaction.
+
+        ``probe_embeddings`` (``{split: (item ids, embeddings)}``) are bound to ``new.onnx_sha256``;
+        if any split is refused, nothing is written. Names follow
+        :func:`registry.validation.generation_name`.
+        """
+        write = None if probe_embeddings is None else self._probes.writer(probe_embeddings, new.onnx_sha256)
+        return self._generations.add_generation(new, then=write)
 
     def get_generation(self, ref: int | str) -> Generation:
         """A generation by id, numeric string, name or alias name (``"production"``)."""
@@ -204,19 +231,40 @@ class Registry:
         return self._generations.set_status(gen_id, status)
 
     def update_artifact(
-        self, gen_id: int | str, onnx_path: str, onnx_sha256: str, onnx_metadata: dict[str, str]
+        self,
+        gen_id: int | str,
+        onnx_path: str,
+        onnx_sha256: str,
+        onnx_metadata: dict[str, str],
+        *,
+        checkpoint_sha256: str | None = None,
     ) -> Generation:
-        """Point a generation at a new ONNX artifact; reports about the old one stop counting."""
-        return self._generations.update_artifact(gen_id, onnx_path, onnx_sha256, onnx_metadata)
+        """Point a generation at a new ONNX artifact (refused for production's holder).
+
+        Its probe embeddings and evaluations go, its status returns to ``candidate`` (unless
+        retired), and reports about the old artifact stop counting. ``checkpoint_sha256=None``
+        keeps the recorded checkpoint checksum.
+        """
+        return self._generations.update_artifact(
+            gen_id, onnx_path, onnx_sha256, onnx_metadata, checkpoint_sha256=checkpoint_sha256
+        )
+
+    def remove_generation(self, ref: int | str) -> tuple[Generation, bool]:
+        """Delete a never-served generation with what describes it, or retire one the history names.
+
+        Returns (the generation, deleted?); the checks are on
+        :meth:`registry.stores.generations.GenerationStore.remove_generation`.
+        """
+        return self._generations.remove_generation(ref)
 
     # Evaluations and gate reports: registry.stores.reports.
 
     def record_evaluations(self, items: Iterable[tuple[int, int, dict[str, float]]]) -> list[Evaluation]:
-        """Store metrics per (query generation, gallery generation); a known pair is replaced."""
+        """Store metrics per (query gen, gallery gen) with both current artifact shas; a pair is replaced."""
         return self._reports.record_evaluations(items)
 
     def evaluations(self, gen_ids: Iterable[int] | None = None) -> list[Evaluation]:
-        """Stored evaluations by (query_gen, gallery_gen), optionally among ``gen_ids`` only."""
+        """Evaluations of both generations' current artifacts by (query_gen, gallery_gen), optionally among ``gen_ids``."""
         return self._reports.evaluations(gen_ids)
 
     def add_gate_report(
@@ -236,8 +284,13 @@ class Registry:
     # Aliases: registry.stores.aliases.
 
     def get_alias(self, alias: str = PRODUCTION) -> int | None:
-        """The generation id an alias points at, or ``None`` if it was never set."""
+        """The generation id an alias points at, or ``None`` if never set; ``AliasTampered`` if it
+        disagrees with its history."""
         return self._aliases.get_alias(alias)
+
+    def check_alias(self, alias: str = PRODUCTION) -> None:
+        """Raise ``AliasTampered`` unless the alias agrees with the last move of its history."""
+        self._aliases.check_alias(alias)
 
     def move_alias(
         self,
@@ -248,14 +301,15 @@ class Registry:
         gate_report_id: int | None = None,
         forced: bool = False,
         alias: str = PRODUCTION,
+        kind: str = "promote",
     ) -> AliasMove:
-        """Point an alias at a generation on a passing gate report (or forced, with a reason).
+        """Point an alias at a generation on a passing gate report of ``kind`` (or forced, with a reason).
 
         The move is recorded in the alias's append-only history; see
         :meth:`registry.stores.aliases.AliasStore.move_alias` for the checks.
         """
         return self._aliases.move_alias(
-            to_gen, actor=actor, reason=reason, gate_report_id=gate_report_id, forced=forced, alias=alias
+            to_gen, actor=actor, reason=reason, gate_report_id=gate_report_id, forced=forced, alias=alias, kind=kind
         )
 
     def alias_history(self, alias: str = PRODUCTION) -> list[AliasMove]:
@@ -287,9 +341,16 @@ class Registry:
         """The gallery (or the rows after a cursor, or of some generations) as a float32 matrix."""
         return self._gallery.load_gallery(after_row_id=after_row_id, generation_ids=generation_ids)
 
-    def delete_gallery_items(self, external_ids: Iterable[str]) -> int:
-        """Delete gallery items by external id (unknown ids are ignored); returns how many went."""
-        return self._gallery.delete_gallery_items(external_ids)
+    def existing_external_ids(self, ids: Iterable[str]) -> set[str]:
+        """Which of these external ids are already in the gallery."""
+        return self._gallery.existing_external_ids(ids)
+
+    def delete_gallery_items(
+        self, external_ids: Iterable[str] | None = None, *, generation: int | str | None = None
+    ) -> int:
+        """Delete gallery items by external id (unknown ids ignored) or every item of one generation
+        (exactly one of the two); returns how many went."""
+        return self._gallery.delete_gallery_items(external_ids, generation=generation)
 
     def live_generations(self) -> list[int]:
         """Ids of the generations that have embeddings in the gallery, ascending."""

@@ -9,7 +9,9 @@ from typing import Any, Literal
 import numpy as np
 
 #: Lifecycle of a generation. ``production`` is held by at most one generation at a time, and only
-#: the ``production`` alias moves it (see :meth:`registry.Registry.move_alias`).
+#: the ``production`` alias moves it (see :meth:`registry.Registry.move_alias`). A new artifact sends a
+#: generation back to ``candidate``; ``retired`` is what removing one the alias history names leaves,
+#: and only a forced move brings a retired generation back.
 GenerationStatus = Literal["candidate", "verified", "rejected", "production", "retired"]
 GENERATION_STATUSES: tuple[str, ...] = ("candidate", "verified", "rejected", "production", "retired")
 
@@ -77,6 +79,7 @@ class NewGeneration:
     onnx_metadata: dict[str, str] = field(default_factory=dict)  # the artifact's metadata_props
     checkpoint_path: str | None = None  # PyTorch state-dict checkpoint, for fine-tuning later
     metrics: dict[str, Any] = field(default_factory=dict)  # training metrics (loss, accuracy, time)
+    checkpoint_sha256: str | None = None  # hex sha256 of the checkpoint's bytes, when there is one
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Generation:
     status: str
     created_at: datetime
     metrics: dict[str, Any]
+    checkpoint_sha256: str | None = None  # sha256 of the checkpoint, recorded with it (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,8 @@ class Evaluation:
     gallery_gen: int
     metrics: dict[str, float]  # e.g. {"template_top1": .., "recall_at_1": .., "map": ..}
     created_at: datetime
+    query_sha256: str = ""  # the query generation's artifact the metrics were computed with
+    gallery_sha256: str = ""  # the gallery generation's artifact
 
 
 @dataclass(frozen=True)

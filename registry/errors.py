@@ -63,3 +63,8 @@ class ConstraintViolation(RegistryError):
 
 class UnknownGateReport(RegistryError):
     """No gate report has the id given."""
+
+
+class AliasTampered(RegistryError):
+    """An alias disagrees with the last move of its append-only history: the database was edited
+    outside the registry. Nothing serves or moves the alias until the two agree again."""

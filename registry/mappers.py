@@ -47,6 +47,7 @@ def to_generation(row: GenerationRow) -> Generation:
         status=row.status,
         created_at=row.created_at,
         metrics=dict(row.metrics or {}),
+        checkpoint_sha256=row.checkpoint_sha256,
     )
 
 
@@ -58,6 +59,8 @@ def to_evaluation(row: EvaluationRow) -> Evaluation:
         gallery_gen=row.gallery_gen,
         metrics=dict(row.metrics or {}),
         created_at=row.created_at,
+        query_sha256=row.query_sha256,
+        gallery_sha256=row.gallery_sha256,
     )
 
 

@@ -146,23 +146,33 @@ class GenerationRow(Base):
     onnx_sha256: Mapped[str] = mapped_column(String(64))
     onnx_metadata: Mapped[dict[str, Any]]
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     metrics: Mapped[dict[str, Any]]
 
 
 class ProbeEmbeddingRow(Base):
-    """One probe item embedded by one generation (float32 blob)."""
+    """One probe item embedded by one generation (float32 blob), with the artifact that embedded it.
+
+    Why the sha: a re-exported generation has a new artifact, and embeddings of the old one must not
+    feed the gate; rows whose ``artifact_sha256`` is not the generation's current one are stale.
+    """
 
     __tablename__ = "probe_embeddings"
 
     generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id"), primary_key=True)
     probe_item_id: Mapped[int] = mapped_column(ForeignKey("probe_items.id"), primary_key=True)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class EvaluationRow(Base):
-    """Metrics of query generation x gallery generation; one row per pair (upserted)."""
+    """Metrics of query generation x gallery generation; one row per pair (upserted).
+
+    The two artifact shas say which artifacts the metrics were computed with; a row whose shas are
+    not both generations' current ones is stale and not read.
+    """
 
     __tablename__ = "evaluations"
     __table_args__ = (UniqueConstraint("query_gen", "gallery_gen", name="uq_evaluations_pair"),)
@@ -170,6 +180,8 @@ class EvaluationRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     query_gen: Mapped[int] = mapped_column(ForeignKey("generations.id"))
     gallery_gen: Mapped[int] = mapped_column(ForeignKey("generations.id"))
+    query_sha256: Mapped[str] = mapped_column(String(64))
+    gallery_sha256: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -190,7 +202,11 @@ class GateReportRow(Base):
 
 
 class AliasRow(Base):
-    """Where an alias (``production``) points now."""
+    """Where an alias (``production``) points now.
+
+    Database triggers (migration 0004) refuse an update of ``generation_id`` to anything but the
+    ``to_gen`` of the alias's newest history row, and any delete: the row only follows its history.
+    """
 
     __tablename__ = "aliases"
 
@@ -200,7 +216,7 @@ class AliasRow(Base):
 
 
 class AliasHistoryRow(Base):
-    """One move of an alias. Append-only: rows are never updated or deleted."""
+    """One move of an alias. Append-only: database triggers (migration 0004) refuse updates and deletes."""
 
     __tablename__ = "alias_history"
 

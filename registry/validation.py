@@ -8,6 +8,7 @@ words (callers such as a CLI add their own commands and flags).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -120,16 +121,29 @@ def probe_item_ids(item_ids: Sequence[int] | np.ndarray) -> list[int]:
     return ids
 
 
+#: What a generation name must look like. Names become folder names of the workspace, so no path
+#: separator, no leading dot (hidden files, ``..``), no spaces and no markup brackets can appear.
+GENERATION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+_GENERATION_NAME = re.compile(GENERATION_NAME_PATTERN)
+
+
 def generation_name(name: object) -> str:
-    """Check a new generation's name; returns it stripped.
+    """Check a new generation's name; returns it unchanged.
+
+    A name must match :data:`GENERATION_NAME_PATTERN`, ``^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$``:
+    1 to 100 letters, digits, ``.``, ``_`` or ``-``, the first a letter or digit. So it is safe as a
+    folder name inside the workspace (no ``/``, ``\\``, leading ``.``, absolute path, space or
+    ``[``/``]``). It must also not be all digits (it would read as an id) nor ``production``.
 
     Raises:
-        ConstraintViolation: empty, numeric (it would read as an id) or the production alias's name.
+        ConstraintViolation: any other name.
     """
-    key = name.strip() if isinstance(name, str) else ""
-    if not key or key.isdigit() or key == PRODUCTION:
+    key = name if isinstance(name, str) else ""
+    if not _GENERATION_NAME.fullmatch(key) or key.isdigit() or key == PRODUCTION:
         raise ConstraintViolation(
-            f"generation name {name!r} is not allowed: use a non-empty, non-numeric name other than {PRODUCTION!r}"
+            f"generation name {name!r} is not allowed: a name must match {GENERATION_NAME_PATTERN} "
+            f"(letters, digits, '.', '_', '-', starting with a letter or digit, at most 100 characters), "
+            f"be non-numeric and not {PRODUCTION!r}; choose a name like 'g2-finetune'"
         )
     return key
 

@@ -1,20 +1,22 @@
 """Aliases (``production`` above all) and their append-only history of moves.
 
-Only a passing gate report about the target's current artifact moves an alias, unless the move is
-forced with a reason; the history table refuses updates and deletes itself (database triggers).
+Only a passing gate report of the move's kind about the target's current artifact moves an alias,
+unless the move is forced with a reason. Database triggers (migration 0004) refuse updates and
+deletes of the history and an alias row that does not follow it; readers check the two agree
+(:mod:`registry.stores.agreement`).
 """
 
 from __future__ import annotations
 
 import zlib
-from datetime import datetime
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
+from registry import validation
 from registry.db import UnitOfWork
 from registry.entities import PRODUCTION, AliasMove
-from registry.errors import ConstraintViolation, GateNotPassed
+from registry.errors import ConstraintViolation, GateNotPassed, InvalidStatus
 from registry.mappers import to_alias_move
 from registry.schema import (
     AliasHistoryRow,
@@ -23,6 +25,7 @@ from registry.schema import (
     GenerationRow,
     utcnow,
 )
+from registry.stores.agreement import alias_target
 from registry.stores.generations import GenerationStore
 
 
@@ -35,9 +38,21 @@ class AliasStore:
         self._generations = generations
 
     def get_alias(self, alias: str = PRODUCTION) -> int | None:
-        """The generation id an alias points at, or ``None`` if it was never set."""
+        """The generation id an alias points at, or ``None`` if it was never set.
+
+        Raises:
+            AliasTampered: the alias disagrees with the last move of its history.
+        """
         with self._uow.session() as s:
-            return s.execute(select(AliasRow.generation_id).where(AliasRow.name == alias)).scalar_one_or_none()
+            return alias_target(s, alias)
+
+    def check_alias(self, alias: str = PRODUCTION) -> None:
+        """Check an alias agrees with its history (a never-set alias does).
+
+        Raises:
+            AliasTampered: they disagree.
+        """
+        self.get_alias(alias)
 
     def move_alias(
         self,
@@ -48,13 +63,16 @@ class AliasStore:
         gate_report_id: int | None = None,
         forced: bool = False,
         alias: str = PRODUCTION,
+        kind: str = "promote",
     ) -> AliasMove:
         """Point an alias at a generation, recording the move in the append-only history.
 
-        Unless forced, ``gate_report_id`` must name a passed report (kind promote or rollback) about
-        ``to_gen`` whose ``artifact_sha256`` equals the generation's current ``onnx_sha256``. For the
-        ``production`` alias the target becomes ``production`` and the previous holder ``verified``,
-        in the same transaction. Gallery rows are never touched.
+        Unless forced, ``gate_report_id`` must name a passed report of kind ``kind`` about ``to_gen``
+        whose ``artifact_sha256`` equals the generation's current ``onnx_sha256``, and the target must
+        not be retired. For the ``production`` alias the target becomes ``production`` and the
+        previous holder ``verified``, in the same transaction. Gallery rows are never touched. The
+        history row is written before the alias row changes (the database refuses an alias that
+        runs ahead of its history).
 
         Args:
             to_gen: the generation (id, name or alias).
@@ -63,27 +81,37 @@ class AliasStore:
             gate_report_id: the passing gate report that allows the move.
             forced: skip the gate check (an explicit, recorded override).
             alias: the alias to move.
+            kind: the report kind the move needs: ``"promote"`` or ``"rollback"``.
 
         Returns:
             The history entry.
 
         Raises:
-            GateNotPassed: no report, a failing report, a report about another generation or another
-                artifact, or a forced move without a reason.
+            GateNotPassed: no report, a failing report, a report of another kind, about another
+                generation or another artifact, or a forced move without a reason.
+            InvalidStatus: an unforced move to a retired generation.
+            AliasTampered: the alias disagrees with its history (nothing moves until restored).
             UnknownGeneration: no such generation.
-            ConstraintViolation: an empty alias name.
+            ConstraintViolation: an empty alias name or an unknown kind.
         """
+        validation.gate_kind(kind)
         if forced and not (reason or "").strip():
             raise GateNotPassed("a forced alias move needs a reason; say why the gate is overridden")
         if not alias or not alias.strip():
             raise ConstraintViolation("the alias name must be non-empty")
         with self._uow.session(write=True) as s:
             _serialise_movers(s, alias)
+            from_gen = alias_target(s, alias, lock=True)
             gen = self._generations.row(s, to_gen, lock=True)
             report = _named_report(s, gen, gate_report_id)
             if not forced:
-                _check_report(alias, gen, report)
-            from_gen, now = _point(s, alias, gen)
+                if gen.status == "retired":
+                    raise InvalidStatus(
+                        f"generation {gen.name!r} is retired and cannot take {alias!r}; force the move "
+                        f"with a reason to bring it back"
+                    )
+                _check_report(alias, gen, report, kind)
+            now = utcnow()
             move = AliasHistoryRow(
                 alias=alias,
                 from_gen=from_gen,
@@ -94,8 +122,7 @@ class AliasStore:
                 reason=reason or "",
                 forced=bool(forced),
             )
-            s.add(move)
-            s.flush()
+            _point(s, alias, gen, move, new_alias=from_gen is None)
             return to_alias_move(move)
 
     def alias_history(self, alias: str = PRODUCTION) -> list[AliasMove]:
@@ -123,17 +150,22 @@ def _named_report(s: Session, gen: GenerationRow, gate_report_id: int | None) ->
     return report
 
 
-def _check_report(alias: str, gen: GenerationRow, report: GateReportRow | None) -> None:
-    """Refuse a gated move unless the report passed and judged exactly this generation's artifact."""
+def _check_report(alias: str, gen: GenerationRow, report: GateReportRow | None, kind: str) -> None:
+    """Refuse a gated move unless the report passed, is of ``kind`` and judged exactly this artifact."""
     if report is None:
         raise GateNotPassed(
-            f"moving {alias!r} to {gen.name!r} needs a passing gate report; run the gate on it "
+            f"moving {alias!r} to {gen.name!r} needs a passing {kind} gate report; run the gate on it "
             f"and pass the report id (or force the move with a reason)"
         )
     if report.generation_id != gen.id:
         raise GateNotPassed(
             f"gate report {report.id} is about generation {report.generation_id}, not "
             f"{gen.name!r} ({gen.id}); run the gate on {gen.name!r}"
+        )
+    if report.kind != kind:
+        raise GateNotPassed(
+            f"gate report {report.id} is a {report.kind} report but this move needs a {kind} report; "
+            f"run the {kind} check on {gen.name!r}"
         )
     if not report.passed:
         raise GateNotPassed(
@@ -147,16 +179,23 @@ def _check_report(alias: str, gen: GenerationRow, report: GateReportRow | None) 
         )
 
 
-def _point(s: Session, alias: str, gen: GenerationRow) -> tuple[int | None, datetime]:
-    """Point the alias row at ``gen``, flipping statuses for production; returns (from_gen, when)."""
-    current = s.execute(select(AliasRow).where(AliasRow.name == alias).with_for_update()).scalar_one_or_none()
-    now = utcnow()
-    from_gen = current.generation_id if current is not None else None
-    if current is None:
-        s.add(AliasRow(name=alias, generation_id=gen.id, updated_at=now))
+def _point(s: Session, alias: str, gen: GenerationRow, move: AliasHistoryRow, *, new_alias: bool) -> None:
+    """Record ``move`` and point the alias row at ``gen``, flipping statuses for production.
+
+    An existing alias gets its history row first, then the row update (the trigger checks the row
+    against the newest history row); a new alias needs its row first (the history references it).
+    """
+    if new_alias:
+        s.add(AliasRow(name=alias, generation_id=gen.id, updated_at=move.at))
+        s.flush()
+        s.add(move)
+        s.flush()
     else:
-        current.generation_id = gen.id
-        current.updated_at = now
+        s.add(move)
+        s.flush()
+        s.execute(
+            update(AliasRow).where(AliasRow.name == alias).values(generation_id=gen.id, updated_at=move.at)
+        )
     if alias == PRODUCTION:
         # At most one generation is "production": whoever held it steps down to "verified".
         s.execute(
@@ -166,4 +205,3 @@ def _point(s: Session, alias: str, gen: GenerationRow) -> tuple[int | None, date
         )
         gen.status = "production"
     s.flush()
-    return from_gen, now

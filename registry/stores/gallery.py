@@ -24,7 +24,7 @@ from sqlalchemy import Connection, exc, select
 from registry import validation
 from registry.db import UnitOfWork
 from registry.entities import GalleryMatrix
-from registry.errors import DuplicateItem, EmbeddingError
+from registry.errors import ConstraintViolation, DuplicateItem, EmbeddingError
 from registry.schema import GalleryItemRow, GalleryLabelCountRow
 from registry.stores.generations import GenerationStore
 from registry.stores.interface import InterfaceStore
@@ -85,21 +85,26 @@ class GalleryStore:
                     _insert_items(conn, gen_id, ids, labs, uris, blobs)
                     _add_counts(conn, {(gen_id, lab): c for lab, c in Counter(labs).items()})
         except DuplicateItem as err:
-            taken = self._existing_external_ids(ids)
+            taken = sorted(self.existing_external_ids(ids))
             raise DuplicateItem(
                 f"external ids already in the gallery: {validation.preview(taken)}; "
-                f"delete them first or use new ids"
+                f"delete them first, skip them, or use new ids"
             ) from err
         return n
 
-    def _existing_external_ids(self, ids: Sequence[str]) -> list[str]:
-        found: list[str] = []
+    def existing_external_ids(self, ids: Iterable[str]) -> set[str]:
+        """Which of these external ids are already in the gallery (to skip them when resuming an add).
+
+        The ids are looked up :data:`IN_CHUNK` at a time, so any number can be asked about.
+        """
+        wanted = list(dict.fromkeys(str(x) for x in ids))
+        found: set[str] = set()
         with self._uow.session() as s:
-            for chunk in _chunks(list(ids)):
-                found.extend(
+            for chunk in _chunks(wanted):
+                found.update(
                     s.scalars(select(GalleryItemRow.external_id).where(GalleryItemRow.external_id.in_(chunk))).all()
                 )
-        return sorted(found)
+        return found
 
     def gallery_counts(self) -> dict[int, int]:
         """Number of gallery items per generation id (generations with items only)."""
@@ -167,16 +172,33 @@ class GalleryStore:
             matrix=np.ascontiguousarray(matrix),
         )
 
-    def delete_gallery_items(self, external_ids: Iterable[str]) -> int:
-        """Delete gallery items by external id (unknown ids are ignored).
+    def delete_gallery_items(
+        self, external_ids: Iterable[str] | None = None, *, generation: int | str | None = None
+    ) -> int:
+        """Delete gallery items by external id (unknown ids are ignored), or every item of one generation.
+
+        Exactly one of the two is given. Either way one transaction, with ``gallery_label_counts``
+        brought down by what was actually deleted.
 
         Returns:
             The number of items deleted.
+
+        Raises:
+            ConstraintViolation: both or neither of ``external_ids`` and ``generation``.
+            UnknownGeneration: ``generation`` names no generation.
         """
-        ids = list(dict.fromkeys(str(x) for x in external_ids))
+        if (external_ids is None) == (generation is None):
+            raise ConstraintViolation(
+                "delete gallery items either by external ids or by generation; give exactly one of the two"
+            )
+        ids = [] if external_ids is None else list(dict.fromkeys(str(x) for x in external_ids))
         deleted = 0
         with self._uow.session(write=True) as s:
             conn = s.connection()
+            if generation is not None:
+                gone = _delete_generation_items(conn, self._generations.row(s, generation).id)
+                _add_counts(conn, {key: -n for key, n in gone.items()})
+                return sum(gone.values())
             for chunk in _chunks(ids):
                 gone = _delete_items(conn, chunk)
                 _add_counts(conn, {key: -n for key, n in gone.items()})
@@ -291,6 +313,15 @@ def _delete_items(conn: Connection, external_ids: Sequence[str]) -> dict[tuple[i
     for gen, label in result.fetchall():
         gone[(int(gen), label)] = gone.get((int(gen), label), 0) + 1
     return gone
+
+
+def _delete_generation_items(conn: Connection, generation_id: int) -> dict[tuple[int, str | None], int]:
+    """Delete every gallery row of one generation; returns how many went per (generation id, label)."""
+    result = conn.exec_driver_sql(
+        f"DELETE FROM gallery_items WHERE generation_id = {_param_marker(conn)} RETURNING label", (int(generation_id),)
+    )
+    labels = Counter(label for (label,) in result.fetchall())
+    return {(int(generation_id), label): n for label, n in labels.items()}
 
 
 def _filter_sql(ph: str, after_row_id: int, generation_ids: Sequence[int] | None) -> tuple[str, list[int]]:

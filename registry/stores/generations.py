@@ -1,23 +1,38 @@
-"""Generations: registration, lookup by id / name / alias, status changes and artifact updates."""
+"""Generations: registration, lookup by id / name / alias, status changes, artifact updates, removal."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from registry import validation
 from registry.db import UnitOfWork, json_value
 from registry.entities import PRODUCTION, Generation, NewGeneration
 from registry.errors import (
+    ConstraintViolation,
     DuplicateItem,
     InterfaceError,
     InvalidStatus,
     UnknownGeneration,
 )
 from registry.mappers import to_generation
-from registry.schema import AliasRow, GenerationRow
+from registry.schema import (
+    AliasHistoryRow,
+    EvaluationRow,
+    GalleryItemRow,
+    GalleryLabelCountRow,
+    GateReportRow,
+    GenerationRow,
+    ProbeEmbeddingRow,
+)
+from registry.stores.agreement import alias_target, possible_holders
 from registry.stores.interface import InterfaceStore
+
+#: ``then(session, new_row)``: more writes in a registration's transaction.
+AfterInsert = Callable[[Session, GenerationRow], None]
 
 
 class GenerationStore:
@@ -38,6 +53,7 @@ class GenerationStore:
 
         Raises:
             UnknownGeneration: nothing matches, or ``ref`` is neither an int nor a string.
+            AliasTampered: ``ref`` is an alias that disagrees with its history.
         """
         gid: int | None = None
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
@@ -49,7 +65,7 @@ class GenerationStore:
             else:
                 gid = s.execute(select(GenerationRow.id).where(GenerationRow.name == key)).scalar_one_or_none()
                 if gid is None:
-                    gid = s.execute(select(AliasRow.generation_id).where(AliasRow.name == key)).scalar_one_or_none()
+                    gid = alias_target(s, key)
         else:
             raise UnknownGeneration(f"a generation is named by id, name or alias, got {ref!r}")
         row = None
@@ -62,11 +78,13 @@ class GenerationStore:
             raise UnknownGeneration(f"no generation with id, name or alias {ref!r}; list them to check")
         return row
 
-    def add_generation(self, new: NewGeneration) -> Generation:
+    def add_generation(self, new: NewGeneration, *, then: AfterInsert | None = None) -> Generation:
         """Register a generation (status ``candidate``).
 
         Args:
             new: what the caller supplies; ``num_classes`` must equal the interface's K.
+            then: more writes in the same transaction (the probe embeddings), given the new row; if
+                it raises, the generation is not registered either.
 
         Returns:
             The stored generation.
@@ -75,7 +93,8 @@ class GenerationStore:
             InterfaceError: no interface, or a different K.
             DuplicateItem: the name is taken.
             UnknownGeneration: the parent does not exist.
-            ConstraintViolation: an unknown kind, or a name that is empty, numeric or an alias.
+            ConstraintViolation: an unknown kind, or a name outside
+                :data:`registry.validation.GENERATION_NAME_PATTERN` (or numeric, or an alias).
         """
         name = validation.generation_name(new.name)
         validation.generation_kind(new.kind)
@@ -103,12 +122,15 @@ class GenerationStore:
                 onnx_sha256=new.onnx_sha256,
                 onnx_metadata={str(k): str(v) for k, v in new.onnx_metadata.items()},
                 checkpoint_path=None if new.checkpoint_path is None else str(new.checkpoint_path),
+                checkpoint_sha256=new.checkpoint_sha256,
                 status="candidate",
                 metrics=json_value(dict(new.metrics), "metrics"),
             )
             s.add(row)
             s.flush()
             s.refresh(row)
+            if then is not None:
+                then(s, row)
             return to_generation(row)
 
     def get_generation(self, ref: int | str) -> Generation:
@@ -135,7 +157,7 @@ class GenerationStore:
         validation.settable_status(status)
         with self._uow.session(write=True) as s:
             row = self.row(s, gen_id, lock=True)
-            if _production_holder(s) == row.id:
+            if row.id in possible_holders(s, PRODUCTION):
                 raise InvalidStatus(
                     f"generation {row.name!r} serves production; promote or roll back to another "
                     f"generation before changing its status"
@@ -145,30 +167,113 @@ class GenerationStore:
             return to_generation(row)
 
     def update_artifact(
-        self, gen_id: int | str, onnx_path: str, onnx_sha256: str, onnx_metadata: dict[str, str]
+        self,
+        gen_id: int | str,
+        onnx_path: str,
+        onnx_sha256: str,
+        onnx_metadata: dict[str, str],
+        *,
+        checkpoint_sha256: str | None = None,
     ) -> Generation:
-        """Point a generation at a new ONNX artifact (e.g. a re-export).
+        """Point a generation at a new ONNX artifact (e.g. a re-export) and drop what described the old one.
 
-        Gate reports stay tied to the sha256 they judged, so a report about the old artifact no
-        longer allows a promotion.
+        In one transaction: its probe embeddings and every evaluation it takes part in (as query or
+        gallery generation) are deleted, since they were computed with the old artifact, and its
+        status goes back to ``candidate`` (a retired one stays retired) until the gate judges the new
+        artifact. Gate reports stay: they name the sha256 they judged, so they no longer allow a move.
+
+        Args:
+            checkpoint_sha256: the checkpoint's new checksum; ``None`` keeps the recorded one.
 
         Raises:
             UnknownGeneration: no such generation.
-            InvalidStatus: the generation serves production (its artifact must not change under it).
+            ConstraintViolation: the generation holds production (its artifact must not change under it).
         """
         with self._uow.session(write=True) as s:
             row = self.row(s, gen_id, lock=True)
-            if _production_holder(s) == row.id:
-                raise InvalidStatus(
-                    f"generation {row.name!r} serves production and its artifact cannot change; "
-                    f"register the new artifact as a new generation"
-                )
+            _refuse_if_serving(s, row, "its artifact cannot change")
+            s.execute(delete(ProbeEmbeddingRow).where(ProbeEmbeddingRow.generation_id == row.id))
+            s.execute(delete(EvaluationRow).where(or_(EvaluationRow.query_gen == row.id, EvaluationRow.gallery_gen == row.id)))
             row.onnx_path = str(onnx_path)
             row.onnx_sha256 = onnx_sha256
             row.onnx_metadata = {str(k): str(v) for k, v in onnx_metadata.items()}
+            if checkpoint_sha256 is not None:
+                row.checkpoint_sha256 = checkpoint_sha256
+            if row.status != "retired":
+                row.status = "candidate"
             s.flush()
             return to_generation(row)
 
+    def remove_generation(self, ref: int | str) -> tuple[Generation, bool]:
+        """Delete a generation that never served, or retire one the alias history names.
 
-def _production_holder(s: Session) -> int | None:
-    return s.execute(select(AliasRow.generation_id).where(AliasRow.name == PRODUCTION)).scalar_one_or_none()
+        A generation any alias history row names (moved to or from, or whose gate report a move
+        cites) is set to ``retired``, keeping its history, reports and embeddings. Any other is
+        deleted with its probe embeddings, evaluations (either side) and gate reports, so its name is
+        free again; all in one transaction.
+
+        Returns:
+            (the generation as it was when deleted, or as it is now when retired; whether it was deleted).
+
+        Raises:
+            UnknownGeneration: no such generation.
+            ConstraintViolation: it holds production; or (to delete) it still has gallery items or
+                other generations name it as their parent.
+        """
+        with self._uow.session(write=True) as s:
+            row = self.row(s, ref, lock=True)
+            _refuse_if_serving(s, row, "it cannot be removed")
+            if _in_history(s, row.id):
+                row.status = "retired"
+                s.flush()
+                return to_generation(row), False
+            items = s.execute(
+                select(func.coalesce(func.sum(GalleryLabelCountRow.items), 0)).where(
+                    GalleryLabelCountRow.generation_id == row.id
+                )
+            ).scalar_one()
+            if items or s.execute(select(GalleryItemRow.id).where(GalleryItemRow.generation_id == row.id).limit(1)).first():
+                raise ConstraintViolation(
+                    f"generation {row.name!r} still has {int(items)} gallery items; delete its gallery items "
+                    f"first (every item of generation {row.name!r}), then remove it"
+                )
+            children = s.scalars(select(GenerationRow.name).where(GenerationRow.parent_id == row.id)).all()
+            if children:
+                raise ConstraintViolation(
+                    f"generation {row.name!r} is the parent of {validation.preview(children)}; remove those first"
+                )
+            gone = to_generation(row)
+            for stmt in (
+                delete(ProbeEmbeddingRow).where(ProbeEmbeddingRow.generation_id == row.id),
+                delete(EvaluationRow).where(or_(EvaluationRow.query_gen == row.id, EvaluationRow.gallery_gen == row.id)),
+                delete(GateReportRow).where(GateReportRow.generation_id == row.id),
+                delete(GalleryLabelCountRow).where(GalleryLabelCountRow.generation_id == row.id),
+                delete(GenerationRow).where(GenerationRow.id == row.id),
+            ):
+                s.execute(stmt)
+            return gone, True
+
+
+def _refuse_if_serving(s: Session, row: GenerationRow, what: str) -> None:
+    """Refuse to change a generation the production alias (or its history's last move) names."""
+    if row.id in possible_holders(s, PRODUCTION):
+        raise ConstraintViolation(
+            f"generation {row.name!r} serves production and {what}; roll back or promote another "
+            f"generation first"
+        )
+
+
+def _in_history(s: Session, gen_id: int) -> bool:
+    """Whether any alias history row names the generation or cites one of its gate reports."""
+    named = s.execute(
+        select(AliasHistoryRow.id)
+        .where(
+            or_(
+                AliasHistoryRow.to_gen == gen_id,
+                AliasHistoryRow.from_gen == gen_id,
+                AliasHistoryRow.gate_report_id.in_(select(GateReportRow.id).where(GateReportRow.generation_id == gen_id)),
+            )
+        )
+        .limit(1)
+    ).first()
+    return named is not None

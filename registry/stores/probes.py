@@ -1,11 +1,13 @@
 """The probe set (the very pixels every generation embeds) and each generation's probe embeddings.
 
-Probe embeddings are always float32, whatever the gallery's dtype: they feed the gate's numbers.
+Probe embeddings are always float32, whatever the gallery's dtype: they feed the gate's numbers. Each
+row names the artifact sha256 that computed it; only rows of the generation's current artifact are
+read, so a re-exported generation is re-embedded before the gate judges it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select
@@ -16,7 +18,7 @@ from registry.codec import EmbeddingCodec
 from registry.db import UnitOfWork
 from registry.entities import PROBE_SPLITS, ProbeSet
 from registry.errors import InterfaceError, ProbeSetError
-from registry.schema import ClassRow, ProbeEmbeddingRow, ProbeItemRow, utcnow
+from registry.schema import ClassRow, GenerationRow, ProbeEmbeddingRow, ProbeItemRow, utcnow
 from registry.stores.generations import GenerationStore
 from registry.stores.interface import InterfaceStore
 
@@ -126,50 +128,92 @@ class ProbeStore:
         return {sp: int(counts.get(sp, 0)) for sp in PROBE_SPLITS}
 
     def put_probe_embeddings(
-        self, gen_id: int | str, split: str, item_ids: Sequence[int] | np.ndarray, embeddings: np.ndarray
+        self,
+        gen_id: int | str,
+        split: str,
+        item_ids: Sequence[int] | np.ndarray,
+        embeddings: np.ndarray,
+        *,
+        artifact_sha256: str | None = None,
     ) -> None:
         """Store a generation's embeddings of probe items, replacing what it had for that split.
+
+        Args:
+            artifact_sha256: the artifact that computed them; ``None``: the generation's current one.
 
         Raises:
             UnknownGeneration: no such generation.
             ProbeSetError: ids that are not probe items of that split, or repeated ids.
             EmbeddingError: wrong dimension, non-finite values, or a row count unlike the ids.
         """
-        validation.probe_split(split)
-        ids = validation.probe_item_ids(item_ids)
-        blobs = self._probe_codec().encode(embeddings, rows=len(ids))
+        write = self.writer({split: (item_ids, embeddings)}, artifact_sha256)
         with self._uow.session(write=True) as s:
+            write(s, self._generations.row(s, gen_id))
+
+    def writer(
+        self, splits: Mapping[str, tuple[Sequence[int] | np.ndarray, np.ndarray]], artifact_sha256: str | None = None
+    ) -> Callable[[Session, GenerationRow], None]:
+        """Check probe embeddings of one or more splits now; return the write, to run in a transaction.
+
+        Everything that needs no database (split names, repeated ids, shapes, finite values) is
+        checked before the returned function is; it checks the ids against the probe set and writes.
+
+        Args:
+            splits: ``{split: (item ids, embeddings)}``.
+            artifact_sha256: the artifact that computed them; ``None``: the generation's current one.
+
+        Raises:
+            ProbeSetError, EmbeddingError: as :meth:`put_probe_embeddings` (also from the write).
+        """
+        codec = self._probe_codec()
+        checked: list[tuple[str, list[int], list[bytes]]] = []
+        for split, (item_ids, embeddings) in splits.items():
+            validation.probe_split(split)
+            ids = validation.probe_item_ids(item_ids)
+            checked.append((split, ids, codec.encode(embeddings, rows=len(ids))))
+
+        def write(s: Session, gen: GenerationRow) -> None:
+            sha = gen.onnx_sha256 if artifact_sha256 is None else str(artifact_sha256)
+            for split, ids, blobs in checked:
+                _write_split(s, gen.id, split, ids, blobs, sha)
+
+        return write
+
+    def has_probe_embeddings(self, gen_id: int | str) -> bool:
+        """Whether both splits are embedded by the generation's current artifact, one row per probe item.
+
+        Raises:
+            UnknownGeneration: no such generation (a known one never raises).
+        """
+        with self._uow.session() as s:
             gen = self._generations.row(s, gen_id)
-            in_split = set(s.scalars(select(ProbeItemRow.id).where(ProbeItemRow.split == split)).all())
-            missing = [i for i in ids if i not in in_split]
-            if missing:
-                raise ProbeSetError(
-                    f"ids not in the {split!r} probe split: {validation.preview(missing)}; "
-                    f"use ids from probe_set()"
-                )
-            s.execute(
-                delete(ProbeEmbeddingRow).where(
-                    ProbeEmbeddingRow.generation_id == gen.id,
-                    ProbeEmbeddingRow.probe_item_id.in_(
-                        select(ProbeItemRow.id).where(ProbeItemRow.split == split).scalar_subquery()
-                    ),
+            counts = dict(
+                tuple(r) for r in s.execute(select(ProbeItemRow.split, func.count()).group_by(ProbeItemRow.split))
+            )
+            embedded = dict(
+                tuple(r)
+                for r in s.execute(
+                    select(ProbeItemRow.split, func.count())
+                    .join(ProbeEmbeddingRow, ProbeEmbeddingRow.probe_item_id == ProbeItemRow.id)
+                    .where(
+                        ProbeEmbeddingRow.generation_id == gen.id,
+                        ProbeEmbeddingRow.artifact_sha256 == gen.onnx_sha256,
+                    )
+                    .group_by(ProbeItemRow.split)
                 )
             )
-            if ids:
-                s.connection().execute(
-                    insert(ProbeEmbeddingRow.__table__),
-                    [{"generation_id": gen.id, "probe_item_id": i, "embedding": b} for i, b in zip(ids, blobs)],
-                )
+        return all(counts.get(sp, 0) > 0 and embedded.get(sp, 0) == counts[sp] for sp in PROBE_SPLITS)
 
     def get_probe_embeddings(self, gen_id: int | str, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """A generation's probe embeddings for one split, ascending item id.
+        """A generation's probe embeddings for one split, ascending item id, of its current artifact only.
 
         Returns:
             (int64 ``[N]`` probe item ids, float32 ``[N, D]`` embeddings).
 
         Raises:
             UnknownGeneration: no such generation.
-            ProbeSetError: the generation has not embedded that split.
+            ProbeSetError: no embeddings of that split by the generation's current artifact (none at
+                all, or only stale ones of an earlier artifact).
         """
         validation.probe_split(split)
         codec = self._probe_codec()
@@ -178,12 +222,17 @@ class ProbeStore:
             rows = s.execute(
                 select(ProbeEmbeddingRow.probe_item_id, ProbeEmbeddingRow.embedding)
                 .join(ProbeItemRow, ProbeItemRow.id == ProbeEmbeddingRow.probe_item_id)
-                .where(ProbeEmbeddingRow.generation_id == gen.id, ProbeItemRow.split == split)
+                .where(
+                    ProbeEmbeddingRow.generation_id == gen.id,
+                    ProbeEmbeddingRow.artifact_sha256 == gen.onnx_sha256,
+                    ProbeItemRow.split == split,
+                )
                 .order_by(ProbeEmbeddingRow.probe_item_id)
             ).all()
         if not rows:
             raise ProbeSetError(
-                f"generation {gen.name!r} has no {split!r} probe embeddings; embed the probe set with it first"
+                f"generation {gen.name!r} has no {split!r} probe embeddings of its current artifact "
+                f"{gen.onnx_sha256[:12]}…: they are missing or stale; verify re-embeds the probe set with it"
             )
         ids, blobs = zip(*rows)
         return np.asarray(ids, dtype=np.int64), codec.decode(list(blobs))
@@ -191,6 +240,34 @@ class ProbeStore:
     def _probe_codec(self) -> EmbeddingCodec:
         """The interface's dimension, always float32."""
         return EmbeddingCodec(self._interfaces.codec().dim, "float32")
+
+
+def _write_split(s: Session, gen_id: int, split: str, ids: list[int], blobs: list[bytes], sha: str) -> None:
+    """Replace a generation's embeddings of one split with ``blobs``, stamped with artifact ``sha``.
+
+    Raises:
+        ProbeSetError: an id that is not a probe item of the split.
+    """
+    in_split = set(s.scalars(select(ProbeItemRow.id).where(ProbeItemRow.split == split)).all())
+    missing = [i for i in ids if i not in in_split]
+    if missing:
+        raise ProbeSetError(
+            f"ids not in the {split!r} probe split: {validation.preview(missing)}; use ids from probe_set()"
+        )
+    s.execute(
+        delete(ProbeEmbeddingRow).where(
+            ProbeEmbeddingRow.generation_id == gen_id,
+            ProbeEmbeddingRow.probe_item_id.in_(
+                select(ProbeItemRow.id).where(ProbeItemRow.split == split).scalar_subquery()
+            ),
+        )
+    )
+    if ids:
+        s.connection().execute(
+            insert(ProbeEmbeddingRow.__table__),
+            [{"generation_id": gen_id, "probe_item_id": i, "artifact_sha256": sha, "embedding": b}
+             for i, b in zip(ids, blobs)],
+        )
 
 
 def _check_open_for(s: Session, shape: tuple[int, int, int]) -> None:

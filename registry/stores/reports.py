@@ -1,4 +1,8 @@
-"""Evaluations (query generation x gallery generation metrics) and gate reports."""
+"""Evaluations (query generation x gallery generation metrics) and gate reports.
+
+Both are bound to artifacts: an evaluation names the two artifact sha256s it was computed with and is
+read only while both generations still have them; a gate report names the one artifact it judged.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.orm import aliased
 
 from registry import validation
 from registry.db import UnitOfWork, json_value
@@ -16,8 +21,8 @@ from registry.mappers import to_evaluation, to_gate_report
 from registry.schema import EvaluationRow, GateReportRow, GenerationRow, utcnow
 from registry.stores.generations import GenerationStore
 
-#: ``upsert(query_gen, gallery_gen, metrics, now)``: writes one evaluation pair.
-Upsert = Callable[[int, int, dict[str, Any], datetime], None]
+#: ``upsert(query_gen, gallery_gen, (query_sha256, gallery_sha256), metrics, now)``: writes one pair.
+Upsert = Callable[[int, int, tuple[str, str], dict[str, Any], datetime], None]
 
 
 class ReportStore:
@@ -30,6 +35,9 @@ class ReportStore:
 
     def record_evaluations(self, items: Iterable[tuple[int, int, dict[str, float]]]) -> list[Evaluation]:
         """Store retrieval metrics per (query generation, gallery generation); a pair is replaced.
+
+        Each row is stamped with both generations' current artifact sha256, so it stops counting
+        once either generation gets a new artifact.
 
         Args:
             items: ``(query_gen, gallery_gen, metrics)`` triples.
@@ -44,15 +52,19 @@ class ReportStore:
         out: list[Evaluation] = []
         with self._uow.session(write=True) as s:
             gens = {q for q, _, _ in triples} | {g for _, g, _ in triples}
-            found = set(s.scalars(select(GenerationRow.id).where(GenerationRow.id.in_(gens))).all()) if gens else set()
-            if gens - found:
+            shas: dict[int, str] = (
+                dict(tuple(r) for r in s.execute(select(GenerationRow.id, GenerationRow.onnx_sha256).where(GenerationRow.id.in_(gens))))
+                if gens
+                else {}
+            )
+            if gens - set(shas):
                 raise UnknownGeneration(
-                    f"no generation with id {validation.preview(sorted(gens - found))}; register it first"
+                    f"no generation with id {validation.preview(sorted(gens - set(shas)))}; register it first"
                 )
             upsert = _upsert_factory(s.connection())
             now = utcnow()
             for q, g, metrics in triples:
-                upsert(q, g, metrics, now)
+                upsert(q, g, (shas[q], shas[g]), metrics, now)
             s.flush()
             for q, g, _ in triples:
                 row = s.execute(
@@ -64,12 +76,21 @@ class ReportStore:
         return out
 
     def evaluations(self, gen_ids: Iterable[int] | None = None) -> list[Evaluation]:
-        """Stored evaluations, ordered by (query_gen, gallery_gen).
+        """Stored evaluations of both generations' current artifacts, ordered by (query_gen, gallery_gen).
+
+        Rows computed with an earlier artifact of either generation are stale and left out.
 
         Args:
             gen_ids: keep only pairs whose query *and* gallery generation are among these.
         """
-        stmt = select(EvaluationRow).order_by(EvaluationRow.query_gen, EvaluationRow.gallery_gen)
+        q_gen, g_gen = aliased(GenerationRow), aliased(GenerationRow)
+        stmt = (
+            select(EvaluationRow)
+            .join(q_gen, q_gen.id == EvaluationRow.query_gen)
+            .join(g_gen, g_gen.id == EvaluationRow.gallery_gen)
+            .where(EvaluationRow.query_sha256 == q_gen.onnx_sha256, EvaluationRow.gallery_sha256 == g_gen.onnx_sha256)
+            .order_by(EvaluationRow.query_gen, EvaluationRow.gallery_gen)
+        )
         if gen_ids is not None:
             ids = [int(g) for g in gen_ids]
             stmt = stmt.where(EvaluationRow.query_gen.in_(ids), EvaluationRow.gallery_gen.in_(ids))
@@ -137,13 +158,13 @@ def _upsert_factory(conn: Connection) -> Upsert:
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
 
-        def upsert(q: int, g: int, metrics: dict[str, Any], now: datetime) -> None:
+        def upsert(q: int, g: int, shas: tuple[str, str], metrics: dict[str, Any], now: datetime) -> None:
             stmt = dialect_insert(EvaluationRow.__table__).values(
-                query_gen=q, gallery_gen=g, metrics=metrics, created_at=now
+                query_gen=q, gallery_gen=g, query_sha256=shas[0], gallery_sha256=shas[1], metrics=metrics, created_at=now
             )
             stmt = stmt.on_conflict_do_update(
                 index_elements=["query_gen", "gallery_gen"],
-                set_={"metrics": stmt.excluded.metrics, "created_at": stmt.excluded.created_at},
+                set_={col: stmt.excluded[col] for col in ("query_sha256", "gallery_sha256", "metrics", "created_at")},
             )
             conn.execute(stmt)
 
@@ -151,13 +172,10 @@ def _upsert_factory(conn: Connection) -> Upsert:
 
     table = EvaluationRow.__table__
 
-    def upsert_generic(q: int, g: int, metrics: dict[str, Any], now: datetime) -> None:
-        res = conn.execute(
-            update(table)
-            .where(table.c.query_gen == q, table.c.gallery_gen == g)
-            .values(metrics=metrics, created_at=now)
-        )
+    def upsert_generic(q: int, g: int, shas: tuple[str, str], metrics: dict[str, Any], now: datetime) -> None:
+        values = {"query_sha256": shas[0], "gallery_sha256": shas[1], "metrics": metrics, "created_at": now}
+        res = conn.execute(update(table).where(table.c.query_gen == q, table.c.gallery_gen == g).values(**values))
         if not res.rowcount:
-            conn.execute(insert(table).values(query_gen=q, gallery_gen=g, metrics=metrics, created_at=now))
+            conn.execute(insert(table).values(query_gen=q, gallery_gen=g, **values))
 
     return upsert_generic

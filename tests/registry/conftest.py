@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, exc, inspect, text
 from sqlalchemy.engine import Engine, make_url
 
 from registry import GateReport, Generation, NewGeneration, Registry
@@ -29,6 +30,16 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 #: K of the test workspaces (embedding dim K-1 = 15).
 K = 16
+
+#: The triggers migration 0004 creates on PostgreSQL (the shared schema is rebuilt if one is missing).
+PG_HISTORY_TRIGGERS = (
+    "alias_history_no_update",
+    "alias_history_no_delete",
+    "alias_history_no_truncate",
+    "aliases_no_delete",
+    "aliases_no_truncate",
+    "aliases_follow_history",
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,14 @@ class PgSchema:
             if tables != set(Base.metadata.tables) | {"alembic_version"}:
                 return False
             version = conn.exec_driver_sql(f'SELECT version_num FROM "{self.name}".alembic_version').all()
-        return [v for (v,) in version] == [head_revision()]
+            # A test that dropped or disabled a history trigger must not leave the next one without it.
+            triggers = conn.exec_driver_sql(
+                "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND NOT t.tgisinternal AND t.tgenabled = 'O'",
+                (self.name,),
+            ).all()
+        return [v for (v,) in version] == [head_revision()] and {t for (t,) in triggers} == set(PG_HISTORY_TRIGGERS)
 
     def fresh(self) -> str:
         """Empty (or rebuild) the schema and return its URL."""
@@ -124,8 +142,13 @@ class PgSchema:
             return self.url
         # DELETE beats TRUNCATE on tables this small (TRUNCATE swaps and syncs new files per table).
         with self.admin.connect() as conn, conn.begin():
+            # The history triggers refuse these deletes (as they should); switch them off meanwhile.
+            for table in ("aliases", "alias_history"):
+                conn.exec_driver_sql(f'ALTER TABLE "{self.name}"."{table}" DISABLE TRIGGER USER')
             for table in reversed(Base.metadata.sorted_tables):
                 conn.exec_driver_sql(f'DELETE FROM "{self.name}"."{table.name}"')
+            for table in ("aliases", "alias_history"):
+                conn.exec_driver_sql(f'ALTER TABLE "{self.name}"."{table}" ENABLE TRIGGER USER')
             seqs = conn.exec_driver_sql(
                 "SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = %s",
                 (self.name,),
@@ -221,3 +244,59 @@ def _unit_rows(n: int, dim: int = K - 1, seed: int = 0) -> np.ndarray:
 def unit_rows() -> Callable[..., np.ndarray]:
     """``unit_rows(n, dim=15, seed=0)``: ``n`` random L2-normalised float32 rows."""
     return _unit_rows
+
+
+class RawSql:
+    """Plain SQL on a test database from outside the registry: the ``sqlite3`` module on the file (as
+    the sqlite3 shell would), or a bare SQLAlchemy engine on PostgreSQL. Parameters are ``:name``."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def run(self, sql: str, **params: object) -> list[tuple[object, ...]]:
+        """Run one statement in its own transaction; returns the rows it yields (if any)."""
+        if self.backend.name == "sqlite":
+            con = sqlite3.connect(self.backend.url.removeprefix("sqlite:///"))
+            try:
+                rows = con.execute(sql, params).fetchall()
+                con.commit()
+                return rows
+            finally:
+                con.close()
+        engine = create_engine(self.backend.url)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(sql), params)
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def refused(self, sql: str, **params: object) -> str:
+        """Run a statement the database must refuse; returns the refusal's message."""
+        errors = (sqlite3.IntegrityError,) if self.backend.name == "sqlite" else (exc.IntegrityError,)
+        with pytest.raises(errors) as err:
+            self.run(sql, **params)
+        return str(err.value)
+
+    def drop_trigger(self, name: str, table: str) -> None:
+        """Drop one trigger (what a user with full access to the database could do)."""
+        if self.backend.name == "sqlite":
+            self.run(f"DROP TRIGGER {name}")
+        else:
+            self.run(f"DROP TRIGGER {name} ON {table}")
+
+    def triggers(self) -> set[str]:
+        """Names of the user triggers in the database."""
+        if self.backend.name == "sqlite":
+            return {r[0] for r in self.run("SELECT name FROM sqlite_master WHERE type = 'trigger'")}  # type: ignore[misc]
+        rows = self.run(
+            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace"
+        )
+        return {r[0] for r in rows}  # type: ignore[misc]
+
+
+@pytest.fixture
+def raw_sql(migrated: Backend) -> RawSql:
+    """Plain SQL on the test's database, bypassing the registry."""
+    return RawSql(migrated)

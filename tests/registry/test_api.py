@@ -164,7 +164,7 @@ def test_set_status_and_update_artifact(ready: Registry, make_gen, passing_repor
     ready.move_alias(g1.id, actor="t", reason="r", gate_report_id=passing_report(g1).id)
     with pytest.raises(InvalidStatus, match="serves production"):
         ready.set_status(g1.id, "retired")
-    with pytest.raises(InvalidStatus, match="serves production"):
+    with pytest.raises(ConstraintViolation, match="serves production.*roll back or promote another generation first"):
         ready.update_artifact(g1.id, "/m/new.onnx", "f" * 64, {})
     updated = ready.update_artifact(g2.id, "/m/g2b.onnx", "b" * 64, {"opset": "17"})
     assert (updated.onnx_path, updated.onnx_sha256, updated.onnx_metadata) == ("/m/g2b.onnx", "b" * 64, {"opset": "17"})
@@ -220,7 +220,7 @@ def test_move_alias_flips_statuses_and_records_history(ready: Registry, make_gen
     assert hist[1].at >= hist[0].at and hist[1].at.tzinfo is not None
     # Rollback: a passing report of kind "rollback" for g1's artifact moves production back.
     rb = passing_report(g1, kind="rollback")
-    ready.move_alias(g1.id, actor="carol", reason="rollback", gate_report_id=rb.id)
+    ready.move_alias(g1.id, actor="carol", reason="rollback", gate_report_id=rb.id, kind="rollback")
     assert ready.get_alias() == g1.id
     assert [(m.from_gen, m.to_gen) for m in ready.alias_history()][-1] == (g2.id, g1.id)
 

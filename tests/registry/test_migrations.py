@@ -156,3 +156,53 @@ def test_counts_table_is_filled_from_the_items_already_stored(migrated, ready, m
     assert ready.gallery_label_counts() == before == {
         (g1.id, "a"): 2, (g1.id, None): 1, (g1.id, ""): 1, (g1.id, "b"): 1, (g2.id, "a"): 1, (g2.id, None): 1,
     }
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {c["name"] for c in inspect(conn).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_0004_binds_rows_of_a_0003_registry_to_current_artifacts_and_adds_triggers(
+    migrated, ready, make_gen, passing_report, unit_rows, raw_sql
+) -> None:
+    import numpy as np
+
+    g1, g2 = make_gen("g1"), make_gen("g2", checkpoint_sha256="c" * 64)
+    q = ready.add_probe_items("query", np.zeros((2, 4, 4, 3), np.uint8), ["a", "b"])
+    gl = ready.add_probe_items("gallery", np.zeros((1, 4, 4, 3), np.uint8), ["a"])
+    for seed, gen in enumerate((g1, g2)):
+        ready.put_probe_embeddings(gen.id, "query", q, unit_rows(2, seed=seed))
+        ready.put_probe_embeddings(gen.id, "gallery", gl, unit_rows(1, seed=seed))
+    ready.record_evaluations([(g1.id, g1.id, {"m": 0.5}), (g2.id, g1.id, {"m": 0.6})])
+    ready.move_alias(g1.id, actor="t", reason="first", gate_report_id=passing_report(g1).id)
+
+    assert downgrade(migrated.url, "0003_gallery_label_counts") == "0003_gallery_label_counts"
+    assert "artifact_sha256" not in _columns(migrated.url, "probe_embeddings")
+    assert not {"query_sha256", "gallery_sha256"} & _columns(migrated.url, "evaluations")
+    assert "checkpoint_sha256" not in _columns(migrated.url, "generations")
+    assert raw_sql.triggers() == set()
+    # Rows written while at 0003 (no sha columns) are bound by the upgrade too.
+    raw_sql.run(
+        "INSERT INTO evaluations (query_gen, gallery_gen, metrics, created_at) "
+        "VALUES (:q, :g, '{\"m\": 0.3}', CURRENT_TIMESTAMP)", q=g1.id, g=g2.id,
+    )
+
+    assert upgrade(migrated.url) == head_revision()
+    assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
+    assert _diff(migrated.url) == []
+    with Registry.open(migrated.location) as reg:
+        assert reg.has_probe_embeddings(g1.id) and reg.has_probe_embeddings(g2.id)
+        np.testing.assert_array_equal(reg.get_probe_embeddings(g2.id, "query")[1], unit_rows(2, seed=1))
+        evs = reg.evaluations()
+        assert [(e.query_gen, e.gallery_gen) for e in evs] == [(g1.id, g1.id), (g1.id, g2.id), (g2.id, g1.id)]
+        shas = {g1.id: g1.onnx_sha256, g2.id: g2.onnx_sha256}
+        assert all((e.query_sha256, e.gallery_sha256) == (shas[e.query_gen], shas[e.gallery_gen]) for e in evs)
+        assert reg.get_generation(g2.id).checkpoint_sha256 is None  # dropped by the downgrade: unknown now
+        assert reg.get_alias() == g1.id
+    assert "append-only" in raw_sql.refused("DELETE FROM alias_history")
+    assert "newest alias_history row" in raw_sql.refused("UPDATE aliases SET generation_id = :g", g=g2.id)
