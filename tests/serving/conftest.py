@@ -115,3 +115,76 @@ def loopback_socket() -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.close()
+
+
+@pytest.fixture
+def http_client():  # type: ignore[no-untyped-def]
+    """A factory: ``async with http_client(home, settings) as (client, service)`` serves the app in-process."""
+    import contextlib
+
+    import httpx
+
+    from upgrader.serving.http.app import create_app
+
+    @contextlib.asynccontextmanager
+    async def open_client(home: Path, settings):  # type: ignore[no-untyped-def]
+        app = create_app(home, settings)
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+                yield client, app.state.service
+        finally:
+            app.state.service.close()
+
+    return open_client
+
+
+PG_ENV = "UPGRADER_TEST_PG_URL"
+
+
+@dataclass(frozen=True)
+class BackendCase:
+    """A served workspace on one registry backend: what serves, and another generation to point at."""
+
+    home: Path
+    backend: str  # "sqlite" or "postgres"
+    db_url: str  # SQLAlchemy URL of its registry
+    production: str  # name of the generation in production
+    other_id: int  # id of a registered generation that is not in production
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend_case(request: pytest.FixtureRequest, case: ServingCase, tmp_path: Path) -> Iterator[BackendCase]:
+    """SQLite: the copied serving workspace (g3 serving, g4 registered). PostgreSQL: a small one built
+    in a fresh schema of ``UPGRADER_TEST_PG_URL`` (g1 serving, g2 registered), dropped afterwards."""
+    if request.param == "sqlite":
+        yield BackendCase(case.home, "sqlite", f"sqlite:///{case.home / 'registry.db'}", "g3", case.gen_ids["g4"])
+        return
+    import os
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    server = os.environ.get(PG_ENV)
+    if not server:
+        pytest.skip(f"{PG_ENV} is not set (scripts/start-postgres starts a server)")
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    schema = f"t_srv_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(server).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    try:
+        home = tmp_path / "pg-ws"
+        ws = init_workspace(home, num_classes=NUM_CLASSES, query_per_class=5, gallery_per_class=5, db_url=url)
+        try:
+            quick_generation(ws, "g1", seed=1, folder=tmp_path)
+            other = quick_generation(ws, "g2", seed=2, folder=tmp_path)
+            promote(ws, "g1", force=True, reason="test")
+        finally:
+            ws.close()
+        yield BackendCase(home, "postgres", url, "g1", other.id)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.dispose()

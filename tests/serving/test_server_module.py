@@ -41,5 +41,8 @@ def test_the_host_check_names_the_problem_and_leaves_flags_to_the_cli() -> None:
     with pytest.raises(InvalidRequest, match="not a loopback address") as err:
         check_host("0.0.0.0", allow_remote=False)
     assert "--" not in str(err.value)
-    check_host("0.0.0.0", allow_remote=True)
+    with pytest.raises(InvalidRequest, match="needs a bearer token") as err:
+        check_host("0.0.0.0", allow_remote=True)  # remote and unauthenticated: anyone could write
+    assert "--" not in str(err.value)
+    check_host("0.0.0.0", allow_remote=True, authenticated=True)
     check_host("localhost", allow_remote=False)

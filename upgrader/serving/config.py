@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from upgrader.core.errors import InvalidRequest
 from upgrader.runtime.kernels import INDEX_KINDS, IndexKind
 
+#: Default per-request pixel budget: 64 megapixels, about 0.9 s of decoding CPU at the slowest rate
+#: measured (14 ms per megapixel, lossless RGBA WebP; see :mod:`upgrader.serving.decoding`).
+DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
+
 
 @dataclass(frozen=True)
 class ServingConfig:
@@ -22,14 +26,16 @@ class ServingConfig:
     max_k: int = 1000  # largest k a search may ask for
     max_side: int = 4096  # largest width or height of an encoded image, before resizing
     max_pixels: int = 16_777_216  # largest width * height of an encoded image (decompression bombs)
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # width * height summed over a request's encoded images
     max_id_length: int = 256  # longest external id accepted by add()
+    max_label_length: int = 255  # longest label accepted by add() (the registry's column width)
     batch_size: int = 256  # images per ONNX Runtime call
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_KINDS:
             raise InvalidRequest(f"unknown index kind {self.index!r}; choose one of {', '.join(INDEX_KINDS)}")
         for name in ("search_threads", "embed_threads", "max_images", "max_k", "max_side", "max_pixels",
-                     "max_id_length", "batch_size"):
+                     "max_request_pixels", "max_id_length", "max_label_length", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.poll_seconds < 0 or self.recount_seconds < 0:

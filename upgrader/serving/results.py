@@ -68,4 +68,5 @@ class ServiceStatus:
     last_poll_at: datetime | None
     last_error: str | None  # the last failed reload / sync, cleared by the next good tick
     watching: bool
+    refused: str | None = None  # why no request is answered (the alias disagrees with its history), or None
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))

@@ -12,7 +12,10 @@ searches the whole stored gallery — items written by any number of generations
   requests get the new one; nothing is dropped and the gallery is never re-embedded (compatible
   generations share one embedding space: that is what the gate proved before the alias moved). If
   the new artifact cannot be loaded (missing file, checksum mismatch) the service keeps serving the
-  old generation and reports the error in :meth:`QueryService.status`.
+  old generation and reports the error in :meth:`QueryService.status`. If the alias disagrees with
+  its append-only history (``AliasTampered``: the database was edited outside the registry), it is
+  not followed and every request is refused (:class:`~upgrader.serving.errors.ServingRefused`)
+  until the two agree again.
 * **Gallery sync, incremental.** New gallery rows — added through :meth:`QueryService.add` or by
   another process (``upgrader gallery add``) — are pulled with
   ``registry.load_gallery(after_row_id=index.last_row_id)`` on each tick (and after each ``add``, so
@@ -46,12 +49,15 @@ from typing import Any
 
 import numpy as np
 
+from registry.errors import AliasTampered
+
 from upgrader.core.errors import InterfaceMismatch, InvalidRequest, NoProduction
-from upgrader.runtime.images import decode_image
 from upgrader.runtime.index import GallerySearch
 from upgrader.services.registration import open_embedder
 from upgrader.services.workspace import Workspace, open_workspace
 from upgrader.serving.config import ServingConfig
+from upgrader.serving.decoding import prepare_images
+from upgrader.serving.errors import ServingRefused
 from upgrader.serving.results import AddResult, EmbedResult, ModelSnapshot, SearchResult, ServiceStatus
 
 log = logging.getLogger("upgrader.serving.service")
@@ -98,6 +104,7 @@ class QueryService:
             self._last_poll_at: datetime | None = None
             self._last_recount = self._clock()
             self._last_error: str | None = None
+            self._refused: str | None = None  # why requests are refused (a tampered alias), else None
             self._started_at = datetime.now(timezone.utc)
             self._index = self._new_index()
             self.reload()
@@ -147,7 +154,10 @@ class QueryService:
 
         Raises:
             NoProduction: nothing has been promoted yet.
+            ServingRefused: the production alias disagrees with its history (see :meth:`reload`).
         """
+        if self._refused is not None:
+            raise ServingRefused(f"the service answers no request: {self._refused}")
         snap = self._snapshot
         if snap is None:
             raise NoProduction("no production generation yet; promote one first", subject="production")
@@ -159,12 +169,25 @@ class QueryService:
         The new artifact is loaded (checksum verified) and run once before the swap, so the first
         request on it pays no session start-up; requests holding the old snapshot finish on it.
 
+        An alias that disagrees with its history (edited behind the registry's back) is not followed,
+        and until it agrees again every request is refused (:class:`ServingRefused`): the old
+        generation stays loaded but unused, since the history no longer says what production is.
+
         Raises:
+            AliasTampered: the alias disagrees with its history (at start-up: the service is not built).
             ArtifactError: the new artifact is missing or modified (the old generation keeps serving).
             InterfaceMismatch: its embedding dimension differs from the workspace's.
         """
         with self._swap_lock:
-            prod = self._ws.registry.get_alias()
+            try:
+                prod = self._ws.registry.get_alias()
+            except AliasTampered as exc:
+                self._refused = str(exc)
+                log.error("refusing requests: %s", exc)
+                raise
+            if self._refused is not None:
+                log.info("the production alias agrees with its history again: serving")
+            self._refused = None
             self._production_alias = prod
             current = self._snapshot
             if prod is None or (current is not None and current.generation.id == prod):
@@ -268,7 +291,7 @@ class QueryService:
             k: results per query, 1..``max_k``; an empty gallery gives empty lists.
 
         Raises:
-            InvalidRequest (BadImage, ImageTooLarge): bad input. NoProduction: nothing promoted.
+            InvalidRequest (BadImage, ImageTooLarge, PixelBudgetExceeded): bad input. NoProduction: nothing promoted.
         """
         snap = self.snapshot()
         self._check_k(k)
@@ -306,8 +329,9 @@ class QueryService:
             labels = list(labels)
             if len(labels) != n:
                 raise InvalidRequest(f"{n} images but {len(labels)} labels; give one label (or null) per image")
-            if any(lbl is not None and not isinstance(lbl, str) for lbl in labels):
-                raise InvalidRequest("labels must be strings or null")
+            longest = self.config.max_label_length
+            if any(lbl is not None and (not isinstance(lbl, str) or len(lbl) > longest) for lbl in labels):
+                raise InvalidRequest(f"labels must be strings of at most {longest} characters, or null")
         feats = snap.embedder.embed(batch, self.config.batch_size)  # [N, D]
         # Recorded as written by the snapshot's generation: the one that really embedded them, even
         # if the alias moved meanwhile.
@@ -343,6 +367,7 @@ class QueryService:
             last_poll_at=self._last_poll_at,
             last_error=self._last_error,
             watching=self._watcher is not None and self._watcher.is_alive(),
+            refused=self._refused,
             started_at=self._started_at,
         )
 
@@ -363,38 +388,7 @@ class QueryService:
 
     def _prepare(self, images: np.ndarray | Sequence[bytes], snap: ModelSnapshot) -> np.ndarray:
         """Images as uint8 [N, H, W, C] of the snapshot's artifact, within the limits."""
-        cfg = self.config
-        shape = snap.image_shape
-        if isinstance(images, np.ndarray):
-            arr = images
-            if arr.dtype != np.uint8:
-                raise InvalidRequest(f"images must be uint8 0..255, got {arr.dtype}")
-            if arr.ndim == 3 and shape[2] == 1:
-                arr = arr[..., None]
-            if arr.ndim != 4 or tuple(arr.shape[1:]) != shape:
-                raise InvalidRequest(
-                    f"images have shape {tuple(images.shape)}; generation {snap.generation.name} takes "
-                    f"(N, {', '.join(map(str, shape))}) — or pass encoded image files to have them resized"
-                )
-            n = arr.shape[0]
-        else:
-            files = list(images)
-            if any(not isinstance(f, (bytes, bytearray, memoryview)) for f in files):
-                raise InvalidRequest("images must be a uint8 array or a list of encoded image files (bytes)")
-            n = len(files)
-        if n == 0:
-            raise InvalidRequest("no images given")
-        if n > cfg.max_images:
-            raise InvalidRequest(f"{n} images in one request; the limit is {cfg.max_images}")
-        if isinstance(images, np.ndarray):
-            return np.ascontiguousarray(arr)
-        out = np.empty((n, *shape), dtype=np.uint8)
-        for i, f in enumerate(files):
-            try:
-                out[i] = decode_image(bytes(f), shape, max_side=cfg.max_side, max_pixels=cfg.max_pixels)
-            except InvalidRequest as exc:
-                raise type(exc)(f"image {i}: {exc}") from None
-        return out
+        return prepare_images(images, snap.image_shape, snap.generation.name, self.config)
 
 
 __all__ = ["QueryService"]
