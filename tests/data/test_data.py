@@ -119,7 +119,7 @@ def test_npz_round_trip_and_missing_keys(tmp_path: Path) -> None:
 
 
 def test_missing_spec_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="no such file or folder"):
+    with pytest.raises(InvalidRequest, match="no such file or folder"):
         load_dataset(tmp_path / "nowhere")
 
 

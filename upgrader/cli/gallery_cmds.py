@@ -1,20 +1,38 @@
-"""`gallery add`, `gallery stats`, `search`."""
+"""`gallery add`, `gallery rm`, `gallery stats`, `search`."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import TaskID
 from rich.table import Table
 
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, usage_error, workspace
-from upgrader.services.gallery import add_dataset, composition, read_query_images, search_images
+from upgrader.cli.common import (
+    HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, styled, usage_error, workspace,
+)
+from upgrader.core.errors import DataError, InvalidRequest
+from upgrader.services.gallery import (
+    ItemsExist, add_dataset, composition, read_query_images, remove_items, search_images,
+)
+
+#: The CLI's words for an add refused on ids the gallery holds (``ItemsExist.reason``).
+_EXISTING_WORDS = {
+    "items-exist": "{count} of the ids are already in the gallery ({preview}); drop --no-skip-existing to "
+                   "resume an earlier add, remove them with `upgrader gallery rm`, or pass another --id-prefix",
+    "items-by-other-generation": "{count} of the ids are already in the gallery embedded by {generations}, "
+                                 "not by production {production} ({preview}); remove them first "
+                                 "(`upgrader gallery rm --generation GEN` or IDS) to have production embed "
+                                 "them, or pass --skip-other-generations to keep the older embeddings",
+}
 
 
 def register(app: typer.Typer, gallery_app: typer.Typer) -> None:
     """Attach this module's commands."""
     gallery_app.command("add")(gallery_add)
+    gallery_app.command("rm")(gallery_rm)
     gallery_app.command("stats")(gallery_stats)
     app.command("search")(search)
 
@@ -28,26 +46,100 @@ def gallery_add(
     per_class: Annotated[int | None, typer.Option(help="At most this many items per class.")] = None,
     id_prefix: Annotated[str | None, typer.Option(help="Prefix of the external ids (default '<split>-').")] = None,
     batch_size: Annotated[int, typer.Option(help="Items per all-or-nothing registry batch.")] = 1024,
+    skip_existing: Annotated[bool, typer.Option(
+        help="Resume: skip ids the gallery holds already (--no-skip-existing refuses them instead).")] = True,
+    skip_other_generations: Annotated[bool, typer.Option(
+        help="Also skip ids that a generation other than production embedded (refused by default).")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Embed a dataset or image folder with the production generation and store it in the gallery.
 
+    Each batch is committed on its own; run the same command again after an interruption and it
+    resumes, skipping the ids already stored and saying how many.
+
     Example: upgrader gallery add --classes 0-3 --per-class 200
     """
+    if batch_size < 1:
+        usage_error(f"--batch-size must be at least 1, got {batch_size}")
     with workspace(home) as ws:
-        spec = dataset or ws.config.dataset
-        if json_out:
-            n = add_dataset(ws, spec, split=split, classes=classes, per_class=per_class, id_prefix=id_prefix, batch_size=batch_size)
-        else:
-            with progress_bar() as bar:
-                task = bar.add_task("embedding gallery", total=None, info="")
-                n = add_dataset(ws, spec, split=split, classes=classes, per_class=per_class, id_prefix=id_prefix,
-                                batch_size=batch_size, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        add = functools.partial(
+            add_dataset, ws, dataset or ws.config.dataset, split=split, classes=classes, per_class=per_class,
+            id_prefix=id_prefix, batch_size=batch_size, skip_existing=skip_existing,
+            skip_other_generations=skip_other_generations,
+        )
+        bar = progress_bar()
+        task: list[TaskID] = []  # the bar starts with the embedding, after the checks that may refuse
+
+        def show(done: int, total: int) -> None:
+            if not task:
+                bar.start()
+                task.append(bar.add_task("embedding gallery", total=total, info=""))
+            bar.update(task[0], completed=done, total=total)
+
+        try:
+            res = add() if json_out else add(progress=show)
+        except ItemsExist as exc:
+            raise InvalidRequest(_EXISTING_WORDS[exc.reason].format(**exc.details)) from None
+        finally:
+            bar.stop()
         comp = composition(ws)
     if json_out:
-        print_json({"added": n, "total": comp.total, "production": comp.production})
+        print_json({"added": res.added, "skipped": res.skipped, "skipped_other_generations": res.skipped_other,
+                    "total": comp.total, "production": comp.production})
         return
-    console.print(f"added {n} items embedded by generation {comp.production}; the gallery holds {comp.total}")
+    console.print(styled("[green]added[/] {} items embedded by generation {}; the gallery holds {}",
+                         res.added, comp.production, comp.total))
+    if res.skipped_other:
+        console.print(styled("skipped {} ids already in the gallery, {} of them embedded by a generation "
+                             "other than production", res.skipped, res.skipped_other))
+    elif res.skipped:
+        console.print(styled("skipped {} ids already in the gallery (an earlier add of the same items)", res.skipped))
+
+
+@handle_errors
+def gallery_rm(
+    ids: Annotated[list[str] | None, typer.Argument(help="External ids of the items to remove.")] = None,
+    home: HomeOption = None,
+    generation: Annotated[str | None, typer.Option(help="Remove every item this generation embedded.")] = None,
+    all_from: Annotated[Path | None, typer.Option(help="A file of external ids to remove, one per line.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove gallery items: by external id, every item of one generation, or the ids listed in a file.
+
+    Ids the gallery does not hold are counted and reported, not refused.
+
+    Example: upgrader gallery rm test-1 test-2      or      upgrader gallery rm --generation g1
+    """
+    wanted = list(ids or [])
+    if all_from is not None:
+        wanted += _read_id_file(all_from)
+    if generation is not None and (ids or all_from is not None):
+        usage_error("give external ids (IDS or --all-from) or --generation, not both")
+    if generation is None and not wanted:
+        usage_error("nothing to remove: give external ids, --all-from FILE or --generation GEN")
+    with workspace(home) as ws:
+        res = remove_items(ws, wanted if generation is None else None, generation=generation)
+        comp = composition(ws)
+    if json_out:
+        print_json({"deleted": res.deleted, "not_found": res.not_found, "generation": generation, "total": comp.total})
+        return
+    scope = "" if generation is None else f" of generation {generation}"
+    console.print(styled("[green]removed[/] {} items{}; the gallery holds {}", res.deleted, scope, comp.total))
+    if res.not_found:
+        console.print(styled("[yellow]{} of the ids were not in the gallery[/] (nothing to remove for them)", res.not_found))
+
+
+def _read_id_file(path: Path) -> list[str]:
+    """The external ids of an --all-from file: one per line, blank lines skipped, line ends stripped."""
+    if not path.is_file():
+        usage_error(f"--all-from {path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; write one external id per line in UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror}); check the file") from None
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
 
 @handle_errors
@@ -86,6 +178,8 @@ def search(
     """
     import numpy as np
 
+    if k < 1:
+        usage_error(f"-k must be at least 1 (the number of results per query), got {k}")
     with workspace(home) as ws:
         if item is not None:
             from upgrader.data.items import load_items

@@ -1,8 +1,10 @@
 """Labelled images in memory, deterministic per-class splits and the rehearsal memory of fine-tuning.
 
 :class:`ImageDataset` is what every reader in :mod:`upgrader.data.readers` returns: uint8 NHWC images,
-int labels and class names, checked on construction. Splits are seeded, so the same seed gives the
-same probe set on every machine.
+int labels and class names, checked on construction; image folders also name each item by its
+relative path. An item's identity (:meth:`ImageDataset.item_keys`) is its pixels' hash plus that name,
+never its position. The splits here are seeded draws by position over one dataset in memory (tests and
+benchmarks); a workspace's probe set is drawn by identity (:func:`upgrader.data.items.draw_per_class`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ class ImageDataset:
         labels: int64 [N], index into ``classes``.
         classes: class names; ``labels`` index this list.
         source: where the data came from (a path or a description), for provenance.
+        item_names: where each item lies inside ``source`` (the relative path of an image folder's
+            file), or None where an item has no name but its position. With the pixels it makes the
+            item's stable identity (:meth:`item_keys`), which survives files being added or removed.
     """
 
     images: np.ndarray  # uint8 [N, H, W, C]
     labels: np.ndarray  # int64 [N]
     classes: list[str]  # label index -> class name
     source: str = ""  # path or description of the origin
+    item_names: list[str] | None = None  # [N] relative path of each item, if it has one
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8:
@@ -55,6 +61,13 @@ class ImageDataset:
                 f"{self.source}: labels must lie in 0..{len(self.classes) - 1} (one per class name), "
                 f"found {self.labels.min()}..{self.labels.max()}"
             )
+        if self.item_names is not None:
+            self.item_names = [str(n) for n in self.item_names]
+            if len(self.item_names) != len(self.images):
+                raise DataError(
+                    f"{self.source}: {len(self.images)} images but {len(self.item_names)} item names; "
+                    "give one name per image"
+                )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -83,12 +96,31 @@ class ImageDataset:
         for new, name in enumerate(names):
             old_to_new[self.classes.index(name)] = new
         keep = np.flatnonzero(old_to_new[self.labels] >= 0)
-        return ImageDataset(self.images[keep], old_to_new[self.labels[keep]], names, self.source)
+        return ImageDataset(self.images[keep], old_to_new[self.labels[keep]], names, self.source, self._names_at(keep))
 
     def take(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
         """Subset by item index (all classes kept)."""
         idx = np.asarray(indices, dtype=np.int64)
-        return ImageDataset(self.images[idx], self.labels[idx], list(self.classes), self.source)
+        return ImageDataset(self.images[idx], self.labels[idx], list(self.classes), self.source, self._names_at(idx))
+
+    def _names_at(self, idx: np.ndarray) -> list[str] | None:
+        return None if self.item_names is None else [self.item_names[int(i)] for i in idx]
+
+    def item_digests(self) -> list[str]:
+        """sha256 of each item's pixels (and shape), [N]: what an item *is*, wherever it sits.
+
+        Why: positions shift when a file is added to a folder, names can be copied; the pixels are
+        what a model would learn from, so a probe item is recognised by them in any dataset.
+        """
+        return pixel_digests(self.images)
+
+    def item_keys(self) -> list[str]:
+        """The stable identity of each item, [N]: ``<relative path>#<pixel digest>`` for named items
+        (image folders), the pixel digest alone otherwise. Never the position."""
+        digests = self.item_digests()
+        if self.item_names is None:
+            return digests
+        return [f"{name}#{d}" for name, d in zip(self.item_names, digests)]
 
     def fingerprint(self) -> str:
         """sha256 over images, labels and class names: identifies the exact training data."""
@@ -110,6 +142,13 @@ class ImageDataset:
             raise DataError(f"classes {missing} have no vertex; assign them in the interface first")
         lut = np.array([label_map[c] for c in self.classes], dtype=np.int64)
         return lut[self.labels] if len(self.labels) else np.zeros(0, dtype=np.int64)
+
+
+def pixel_digests(images: np.ndarray) -> list[str]:
+    """sha256 hex of each uint8 image's shape and bytes, [N]; equal pixels give equal digests."""
+    arr = np.ascontiguousarray(images)
+    shape = "x".join(str(int(d)) for d in arr.shape[1:]).encode()
+    return [hashlib.sha256(shape + b"\0" + arr[i].tobytes()).hexdigest() for i in range(len(arr))]
 
 
 def split_per_class(

@@ -1,19 +1,30 @@
-"""Which items of a dataset are probe, training or gallery data: stable item URIs and the probe draw.
+"""Which items of a dataset are probe, training or gallery data: stable item identities, URIs and the probe draw.
 
-Every item is named ``<spec>#<split>#<index>`` (split "train"/"test" for IDX folders, "all" for image
-folders and .npz files). The probe set's URIs are stored in the registry at ``init``, and training and
-gallery ingestion leave those items out, so the probe set stays held out whatever the dataset layout.
+An item is known by what it is, never by where it sits: its pixels' sha256, plus its relative path
+in an image folder (:meth:`ImageDataset.item_keys`). Positions shift when a file is added that sorts
+first; identities do not. So the probe draw orders each class by a seeded hash of the identity (an
+added item joins the probe set or not, and moves no other item), and training and gallery ingestion
+leave out every item whose pixels are a probe item's (:func:`probe_mask`, against the pixels the
+registry stores), whatever the dataset layout or the spelling of its path.
+
+Item URIs, for provenance, are ``<spec>#<split>#<where>#<pixel sha256>``: split "train"/"test" for
+IDX folders, "all" for image folders and .npz files; ``<where>`` is the relative path of an image
+folder's file, else the index (informative only). Workspaces made before identities have
+``<spec>#<split>#<index>``; :func:`excluded_indices` still reads them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from upgrader.core.errors import DataError, InvalidRequest
-from upgrader.data.dataset import ImageDataset
+from upgrader.data.dataset import ImageDataset, pixel_digests
 from upgrader.data.readers import FASHION_ALIASES, is_idx_folder, load_dataset
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def has_splits(spec: str) -> bool:
@@ -26,27 +37,50 @@ def split_name(spec: str, split: str) -> str:
     return split if has_splits(spec) else "all"
 
 
-def item_uris(spec: str, split: str, indices: Iterable[int]) -> list[str]:
-    """``<spec>#<split>#<index>`` for each index."""
+def item_uris(spec: str, split: str, indices: Iterable[int], ds: ImageDataset | None = None) -> list[str]:
+    """The URI of each item ``indices`` names in ``ds`` (``<spec>#<split>#<where>#<sha256>``).
+
+    Without ``ds``, the positional form ``<spec>#<split>#<index>`` (for callers that hold no pixels).
+    """
     label = split_name(spec, split)
-    return [f"{spec}#{label}#{int(i)}" for i in indices]
+    idx = [int(i) for i in indices]
+    if ds is None:
+        return [f"{spec}#{label}#{i}" for i in idx]
+    digests = pixel_digests(ds.images[np.asarray(idx, dtype=np.int64)]) if idx else []
+    where = [ds.item_names[i] for i in idx] if ds.item_names is not None else [str(i) for i in idx]
+    return [f"{spec}#{label}#{w}#{d}" for w, d in zip(where, digests)]
 
 
-def load_items(spec: str, split: str) -> ImageDataset:
-    """Load ``split`` of ``spec`` (the split is ignored by datasets without splits)."""
-    return load_dataset(spec, split=split if has_splits(spec) else "train")
+def load_items(spec: str, split: str, image_shape: tuple[int, int, int] | None = None) -> ImageDataset:
+    """Load ``split`` of ``spec`` (the split is ignored by datasets without splits); image folders
+    are fitted to ``image_shape`` when given (the workspace's, so a file always gives the same pixels)."""
+    return load_dataset(spec, split=split if has_splits(spec) else "train", image_shape=image_shape)
 
 
-def draw_per_class(labels: np.ndarray, num_classes: int, per_class: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Indices of ``per_class`` random items of every class present (sorted), skipping ``exclude``.
+def draw_per_class(
+    keys: Sequence[str],
+    labels: np.ndarray,
+    num_classes: int,
+    per_class: int,
+    seed: int,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices of ``per_class`` items of every class present (sorted), skipping ``exclude``.
+
+    Each class is ordered by ``sha256(seed, key)`` of its items' identities (``keys``, e.g.
+    :meth:`ImageDataset.item_keys`) and the first ``per_class`` are taken. The draw depends on the
+    items, not on their positions: adding an item can only put that item in (pushing out the one
+    ranked last in its class) and leaves every other class as it was.
 
     Raises:
-        DataError: a class with fewer items than asked for.
+        DataError: a class with fewer items than asked for, or keys and labels of different lengths.
     """
-    rng = np.random.default_rng(seed)
+    if len(keys) != len(labels):
+        raise DataError(f"{len(keys)} item keys but {len(labels)} labels; give one key per item")
     allowed = np.ones(len(labels), dtype=bool)
     if exclude is not None and len(exclude):
         allowed[exclude] = False
+    rank = [hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest() for k in keys]
     chosen: list[np.ndarray] = []
     for c in range(num_classes):
         idx = np.flatnonzero((labels == c) & allowed)
@@ -54,16 +88,56 @@ def draw_per_class(labels: np.ndarray, num_classes: int, per_class: int, seed: i
             continue
         if len(idx) < per_class:
             raise DataError(f"class {c} has {len(idx)} items, fewer than the {per_class} asked for; ask for fewer per class")
-        chosen.append(rng.choice(idx, size=per_class, replace=False))
+        ordered = sorted(idx.tolist(), key=lambda i: (rank[i], keys[i], i))  # ties (equal items): by position
+        chosen.append(np.asarray(ordered[:per_class], dtype=np.int64))
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 
-def excluded_indices(spec: str, split: str, probe_uris: Iterable[str | None]) -> np.ndarray:
-    """Indices of ``spec``/``split`` that belong to the probe set (to leave out of training or a gallery)."""
+def probe_mask(ds: ImageDataset, probe_images: np.ndarray) -> np.ndarray:
+    """bool [N]: which items of ``ds`` have the pixels of a probe item (``probe_images``, uint8 NHWC).
+
+    Why pixels: they are what a model would learn from, and the registry holds the probe set's very
+    pixels, so a probe item is recognised under any name, at any position, in any dataset spelling.
+    Load image folders at the probe set's shape (``load_items(..., image_shape=...)``): items of
+    another shape cannot hold a probe item's pixels, and none of them is marked.
+    """
+    if len(ds) == 0 or len(probe_images) == 0 or tuple(probe_images.shape[1:]) != ds.image_shape:
+        return np.zeros(len(ds), dtype=bool)
+    probe = set(pixel_digests(probe_images))
+    return np.array([d in probe for d in ds.item_digests()], dtype=bool)
+
+
+def excluded_indices(
+    spec: str, split: str, probe_uris: Iterable[str | None], ds: ImageDataset | None = None
+) -> np.ndarray:
+    """Indices of ``spec``/``split`` that belong to the probe set (to leave out of training or a gallery).
+
+    Items are matched by identity: the pixel sha256 in the URI, or an image folder's relative path.
+    Positional URIs of older workspaces are taken as indices. ``ds`` is ``spec``/``split`` as loaded
+    (loaded here when not given and a URI needs it). Prefer :func:`probe_mask` with the registry's
+    probe pixels, which also catches a probe item reached through another spelling of ``spec``.
+    """
     prefix = f"{spec}#{split_name(spec, split)}#"
-    return np.array(
-        sorted(int(u[len(prefix):]) for u in probe_uris if u and u.startswith(prefix)), dtype=np.int64
-    )
+    positions: set[int] = set()
+    digests: set[str] = set()
+    wheres: set[str] = set()
+    for uri in probe_uris:
+        if not uri or not uri.startswith(prefix):
+            continue
+        rest = uri[len(prefix):]
+        where, sep, digest = rest.rpartition("#")
+        if sep and len(digest) == 64 and set(digest) <= _HEX:
+            digests.add(digest)
+            wheres.add(where)
+        elif rest.isdigit():
+            positions.add(int(rest))
+    if digests:
+        ds = ds if ds is not None else load_items(spec, split)
+        names = ds.item_names
+        positions.update(
+            i for i, d in enumerate(ds.item_digests()) if d in digests or (names is not None and names[i] in wheres)
+        )
+    return np.array(sorted(positions), dtype=np.int64)
 
 
 def parse_classes(spec: str | Sequence[str], known: Sequence[str]) -> tuple[str, ...]:

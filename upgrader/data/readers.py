@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from upgrader.core.errors import DataError
+from upgrader.core.errors import DataError, InvalidRequest
 from upgrader.core.images import fit_image
 from upgrader.data.dataset import ImageDataset
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 #: Spellings of the Fashion-MNIST spec that name the Debian folder.
@@ -143,6 +148,13 @@ def load_idx_folder(
 # Image folders and npz
 
 
+#: Largest image (width * height) an image-folder dataset may hold: about 120 MB decoded as RGB.
+#: Checked from the file's header before any pixel is decoded, so a decompression bomb (a small
+#: PNG that inflates to gigabytes) costs nothing. Dataset images are small; this leaves room for
+#: any camera photo.
+MAX_DATASET_IMAGE_PIXELS = 40_000_000
+
+
 def load_image_folder(
     root: str | os.PathLike[str],
     image_size: tuple[int, int] | None = None,
@@ -155,11 +167,13 @@ def load_image_folder(
         image_size: (H, W) to resize to; default the size of the first image.
         channels: 1 or 3; default 3 if any image has colour, else 1.
 
-    Raises:
-        DataError: empty folder, a class without images, or a file Pillow cannot read.
-    """
-    from PIL import Image, UnidentifiedImageError
+    Returns:
+        The images, with each file's path relative to ``root`` as its ``item_names`` entry.
 
+    Raises:
+        DataError: empty folder, a class without images, a file Pillow cannot read, or an image
+            over ``MAX_DATASET_IMAGE_PIXELS``.
+    """
     r = Path(root)
     if not r.is_dir():
         raise DataError(f"{r}: not a folder; give a folder of class sub-folders")
@@ -168,25 +182,46 @@ def load_image_folder(
         raise DataError(f"{r}: no class sub-folders; lay images out as root/<class>/<file>")
     pil: list[Image.Image] = []
     labels: list[int] = []
+    names: list[str] = []
     for label, d in enumerate(class_dirs):
         files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
         if not files:
             raise DataError(f"{d}: class folder has no images; remove it or add images")
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    im.load()
-                    pil.append(im.copy())
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{f}: not a readable image ({exc.__class__.__name__}); remove or replace it") from None
+            pil.append(_read_image_file(f))
             labels.append(label)
+            names.append(f.relative_to(r).as_posix())
     if channels is None:
         channels = 3 if any(im.mode not in ("L", "1", "I", "I;16", "F", "LA") for im in pil) else 1
     if image_size is None:
         image_size = (pil[0].height, pil[0].width)
     shape = (image_size[0], image_size[1], channels)
     arrays = [fit_image(im, shape) for im in pil]
-    return ImageDataset(np.stack(arrays), np.array(labels), [d.name for d in class_dirs], str(r))
+    return ImageDataset(np.stack(arrays), np.array(labels), [d.name for d in class_dirs], str(r), names)
+
+
+def _read_image_file(f: Path) -> Image.Image:
+    """Decode one dataset image, its size checked from the header first (see MAX_DATASET_IMAGE_PIXELS).
+
+    Raises:
+        DataError: not an image Pillow can read, or too large.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    limit = f"the limit for a dataset image is {MAX_DATASET_IMAGE_PIXELS:,} pixels; resize or remove it"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as im:
+                width, height = im.size  # from the header: nothing decoded yet
+                if width * height > MAX_DATASET_IMAGE_PIXELS:
+                    raise DataError(f"{f}: image is {width}x{height} ({width * height:,} pixels); {limit}")
+                im.load()
+                return im.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{f}: image is a decompression bomb (Pillow refused its size); {limit}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{f}: not a readable image ({exc.__class__.__name__}); remove or replace it") from None
 
 
 def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
@@ -197,7 +232,7 @@ def load_npz(path: str | os.PathLike[str]) -> ImageDataset:
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: file not found")
+        raise InvalidRequest(f"{p}: no such file; give an existing .npz", subject="dataset")
     try:
         with np.load(p, allow_pickle=False) as z:
             keys = set(z.files)
@@ -233,7 +268,10 @@ def save_npz(path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarra
 
 
 def load_dataset(
-    spec: str | os.PathLike[str], split: str = "train", classes: Sequence[str] | None = None
+    spec: str | os.PathLike[str],
+    split: str = "train",
+    classes: Sequence[str] | None = None,
+    image_shape: tuple[int, int, int] | None = None,
 ) -> ImageDataset:
     """Load a dataset from a spec.
 
@@ -242,9 +280,12 @@ def load_dataset(
             ``root/<class>/<file>``, or an ``.npz`` file.
         split: "train" | "test" for IDX folders; ignored otherwise.
         classes: class-name override for IDX folders.
+        image_shape: (H, W, C) an image folder's files are fitted to (a workspace passes its probe
+            set's, so the same file always gives the same pixels); default the first file's size.
+            Arrays (IDX, .npz) are returned as stored.
 
     Raises:
-        DataError: the spec names nothing usable.
+        InvalidRequest: the spec names no file or folder. DataError: what it names is unusable.
     """
     s = str(spec)
     if s.lower() in FASHION_ALIASES:
@@ -253,9 +294,13 @@ def load_dataset(
     if p.suffix == ".npz":
         return load_npz(p)
     if not p.exists():
-        raise DataError(f"{p}: no such file or folder; give 'fashion-mnist', an IDX folder, an image folder or an .npz")
+        # A path that names nothing is a value the user typed wrong (exit 2), not a broken file.
+        raise InvalidRequest(f"{p}: no such file or folder; give 'fashion-mnist', an IDX folder, an image folder or an .npz",
+                             subject="dataset")
     if p.is_dir():
         if is_idx_folder(p):
             return load_idx_folder(p, split, classes)
+        if image_shape is not None:
+            return load_image_folder(p, image_size=(image_shape[0], image_shape[1]), channels=image_shape[2])
         return load_image_folder(p)
     raise DataError(f"{p}: unsupported dataset file; use an .npz, an IDX folder or an image folder")

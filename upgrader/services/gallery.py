@@ -14,12 +14,13 @@ import numpy as np
 from registry import Generation
 
 from upgrader.compat.metrics import class_templates
-from upgrader.data.items import excluded_indices, item_uris, load_items, parse_classes
+from upgrader.core.faults import fault_point
+from upgrader.data.items import item_uris, load_items, parse_classes, probe_mask
 from upgrader.runtime.embedder import Embedder
 from upgrader.runtime.images import load_image
 from upgrader.core.errors import InvalidRequest, NoProduction
 from upgrader.services.registration import open_embedder
-from upgrader.services.workspace_init import probe_uris
+from upgrader.services.workspace_init import probe_pixels
 from upgrader.runtime.index import GallerySearch, Hit
 from upgrader.services.workspace import Workspace
 
@@ -53,6 +54,29 @@ def production_embedder(ws: Workspace, *, threads: int | None = None) -> tuple[G
     return gen, open_embedder(ws, gen, threads=threads)
 
 
+@dataclass(frozen=True)
+class GalleryAdd:
+    """What one add did: items embedded and stored, and ids left as they were."""
+
+    added: int  # embedded by production and stored now
+    skipped: int  # already in the gallery (a resumed add): left as they are
+    skipped_other: int = 0  # of those, embedded by a generation other than production (kept only when asked)
+
+
+class ItemsExist(InvalidRequest):
+    """Ids of an add that the gallery holds already, where the add may not skip them.
+
+    ``reason`` is ``"items-exist"`` (skipping was not asked for) or ``"items-by-other-generation"``
+    (held by a generation other than production, whose embeddings a resumed add would silently keep);
+    ``details`` has ``count``, ``preview`` and, for the latter, ``generations`` and ``production``.
+    """
+
+    def __init__(self, message: str, reason: str, **details: str) -> None:
+        super().__init__(message, subject="gallery")
+        self.reason = reason
+        self.details = details
+
+
 def add_images(
     ws: Workspace,
     images: np.ndarray,
@@ -62,26 +86,80 @@ def add_images(
     source_uris: Sequence[str | None] | None = None,
     batch_size: int = 1024,
     progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Embed uint8 NHWC images with production and store them, one all-or-nothing batch at a time."""
+    skip_existing: bool = False,
+    skip_other_generations: bool = False,
+) -> GalleryAdd:
+    """Embed uint8 NHWC images with production and store them, one all-or-nothing batch at a time.
+
+    Each batch commits on its own, so a killed add keeps the batches before it; run again with
+    ``skip_existing`` it resumes: ids the gallery holds are skipped (nothing is embedded twice).
+    An id held by a generation other than production is refused unless ``skip_other_generations``,
+    since skipping it keeps an older model's embedding where the caller asked for production's.
+
+    Raises:
+        ItemsExist: ids already in the gallery that may not be skipped; nothing is written.
+        InvalidRequest: images and ids of different lengths.
+    """
     if len(images) != len(external_ids):
         raise InvalidRequest(f"{len(images)} images but {len(external_ids)} ids; give one id per image")
     gen, embedder = production_embedder(ws)
+    ids = [str(x) for x in external_ids]
+    existing = ws.registry.existing_external_ids(ids) if ids else set()
+    others = _check_existing(ws, existing, gen, skip_existing, skip_other_generations)
+    todo = np.array([i for i, x in enumerate(ids) if x not in existing], dtype=np.int64)
     done = 0
-    for start in range(0, len(images), batch_size):
-        stop = min(start + batch_size, len(images))
-        feats = embedder.embed(images[start:stop])  # [B, D]
+    if progress and len(todo):
+        progress(0, len(todo))  # checked: embedding starts
+    for start in range(0, len(todo), batch_size):
+        rows = todo[start : start + batch_size]
+        feats = embedder.embed(images[rows])  # [B, D]
         ws.registry.add_gallery_items(
             gen.id,
-            list(external_ids[start:stop]),
+            [ids[i] for i in rows],
             feats,
-            labels=list(labels[start:stop]) if labels is not None else None,
-            source_uris=list(source_uris[start:stop]) if source_uris is not None else None,
+            labels=[labels[i] for i in rows] if labels is not None else None,
+            source_uris=[source_uris[i] for i in rows] if source_uris is not None else None,
         )
-        done = stop
+        fault_point("gallery:batch")  # the batch is committed; the next one is not
+        done += len(rows)
         if progress:
-            progress(done, len(images))
-    return done
+            progress(done, len(todo))
+    return GalleryAdd(added=done, skipped=len(ids) - len(todo), skipped_other=others)
+
+
+def _check_existing(ws: Workspace, existing: set[str], prod: Generation, skip: bool, skip_other: bool) -> int:
+    """Refuse ids already in the gallery unless they may be skipped; returns how many of them other
+    generations than production embedded."""
+    if not existing:
+        return 0
+    shown = ", ".join(sorted(existing)[:3]) + (", ..." if len(existing) > 3 else "")
+    if not skip:
+        raise ItemsExist(
+            f"{len(existing)} of the ids are already in the gallery ({shown}); skip them to resume an "
+            "earlier add, remove them first, or use other ids",
+            "items-exist", count=str(len(existing)), preview=shown,
+        )
+    held = _held_by_other_generations(ws, existing, prod.id)
+    if held and not skip_other:
+        names = ", ".join(sorted({ws.registry.get_generation(g).name for g in held.values()}))
+        sample = ", ".join(sorted(held)[:3]) + (", ..." if len(held) > 3 else "")
+        raise ItemsExist(
+            f"{len(held)} of the ids are already in the gallery embedded by {names}, not by production "
+            f"{prod.name} ({sample}); remove them first to have production embed them, or skip them "
+            "knowingly to keep the older embeddings",
+            "items-by-other-generation",
+            count=str(len(held)), preview=sample, generations=names, production=prod.name,
+        )
+    return len(held)
+
+
+def _held_by_other_generations(ws: Workspace, ids: set[str], production_id: int) -> dict[str, int]:
+    """Which of ``ids`` (all in the gallery) a generation other than production wrote: id -> generation."""
+    others = [g for g in ws.registry.gallery_counts() if g != production_id]
+    if not others:  # the usual resume: only production has written
+        return {}
+    rows = ws.registry.load_gallery(generation_ids=others)
+    return {eid: int(g) for eid, g in zip(rows.external_ids, rows.generation_ids) if eid in ids}
 
 
 def add_dataset(
@@ -95,16 +173,22 @@ def add_dataset(
     id_prefix: str | None = None,
     batch_size: int = 1024,
     progress: Callable[[int, int], None] | None = None,
-) -> int:
+    skip_existing: bool = True,
+    skip_other_generations: bool = False,
+) -> GalleryAdd:
     """Add items of a dataset (never probe items) to the gallery, embedded by production.
 
-    External ids are ``<prefix><index>`` (default prefix ``<split>-``), so adding the same items twice
-    is refused as a duplicate rather than stored twice.
+    External ids are ``<prefix><index>``, or ``<prefix><relative path>`` for an image folder's files
+    (default prefix ``<split>-``), and the per-class draw is seeded, so the same request names the
+    same items: run again after a crash it resumes, skipping what the gallery holds
+    (``skip_existing``, the default; see :func:`add_images`). An item with the pixels of a probe
+    item is never added, whatever its name or position.
     """
-    ds = load_items(spec, split)
+    probe = probe_pixels(ws)  # uint8 [P, H, W, C]: never gallery items; their shape is the workspace's
+    ds = load_items(spec, split, image_shape=probe.shape[1:])
     names = parse_classes(classes, ds.classes)
     wanted = np.flatnonzero(np.isin(ds.labels, [ds.classes.index(n) for n in names]))
-    wanted = np.setdiff1d(wanted, excluded_indices(spec, split, probe_uris(ws)))
+    wanted = wanted[~probe_mask(ds.take(wanted), probe)]
     if per_class is not None:
         rng = np.random.default_rng(seed)
         keep = []
@@ -116,15 +200,51 @@ def add_dataset(
         raise InvalidRequest(f"no items of classes {list(names)} in {spec} ({split}) outside the probe set")
     prefix = id_prefix if id_prefix is not None else f"{split}-"
     part = ds.take(wanted)
+    where = part.item_names if part.item_names is not None else [str(i) for i in wanted]
     return add_images(
         ws,
         part.images,
-        [f"{prefix}{i}" for i in wanted],
+        [f"{prefix}{w}" for w in where],
         labels=part.class_names(),
-        source_uris=item_uris(spec, split, wanted),
+        source_uris=item_uris(spec, split, wanted, ds),
         batch_size=batch_size,
         progress=progress,
+        skip_existing=skip_existing,
+        skip_other_generations=skip_other_generations,
     )
+
+
+@dataclass(frozen=True)
+class GalleryRemoval:
+    """What one removal did."""
+
+    deleted: int  # items removed
+    not_found: int  # ids asked for that the gallery did not hold (0 for a removal by generation)
+
+
+def remove_items(
+    ws: Workspace, external_ids: Sequence[str] | None = None, *, generation: int | str | None = None
+) -> GalleryRemoval:
+    """Remove gallery items by external id, or every item one generation wrote; one transaction.
+
+    Ids the gallery does not hold are counted, not refused: a removal re-run after a crash, or of a
+    list that overlaps what was removed before, still completes.
+
+    Raises:
+        InvalidRequest: both or neither of ``external_ids`` and ``generation``, or no ids.
+        UnknownGeneration: ``generation`` names none.
+    """
+    if (external_ids is None) == (generation is None):
+        raise InvalidRequest("remove gallery items by external ids or by generation: give exactly one")
+    if generation is not None:
+        gen = ws.registry.get_generation(generation)
+        return GalleryRemoval(deleted=ws.registry.delete_gallery_items(generation=gen.id), not_found=0)
+    assert external_ids is not None
+    ids = list(dict.fromkeys(str(x) for x in external_ids))
+    if not ids:
+        raise InvalidRequest("no external ids given; name the gallery items to remove")
+    deleted = ws.registry.delete_gallery_items(ids)
+    return GalleryRemoval(deleted=deleted, not_found=len(ids) - deleted)
 
 
 def composition(ws: Workspace) -> GalleryComposition:
@@ -144,12 +264,27 @@ def load_search(ws: Workspace) -> GallerySearch:
 
 
 def search_images(ws: Workspace, images: np.ndarray, k: int = 5) -> tuple[Generation, list[list[Hit]]]:
-    """Embed query images with production and search the whole mixed gallery."""
+    """Embed query images with production and search the whole mixed gallery for the ``k`` nearest.
+
+    Raises:
+        InvalidRequest: ``k`` below 1 or above the gallery's size, or an empty gallery.
+    """
+    check_k(k)
     gen, embedder = production_embedder(ws)
     index = load_search(ws)
     if len(index) == 0:
         raise InvalidRequest("the gallery is empty; add items first", subject="gallery")
+    if k > len(index):
+        raise InvalidRequest(
+            f"asked for {k} results per query but the gallery holds {len(index)} items; ask for at most {len(index)}"
+        )
     return gen, index.search(embedder.embed(images), k)
+
+
+def check_k(k: int) -> None:
+    """Refuse a result count below 1 (a front end checks before it opens the gallery)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidRequest(f"the number of results per query must be a whole number of at least 1, got {k!r}")
 
 
 def read_query_images(ws: Workspace, files: Sequence[Path]) -> np.ndarray:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from registry import PROBE_SPLITS
+
 from upgrader.data.items import draw_per_class, has_splits, item_uris, load_items, parse_classes
 from upgrader.core.errors import InvalidRequest
 from upgrader.services.workspace import CONFIG_FILE, Workspace, WorkspaceConfig, create_workspace, resolve_home, save_config
@@ -16,7 +18,13 @@ from upgrader.services.workspace import CONFIG_FILE, Workspace, WorkspaceConfig,
 def probe_uris(ws: Workspace) -> list[str]:
     """Item URIs of the whole probe set (both splits), to keep them out of training and galleries."""
     reg = ws.registry
-    return [u for split in ("query", "gallery") for u in reg.probe_set(split).source_uris if u]
+    return [u for split in PROBE_SPLITS for u in reg.probe_set(split).source_uris if u]
+
+
+def probe_pixels(ws: Workspace) -> np.ndarray:
+    """The pixels of the whole probe set (both splits), uint8 NHWC: what training and galleries must
+    never contain (see ``upgrader.data.items.probe_mask``)."""
+    return np.concatenate([ws.registry.probe_set(split).images for split in PROBE_SPLITS])
 
 
 def init_workspace(
@@ -34,7 +42,9 @@ def init_workspace(
     """Create a workspace: registry migrated to head, interface K, and a labelled probe set.
 
     The probe set is drawn per class from the dataset's test split (IDX folders) or from the whole
-    dataset (image folders, .npz); its items are recorded by URI and never used for training.
+    dataset (image folders, .npz), in a seeded order of each item's identity (relative path and pixel
+    hash, never its position: adding a file moves no probe item); its pixels and URIs are stored, and
+    training and gallery ingestion leave out every item with a probe item's pixels.
     Everything is checked before anything is written; a failure removes what was created.
 
     Raises:
@@ -61,7 +71,7 @@ def init_workspace(
         reg.assign_classes(names)
         for which, idx in (("query", q_idx), ("gallery", g_idx)):
             part = ds.take(idx)
-            reg.add_probe_items(which, part.images, part.class_names(), item_uris(dataset, split, idx))
+            reg.add_probe_items(which, part.images, part.class_names(), item_uris(dataset, split, idx, ds))
         save_config(ws)
     except BaseException:
         ws.close()
@@ -87,8 +97,9 @@ def _draw_probe(dataset: str, classes: str, num_classes: int, query_per_class: i
             subject="num_classes",
         )
     ds_sel_labels = np.array([names.index(ds.classes[i]) if ds.classes[i] in names else -1 for i in ds.labels])
-    q_idx = draw_per_class(ds_sel_labels, len(names), query_per_class, seed)
-    g_idx = draw_per_class(ds_sel_labels, len(names), gallery_per_class, seed + 1, exclude=q_idx)
+    keys = ds.item_keys()
+    q_idx = draw_per_class(keys, ds_sel_labels, len(names), query_per_class, seed)
+    g_idx = draw_per_class(keys, ds_sel_labels, len(names), gallery_per_class, seed + 1, exclude=q_idx)
 
     return ds, split, names, q_idx, g_idx
 

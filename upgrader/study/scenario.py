@@ -133,7 +133,7 @@ def _gallery_images(ws: Workspace, cls: tuple[int, ...], per_class: int, seed: i
     """Gallery items for the new classes: test-split items outside the probe set."""
     spec = ws.config.dataset
     ds = load_items(spec, "test")
-    banned = excluded_indices(spec, "test", probe_uris(ws))
+    banned = excluded_indices(spec, "test", probe_uris(ws), ds)
     rng = np.random.default_rng(seed)
     chosen = []
     for c in cls:
