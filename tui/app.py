@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from textual.app import App, ComposeResult, SystemCommand
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from registry.errors import RegistryError
 from tui.actions import bindings, palette_commands
 from tui.flows.gate import GateFlow
+from tui.flows.rollback import RollbackFlow
 from tui.flows.training import TrainingFlow
 from tui.render import TimeFormat, local_time
 from tui.views.compatibility import CompatibilityView
@@ -42,7 +44,7 @@ VIEWS: tuple[str, ...] = ("generations", "compatibility", "gallery", "history")
 MODAL_SAFE = frozenset({"quit", "command_palette", "toggle_theme", "cancel_training"})
 
 
-class DashboardApp(GateFlow, TrainingFlow, App[None]):
+class DashboardApp(GateFlow, RollbackFlow, TrainingFlow, App[None]):
     """``upgrader dashboard``: the lineage, the gate and the gallery of one workspace."""
 
     CSS_PATH = "app.tcss"
@@ -124,6 +126,19 @@ class DashboardApp(GateFlow, TrainingFlow, App[None]):
             self.call_from_thread(on_done, result)
 
         self.run_worker(body, thread=True, group=group, exclusive=exclusive, exit_on_error=False)
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Textual's notification, but literal by default: messages quote names, reasons and service
+        errors, and a user's ``[/]x`` must show as typed, not be parsed as markup (and crash the toast)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def report_error(self, exc: BaseException) -> None:
         """Show a service error as a notification."""

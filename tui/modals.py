@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rich.console import RenderableType
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
+from upgrader.core.markup import literal
 from upgrader.core.vocabulary import ARCHITECTURES, METHODS
 from upgrader.services.dashboard_model import TRAIN_KINDS, TrainForm
 
@@ -25,7 +27,9 @@ class Confirmed:
 class ConfirmModal(ModalScreen[Confirmed | None]):
     """Shows exactly what an action will do; confirm (optionally with a reason) or cancel.
 
-    With ``can_confirm=False`` it only explains (a refused promotion) and offers Close.
+    With ``can_confirm=False`` it only explains (a refused promotion) and offers Close. The title and
+    a ``str`` body are shown literally (they quote names and reasons); style a body with
+    :func:`upgrader.core.markup.styled`.
     """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -39,8 +43,14 @@ class ConfirmModal(ModalScreen[Confirmed | None]):
         can_confirm: bool = True,
         ask_reason: str | None = None,
         default_reason: str = "",
+        reason_required: str | None = None,
         variant: str = "primary",
     ) -> None:
+        """Args:
+        ask_reason: placeholder of a reason field (None: no field).
+        reason_required: with ``ask_reason``, the reason may not be empty and this is what the modal
+            says when it is (a forced move must say why: the alias history records it).
+        """
         super().__init__()
         self.title_text = title
         self.body = body
@@ -48,15 +58,18 @@ class ConfirmModal(ModalScreen[Confirmed | None]):
         self.can_confirm = can_confirm
         self.ask_reason = ask_reason
         self.default_reason = default_reason
+        self.reason_required = reason_required
         self.variant = variant
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
-            yield Label(self.title_text, id="dialog-title")
+            yield Label(literal(self.title_text), id="dialog-title")
             with VerticalScroll(id="dialog-body"):
-                yield Static(self.body, id="dialog-text")
+                yield Static(literal(self.body) if isinstance(self.body, str) else self.body, id="dialog-text")
             if self.can_confirm and self.ask_reason is not None:
                 yield Input(value=self.default_reason, placeholder=self.ask_reason, id="reason", compact=True)
+                if self.reason_required is not None:
+                    yield Static("", id="dialog-error")
             with Horizontal(id="dialog-buttons"):
                 if self.can_confirm:
                     yield Button(self.confirm_label, variant=self.variant, id="confirm", compact=True)
@@ -68,6 +81,10 @@ class ConfirmModal(ModalScreen[Confirmed | None]):
 
     def _confirm(self) -> None:
         reason = self.query_one("#reason", Input).value.strip() if self.ask_reason is not None else ""
+        if self.reason_required is not None and not reason:
+            self.query_one("#dialog-error", Static).update(Text(self.reason_required, style="red"))
+            self.query_one("#reason", Input).focus()
+            return
         self.dismiss(Confirmed(reason))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

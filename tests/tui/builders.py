@@ -8,8 +8,9 @@ quick and the same on every run: the snapshot tests can compare pixels.
 - ``fresh``: g1-initial in production with an empty gallery and g2-finetune, a candidate whose
   self-test beats g1's, so the gate passes it without any override (there is no live generation to
   be incompatible with, and it is an improvement).
+- ``hostile``: the snapshot workspace with stored text that looks like markup (:func:`make_hostile`).
 
-Run as a script to build one for a manual session: ``python tests/tui/builders.py snapshot DIR``.
+Run as a script to build one for a manual session: ``python tests/tui/builders.py snapshot|fresh|hostile DIR``.
 """
 
 from __future__ import annotations
@@ -75,8 +76,48 @@ def build_fresh_workspace(home: Path, artifacts: Path) -> Path:
     return home
 
 
+#: Text a user may type that Rich markup would misread: closing tags, an opening tag, a trailing backslash.
+HOSTILE = {
+    "g1-initial": "[/]first\\",  # renamed in the database: new names with brackets are refused
+    "g3-replacement": "[/]evil",
+    "reason": "[/]why",
+    "actor": "[b]mallory",
+    "item": "[/]x",
+}
+
+
+def make_hostile(home: Path) -> Path:
+    """Turn a copy of the snapshot workspace into one whose stored text is all markup look-alikes.
+
+    g1 and g3 get names with brackets (written straight into the database, the way an older
+    registry stored them), production moves to g1 and back to g2 with a bracketed reason and actor,
+    and the gallery gets an item whose external id is bracketed.
+    """
+    import sqlite3
+
+    import numpy as np
+
+    from upgrader.services.gallery import add_images
+    from upgrader.services.promotion import promote
+    from upgrader.services.workspace import open_workspace
+
+    with open_workspace(home) as ws:
+        promote(ws, "g1-initial", force=True, reason=HOSTILE["reason"], actor=HOSTILE["actor"])
+        promote(ws, "g2-finetune", force=True, reason="back to g2 after [/]why", actor=ACTOR)
+        add_images(ws, np.zeros((1, 28, 28, 1), dtype=np.uint8) + 7, [HOSTILE["item"]])
+    with contextlib.closing(sqlite3.connect(home / "registry.db")) as db, db:
+        for old in ("g1-initial", "g3-replacement"):
+            db.execute("UPDATE generations SET name = ? WHERE name = ?", (HOSTILE[old], old))
+    return home
+
+
 if __name__ == "__main__":
     which, target = sys.argv[1], Path(sys.argv[2])
     arts = export_artifacts(target.parent / f"{target.name}-artifacts")
-    (build_snapshot_workspace if which == "snapshot" else build_fresh_workspace)(target, arts)
+    if which == "fresh":
+        build_fresh_workspace(target, arts)
+    else:
+        build_snapshot_workspace(target, arts)
+        if which == "hostile":
+            make_hostile(target)
     print(target)

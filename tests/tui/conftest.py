@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from builders import build_fresh_workspace, build_snapshot_workspace, export_artifacts  # noqa: E402
+from builders import build_fresh_workspace, build_snapshot_workspace, export_artifacts, make_hostile  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +38,14 @@ def snapshot_ws(snapshot_master: Path, tmp_path: Path) -> Path:
 def fresh_ws(fresh_master: Path, tmp_path: Path) -> Path:
     """A private copy of the fresh workspace."""
     return Path(shutil.copytree(fresh_master, tmp_path / "ws"))
+
+
+@pytest.fixture(scope="session")
+def hostile_master(snapshot_master: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_hostile(Path(shutil.copytree(snapshot_master, tmp_path_factory.mktemp("hostile") / "ws")))
+
+
+@pytest.fixture
+def hostile_ws(hostile_master: Path, tmp_path: Path) -> Path:
+    """A private copy of the workspace whose names, reasons, actor and item id look like markup."""
+    return Path(shutil.copytree(hostile_master, tmp_path / "ws"))

@@ -63,3 +63,14 @@ def text_of(widget: Widget) -> str:
 def rows_of(table: DataTable) -> list[list[str]]:
     """A DataTable's cells as plain strings, in display order."""
     return [[getattr(c, "plain", str(c)) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def select_generation(pilot: Pilot, name: str) -> None:
+    """Move the lineage cursor to the row of ``name``."""
+    table = pilot.app.query_one("#lineage", DataTable)
+    for i, row in enumerate(rows_of(table)):
+        if row[1].endswith(name):
+            table.move_cursor(row=i)
+            await settle(pilot)
+            return
+    raise AssertionError(f"{name} not in the lineage table")

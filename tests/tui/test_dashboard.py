@@ -7,7 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pilot import HANG_SECONDS, frozen_time, rows_of, settle, text_of, wait_until
+from pilot import HANG_SECONDS, frozen_time, rows_of, select_generation, settle, text_of, wait_until
 from textual.command import CommandList
 from textual.widgets import DataTable, Input, Select
 
@@ -31,17 +31,6 @@ def production_of(home: Path) -> str | None:
 def notes(app: DashboardApp) -> list[tuple[str, str]]:
     """(severity, message) of every notification shown so far."""
     return [(n.severity, n.message) for n in app._notifications]
-
-
-async def select_generation(pilot, name: str) -> None:
-    """Move the lineage cursor to the row of ``name``."""
-    table = pilot.app.query_one("#lineage", DataTable)
-    for i, row in enumerate(rows_of(table)):
-        if row[1].endswith(name):
-            table.move_cursor(row=i)
-            await settle(pilot)
-            return
-    raise AssertionError(f"{name} not in the lineage table")
 
 
 async def test_views_show_the_workspace(snapshot_ws: Path) -> None:
@@ -238,11 +227,10 @@ async def test_service_errors_are_notifications(snapshot_ws: Path) -> None:
         await select_generation(pilot, "g1-initial")
         await pilot.press("b")  # roll back to g1: it cannot read the items g2 wrote
         await settle(pilot)
-        assert "production: g2-finetune → g1-initial" in text_of(app.screen.query_one("#dialog-text"))
-        app.screen.query_one("#reason", Input).value = "try"
-        await pilot.press("enter")
+        assert "Rollback of production to g1-initial refused" in text_of(app.screen.query_one("#dialog-text"))
+        assert any(s == "error" and "Rollback to g1-initial refused" in m for s, m in notes(app))
+        await pilot.press("escape")
         await settle(pilot)
-        assert any(s == "error" and "rollback to g1-initial refused" in m for s, m in notes(app))
         await pilot.press("n")
         await wait_until(pilot, lambda: isinstance(app.screen, TrainFormModal), "the training form")
         app.screen.query_one("#classes", Input).value = "0-1"

@@ -61,7 +61,7 @@ class TrainingFlow:
                 self.start_training(plan)
 
         self.push_screen(
-            ConfirmModal(f"Train {plan.name}?", Text.from_markup("\n".join(plan.describe())), confirm_label="Start training"),
+            ConfirmModal(f"Train {plan.name}?", Text("\n").join(plan.describe()), confirm_label="Start training"),
             confirmed,
         )
 

@@ -12,6 +12,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from upgrader.core.markup import literal
 from upgrader.services.dashboard_model import DashboardSnapshot, GenerationDetails
 
 from tui.render import TimeFormat, human_bytes, lineage_order, status_badge
@@ -86,12 +87,12 @@ class GenerationsView(Vertical):
                 Text(str(g.id), justify="right"),
                 name,
                 status_badge(g.status),
-                g.kind,
-                g.architecture,
-                g.method,
+                literal(g.kind),  # Text, not str: the DataTable parses str cells as markup
+                literal(g.architecture),
+                literal(g.method),
                 Text(pct(row.self_test), justify="right"),
                 Text(human_bytes(row.artifact_bytes, compact=True), justify="right"),
-                self.time_format(g.created_at),
+                literal(self.time_format(g.created_at)),
                 key=str(g.id),
             )
         if keep is not None and str(keep) in table.rows:
@@ -158,15 +159,28 @@ def render_report_line(rep, names: dict[int, str], time_format: TimeFormat) -> R
     body = rep.report
     verdict = Text(" PASSED ", style="bold black on green") if rep.passed else Text(" REFUSED ", style="bold white on red")
     title = Text.assemble(f"#{rep.id} {rep.kind} ", verdict, f"  {time_format(rep.created_at)}  sha {rep.artifact_sha256[:12]}")
-    lines: list[RenderableType] = [title]
+    return Group(title, *render_checks(body, names))
+
+
+def render_checks(body: dict, names: dict[int, str]) -> list[Text]:
+    """A gate report body's checks (✓/✗ each) and its failing reasons, one line each, all literal text.
+
+    A rollback report's first check is its ground (why the target may serve again, or that it has
+    none): it carries its own sentence in ``line`` and no numbers.
+    """
+    lines: list[Text] = []
     for check in body.get("checks", []):
         ok = check.get("passed")
+        mark = ("   ✓ " if ok else "   ✗ ", "green" if ok else "red")
+        if check.get("line"):
+            lines.append(Text.assemble(mark, f"{check.get('kind')}: {check['line']}"))
+            continue
         lines.append(Text.assemble(
-            ("   ✓ " if ok else "   ✗ ", "green" if ok else "red"),
+            mark,
             f"{check.get('kind')}: gen {names.get(check.get('query_gen'), check.get('query_gen'))} queries on "
             f"gen {names.get(check.get('gallery_gen'), check.get('gallery_gen'))} gallery "
             f"{pct(check.get('value'))} {check.get('comparison')} {pct(check.get('threshold'))}",
         ))
     for reason in body.get("reasons", []):
         lines.append(Text(f"   – {reason}", style="red"))
-    return Group(*lines)
+    return lines

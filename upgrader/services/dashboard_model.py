@@ -3,20 +3,32 @@ and its training form turned into a checked plan.
 
 The dashboard goes through services only: it never touches ``ws.registry`` itself. This module reads
 a whole snapshot for a refresh, the details of one generation, the alias history with names, the
-gallery by generation and the compatibility matrix, and checks a training form against the workspace
-(``upgrader.services.training_plan``). Running the plan is the training side's job: the dashboard
+gallery by generation and the compatibility matrix, judges a rollback before anyone confirms it
+(:func:`preview_rollback`, the same judgement ``promotion.rollback`` makes, nothing stored), and checks
+a training form against the workspace (``upgrader.services.training_plan``). Running the plan is the training side's job: the dashboard
 imports ``upgrader.training.pipeline`` only inside the action that starts a run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from registry import AliasMove, GateReport, Generation
+from rich.text import Text
 
-from upgrader.core.errors import InvalidRequest
+from upgrader.compat.gate import GateConfig
+from upgrader.core.errors import InvalidRequest, NoProduction
+from upgrader.core.markup import styled
 from upgrader.core.vocabulary import KINDS
 from upgrader.services.matrix import MatrixView, compatibility_matrix
+from upgrader.services.promotion import (
+    RollbackGround,
+    judge_rollback,
+    newer_gallery_generations,
+    rollback_report_body,
+    rollback_target,
+)
 from upgrader.services.status import GenerationSummary, generation_rows
 from upgrader.services.training_plan import TrainRequest, anchor_generation, validate_request
 from upgrader.services.workspace import Workspace
@@ -179,21 +191,25 @@ class TrainingPlan:
     dataset: str
     classes: tuple[str, ...]
 
-    def describe(self) -> list[str]:
-        """The lines the confirmation modal shows: exactly what the run does."""
+    def describe(self) -> list[Text]:
+        """The lines the confirmation modal shows: exactly what the run does.
+
+        Styled text, not markup strings: the name, the parent, the classes and the dataset path are
+        what a user typed and are shown as typed (a class called ``[/]x`` included).
+        """
         req = self.request
         what = {"finetune": "Fine-tune", "replacement": "Replacement", "initial": "Initial generation"}[req.kind]
-        lines = [f"{what}: train [b]{self.name}[/b] ({self.arch}, method {req.method})"]
+        lines = [styled("{}: train [b]{}[/b] ({}, method {})", what, self.name, self.arch, req.method)]
         if req.kind == "finetune" and self.parent is not None:
-            lines.append(f"starting from the weights of {self.parent.name}, with its rehearsal memory")
+            lines.append(styled("starting from the weights of {}, with its rehearsal memory", self.parent.name))
         if self.anchored and self.parent is not None:
-            lines.append(f"compatibility loss anchored on {self.parent.name} (frozen)")
+            lines.append(styled("compatibility loss anchored on {} (frozen)", self.parent.name))
         elif req.kind != "initial":
-            lines.append("no anchor: nothing keeps it compatible with earlier generations")
+            lines.append(Text("no anchor: nothing keeps it compatible with earlier generations"))
         per = f", at most {req.per_class} images per class" if req.per_class else ""
-        lines.append(f"data: classes {', '.join(self.classes)} of {self.dataset}{per}; {req.epochs} epoch(s)")
-        lines.append("then: export to ONNX, embed the probe set, register as a [b]candidate[/b]")
-        lines.append("production does not move; verify and promote it afterwards")
+        lines.append(styled("data: classes {} of {}{}; {} epoch(s)", ", ".join(self.classes), self.dataset, per, req.epochs))
+        lines.append(styled("then: export to ONNX, embed the probe set, register as a [b]candidate[/b]"))
+        lines.append(Text("production does not move; verify and promote it afterwards"))
         return lines
 
 
@@ -239,3 +255,39 @@ def matrix_view(ws: Workspace, *, live_only: bool, metric: str, margin: float = 
         return compatibility_matrix(ws, live_only=True, metric=metric, margin=margin)
     ids = [g.id for g in ws.registry.list_generations()]
     return compatibility_matrix(ws, ids or None, metric=metric, margin=margin)
+
+
+@dataclass(frozen=True)
+class RollbackPreview:
+    """What a rollback to ``target`` would meet at the gate now, before anyone confirms it.
+
+    The same judgement :func:`upgrader.services.promotion.rollback` makes (and makes again when the
+    person confirms, so a change in between is not missed), without storing a report or moving anything.
+    """
+
+    production: Generation
+    target: Generation
+    passed: bool
+    ground: RollbackGround  # why the target may serve again, or that it has no standing
+    report: dict[str, Any]  # the report body a rollback would store (checks, ground first; reasons)
+    newer: list[int]  # live gallery generations written after the target (the upper triangle)
+
+
+def preview_rollback(ws: Workspace, target: int | None, config: GateConfig) -> RollbackPreview:
+    """Judge a rollback to ``target`` (None: production's previous holder) without moving production.
+
+    Raises:
+        NoProduction: nothing is in production. InvalidRequest: the target is production already, or
+            production has no earlier holder and no target was named.
+    """
+    reg = ws.registry
+    production = reg.get_alias()
+    if production is None:
+        raise NoProduction("no production generation; there is nothing to roll back")
+    gen = reg.get_generation(target) if target is not None else rollback_target(ws)
+    if gen.id == production:
+        raise InvalidRequest(f"generation {gen.name} is production already; select an older one to roll back to")
+    verdict, ground = judge_rollback(ws, gen, config)
+    body = rollback_report_body(verdict, ground, gen.id)
+    newer = newer_gallery_generations(reg.live_generations(), gen.id)
+    return RollbackPreview(reg.get_generation(production), gen, verdict.passed, ground, body, newer)
