@@ -66,9 +66,15 @@ def test_a_tampered_artifact_is_refused(invoke, seeded: Path) -> None:
     data[-1] ^= 0xFF
     onnx.write_bytes(bytes(data))
     res = invoke("promote", "g2", home=seeded)
-    assert res.exit_code != 0
+    assert res.exit_code == 1
     assert "sha256" in res.stderr
     assert _production(invoke, seeded) == "g1"
+    # verify cannot judge a file the registry does not know, and says how to get a known one
+    judged = invoke("verify", "g2", home=seeded)
+    assert judged.exit_code == 1 and "upgrader export" in judged.stderr
+    # ...and the fix it names works: a re-export writes a recorded artifact the gate can judge.
+    assert invoke("export", "g2", home=seeded).exit_code == 0
+    assert invoke("verify", "g2", "--json", home=seeded).exit_code in (0, 3)
 
 
 def test_rollback_checks_the_upper_triangle_and_force_overrides(invoke, seeded: Path) -> None:
@@ -214,3 +220,55 @@ def test_a_forced_move_without_a_reason_is_refused_in_domain_words_below_the_cli
 def test_rollback_force_without_a_reason_is_a_usage_error_worded_with_the_flags(invoke, seeded: Path) -> None:
     res = invoke("rollback", "g2", "--force", home=seeded)
     assert res.exit_code == 2 and "--force needs --reason" in res.stderr
+
+
+def _stored_report(home: Path, report_id: int) -> dict:
+    from upgrader.services.workspace import open_workspace
+
+    with open_workspace(home) as ws:
+        return ws.registry.get_gate_report(report_id).report
+
+
+def test_rollback_to_a_generation_the_gate_rejected_needs_force_and_is_recorded_forced(invoke, seeded: Path) -> None:
+    # g3-er is the baseline-er of the demo: an `er` replacement the gate rejects.
+    assert invoke("verify", "g3-er", home=seeded).exit_code == 3
+    refused = invoke("rollback", "g3-er", "--reason", "x", home=seeded)
+    assert refused.exit_code == 3, refused.stderr
+    assert "never held production through an unforced move" in refused.stderr and "gen 1 gallery" in refused.stderr
+    assert _production(invoke, seeded) == "g1" and len(invoke("history", "--json", home=seeded).json()) == 1
+
+    forced = invoke("rollback", "g3-er", "--force", "--reason", "x", "--json", home=seeded)
+    assert forced.exit_code == 0, forced.stderr
+    body = forced.json()
+    assert body["forced"] is True and body["ground"]["kind"] == "none"
+    last = invoke("history", "--json", home=seeded).json()[-1]
+    assert last["forced"] is True and last["to_gen"] == 3 and last["reason"] == "x"
+    report = _stored_report(seeded, body["report_id"])
+    assert report["checks"][0]["kind"] == "ground" and len(report["checks"]) > 1  # never "passed with zero checks"
+
+
+def test_rollback_to_the_previous_production_stands_on_its_unforced_move(invoke, seeded: Path) -> None:
+    assert invoke("promote", "g2", "--reason", "adds classes 4-5", home=seeded).exit_code == 0
+    res = invoke("rollback", "--reason", "latency", "--json", home=seeded)
+    assert res.exit_code == 0, res.stderr
+    body = res.json()
+    assert body["forced"] is False and body["ground"]["kind"] == "held-production" and body["ground"]["move_id"] == 1
+    assert _production(invoke, seeded) == "g1"
+    report = _stored_report(seeded, body["report_id"])
+    assert report["kind"] == "rollback" and report["passed"] is True
+    assert report["checks"][0] == {**report["checks"][0], "kind": "ground", "passed": True, "ground": "held-production"}
+    assert "held production from" in report["ground"]["line"] and "via move 1" in report["ground"]["line"]
+    human = invoke("promote", "g2", "--reason", "again", home=seeded)
+    assert human.exit_code == 0, human.stderr
+    again = invoke("rollback", "--reason", "latency", home=seeded)
+    assert again.exit_code == 0 and "held production from" in again.stdout
+
+
+def test_a_force_never_overrides_a_failed_artifact_checksum(invoke, seeded: Path) -> None:
+    onnx = seeded / "artifacts" / "g3-er" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    for args in (("promote", "g3-er"), ("rollback", "g3-er")):
+        res = invoke(*args, "--force", "--reason", "emergency", home=seeded)
+        assert res.exit_code == 1, (args, res.stderr)
+        assert "sha256" in res.stderr and "`upgrader export GEN` re-exports it" in res.stderr
+    assert _production(invoke, seeded) == "g1" and len(invoke("history", "--json", home=seeded).json()) == 1

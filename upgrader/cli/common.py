@@ -12,18 +12,22 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from registry.errors import RegistryError, SchemaOutOfDate, WorkspaceNotFound
+from registry.errors import RegistryError, SchemaOutOfDate, UnknownGeneration, WorkspaceNotFound
 
 from upgrader.core.jsonable import jsonable
+from upgrader.core.markup import styled
 from upgrader.core.errors import GateRefused, InvalidRequest, UpgraderError
 from upgrader.services.workspace import Workspace, open_workspace
 
-#: Exit codes (docs/design.md §5): 1 error, 2 usage, 3 gate refused.
+#: Exit codes (docs/design.md §5): 1 a failure of files, database or artifacts; 2 a usage error — a
+#: value the user typed that is invalid or names nothing known; 3 the gate refused.
 EXIT_ERROR, EXIT_USAGE, EXIT_GATE = 1, 2, 3
+
+#: Registry errors that mean "the value you typed names nothing": usage errors (exit 2), like an
+#: unknown class or architecture below the CLI (``InvalidRequest``).
+USAGE_REGISTRY_ERRORS: tuple[type[RegistryError], ...] = (UnknownGeneration,)
 
 HomeOption = Annotated[
     Path | None,
@@ -32,7 +36,7 @@ HomeOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 #: Markup is off: whatever a command prints is shown literally (names, ids and reasons are the user's
-#: text, and ``[/]evil`` must print as typed). Styling goes through :func:`styled`.
+#: text, and ``[/]evil`` must print as typed). Styling goes through :func:`upgrader.core.markup.styled`.
 console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
 
@@ -45,15 +49,19 @@ SUBJECT_WORDS: dict[str, str] = {
     "num_classes": "-k/--num-classes",
     "classes": "--classes",
     "name": "--name",
+    "dataset": "--dataset",
     "home": "--home",
     "workspace": "`upgrader init --home DIR` creates one; --home or UPGRADER_HOME opens one",
     "production": "`upgrader promote GEN`",
     "gallery": "`upgrader gallery add`",
     "artifact": "`upgrader export GEN` re-exports it",
     "schema": "`upgrader db upgrade` migrates it",
+    "generations": "`upgrader generations` lists them",
 }
 #: Registry errors carry no subject (the registry imports nothing from upgrader): named by type here.
-REGISTRY_SUBJECTS: dict[type[RegistryError], str] = {WorkspaceNotFound: "workspace", SchemaOutOfDate: "schema"}
+REGISTRY_SUBJECTS: dict[type[RegistryError], str] = {
+    WorkspaceNotFound: "workspace", SchemaOutOfDate: "schema", UnknownGeneration: "generations",
+}
 
 
 #: Refusals that name their check (``reason``, e.g. the training plan's), said whole in the CLI's
@@ -65,17 +73,9 @@ REASON_WORDS: dict[str, str] = {
     "replacement-arch": "a replacement needs --arch (the new architecture)",
     "init-weights": "--init-weights {init_weights}: no such file",
     "name-taken": "a generation named {name!r} exists already; pass another --name",
-    "folder-exists": "{folder} exists already; remove it or pass another --name",
+    "has-gallery-items": "generation {name} still has {items} gallery items; `upgrader gallery rm --generation {name}` "
+                         "deletes them, then remove it",
 }
-
-
-def styled(template: str, *values: object) -> Text:
-    """Rich text from a markup ``template`` whose ``{}`` fields take ``values`` literally.
-
-    The template is the CLI's own words and may style them (``"[green]ok[/] {}"``); each value is
-    escaped before it is put in, so a user's ``[/]x`` is printed as typed and never read as markup.
-    """
-    return Text.from_markup(template.format(*(escape(str(v)) for v in values)))
 
 
 def cli_message(exc: Exception) -> str:
@@ -99,7 +99,7 @@ def handle_errors(fn: F) -> F:
         except GateRefused as exc:
             err_console.print(styled("[bold red]refused:[/] {}", exc), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_GATE) from None
-        except InvalidRequest as exc:
+        except (InvalidRequest, *USAGE_REGISTRY_ERRORS) as exc:
             err_console.print(styled("[bold red]error:[/] {}", cli_message(exc)), highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except (UpgraderError, RegistryError) as exc:

@@ -170,8 +170,12 @@ def rollback(
     metric: Metric = DEFAULT_PRIMARY_METRIC,
     json_out: JsonOption = False,
 ) -> None:
-    """Move production back to an older generation, if it can read the gallery items written since.
+    """Move production back to an older generation, if it has a standing and reads the items written since.
 
+    The target must have held production before through an unforced move, or pass the gate's
+    compatibility checks now (no improvement needed); either way it must read the gallery items written
+    after it. Exit code 3 (and production unchanged) otherwise; --force --reason overrides the gate
+    (recorded as forced), never a failed artifact checksum.
     Example: upgrader rollback --reason "latency regression"
     """
     _force_needs_reason(force, reason)
@@ -184,10 +188,14 @@ def rollback(
             raise
         names = {g.id: g.name for g in ws.registry.list_generations()}
     if json_out:
-        print_json({"rolled_back": True, "move": done.move, "forced": done.forced, "report_id": done.report.id if done.report else None})
+        print_json({"rolled_back": True, "move": done.move, "forced": done.forced,
+                    "report_id": done.report.id if done.report else None,
+                    "ground": done.ground.to_dict() if done.ground else None})
         return
     m = done.move
     console.print(Text("production rolled back: ") + _move_line(m, names) + Text(f" (report {m.gate_report_id})"))
+    if done.ground is not None:
+        console.print(styled("  [dim]{}[/]", done.ground.line))
 
 
 @handle_errors

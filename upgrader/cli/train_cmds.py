@@ -48,8 +48,10 @@ def run_training(ws: Workspace, req: TrainRequest, *, quiet: bool = False) -> Tr
     Raises:
         InvalidRequest: the request was refused (the CLI words it with the flag to change).
     """
+    from upgrader.services.training_plan import validate_request
     from upgrader.training.pipeline import train_and_register
 
+    validate_request(ws, req)  # a refused request says so before any progress bar appears
     if quiet:
         return train_and_register(ws, req)
     with progress_bar() as bar:

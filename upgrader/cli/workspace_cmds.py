@@ -1,4 +1,4 @@
-"""`init`, `status`, `generations`, `history`, `db upgrade`."""
+"""`init`, `status`, `generations` (and `generations rm`), `history`, `db upgrade`."""
 
 from __future__ import annotations
 
@@ -24,10 +24,13 @@ STATUS_STYLE = {
 
 
 def register(app: typer.Typer, db_app: typer.Typer) -> None:
-    """Attach this module's commands."""
+    """Attach this module's commands. ``generations`` lists the lineage on its own and holds ``rm``."""
     app.command("init")(init)
     app.command("status")(status)
-    app.command("generations")(generations)
+    generations_app = typer.Typer(help="List the lineage; `generations rm NAME` removes one.")
+    generations_app.callback(invoke_without_command=True)(generations)
+    generations_app.command("rm")(remove)
+    app.add_typer(generations_app, name="generations")
     app.command("history")(history)
     db_app.command("upgrade")(db_upgrade)
 
@@ -97,11 +100,13 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
 
 
 @handle_errors
-def generations(home: HomeOption = None, json_out: JsonOption = False) -> None:
-    """List the lineage with status, self-test and gallery share.
+def generations(ctx: typer.Context, home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """List the lineage with status, self-test and gallery share; `generations rm NAME` removes one.
 
     Example: upgrader generations --json
     """
+    if ctx.invoked_subcommand is not None:
+        return
     with workspace(home) as ws:
         rows = generation_rows(ws)
     if json_out:
@@ -118,6 +123,43 @@ def generations(home: HomeOption = None, json_out: JsonOption = False) -> None:
             str(r.gallery_items), f"{g.created_at:%Y-%m-%d %H:%M}",
         )
     console.print(t)
+
+
+def _typed(ctx: typer.Context, param: str) -> bool:
+    """Whether the user gave ``param`` on the command line (not from the environment or a default)."""
+    source = ctx.get_parameter_source(param)
+    return getattr(source, "name", None) == "COMMANDLINE"
+
+
+@handle_errors
+def remove(
+    ctx: typer.Context,
+    generation: Annotated[str, typer.Argument(help="Generation id or name.")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove a generation: delete one that never served (rows and files; the name is free again),
+    retire one that ever held production (history and files kept). Production is refused.
+
+    Example: upgrader generations rm baseline-er
+    """
+    from upgrader.services.removal import remove_generation
+
+    parent = ctx.parent
+    if parent is not None and not _typed(ctx, "home") and _typed(parent, "home"):
+        home = parent.params["home"]  # `generations --home DIR rm NAME`: the workspace the user named
+    with workspace(home) as ws:
+        done = remove_generation(ws, generation)
+    if json_out:
+        print_json(done)
+        return
+    g = done.generation
+    if done.deleted:
+        console.print(styled("[green]deleted[/] generation {} (id {}){}; the name is free again", g.name, g.id,
+                             f" and its folder {done.folder}" if done.folder else ""))
+    else:
+        console.print(styled("[yellow]retired[/] generation {} (id {}): it held production once, so its history "
+                             "and files are kept", g.name, g.id))
 
 
 @handle_errors

@@ -80,3 +80,18 @@ class GateRefused(UpgraderError):
 
 class InvalidRequest(UpgraderError):
     """Arguments that contradict each other or the workspace (a usage error: CLI exit code 2)."""
+
+
+class RequestRefused(InvalidRequest):
+    """A request refused by one named check, with the values its message quotes.
+
+    ``reason`` names the check (the training plan's ``epochs``, ``initial-with-parent``,
+    ``finetune-arch``, ``replacement-arch``, ``init-weights``, ``name-taken``; removal's
+    ``has-gallery-items``) and ``details`` holds the values the message quotes, so a UI can say the same
+    in its own words; ``subject`` is the input at fault.
+    """
+
+    def __init__(self, message: str, reason: str, *, subject: str, **details: str) -> None:
+        super().__init__(message, subject=subject)
+        self.reason = reason
+        self.details = details

@@ -20,7 +20,7 @@ from upgrader.compat.gate import GateConfig, compatibility_check
 from upgrader.compat.matrix import PairEvaluator, average_compatibility, average_multimodel_accuracy, matrix_from_pairs
 from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, METRICS
 from upgrader.core.errors import InvalidRequest
-from upgrader.services.registration import embed_probe_set, has_probe_embeddings, known_classes
+from upgrader.services.registration import embed_probe_set, known_classes
 from upgrader.services.workspace import Workspace
 
 
@@ -48,12 +48,17 @@ def probe_labels(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_probe(ws: Workspace, gen_ids: Iterable[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """Probe query and gallery embeddings of each generation, embedding them first where they are missing."""
+    """Probe query and gallery embeddings of each generation, embedding them first where they are missing
+    or stale (stored for another artifact than the generation's current one).
+
+    Raises:
+        ArtifactError: a generation to embed has a missing, changed or degenerate artifact.
+    """
     reg = ws.registry
     queries: dict[int, np.ndarray] = {}
     galleries: dict[int, np.ndarray] = {}
     for gid in dict.fromkeys(gen_ids):
-        if not has_probe_embeddings(ws, gid):
+        if not reg.has_probe_embeddings(gid):  # missing, or computed from an earlier artifact
             embed_probe_set(ws, reg.get_generation(gid))
         queries[gid] = reg.get_probe_embeddings(gid, "query")[1]
         galleries[gid] = reg.get_probe_embeddings(gid, "gallery")[1]

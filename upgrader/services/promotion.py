@@ -3,14 +3,25 @@
 ``upgrader.compat.gate`` decides from numbers; this module loads those numbers from the registry (probe
 embeddings of each generation, the live generations, production), stores the verdict as a gate
 report and moves the ``production`` alias. No torch: a CPU server can promote.
+
+This is the one place the rules of a move live; the CLI, the dashboard and Python callers all come
+through :func:`promote` and :func:`rollback`:
+
+* a move needs a passing gate report about the target's exact artifact, or ``force`` with a reason
+  (recorded as forced); a force overrides the gate, never the artifact's checksum
+  (:func:`upgrader.services.registration.check_artifact` runs first, forced or not);
+* a rollback target must have held production before through an unforced move, with the artifact it
+  has now, or pass the gate's compatibility checks now (without the improvement check: a rollback may
+  be worse); on top of either, it must read the gallery items written after it (the upper triangle).
+  The stored report says which ground it stood on (:class:`RollbackGround`).
 """
 
 from __future__ import annotations
 
 import getpass
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from registry import AliasMove, GateReport, Generation
 
@@ -20,6 +31,7 @@ from upgrader.compat.verdict import GateVerdict
 from upgrader.core.errors import GateRefused, InvalidRequest, NoProduction
 from upgrader.core.files import sha256_file
 from upgrader.services.matrix import class_sets, load_probe, probe_labels
+from upgrader.services.registration import check_artifact
 from upgrader.services.workspace import Workspace
 
 #: Why a forced move is refused without a reason (the CLI words the same rule with its flags).
@@ -35,6 +47,46 @@ class Verification:
     verdict: GateVerdict  # the full verdict (numbers, checks, reasons)
 
 
+GroundKind = Literal["held-production", "compatible-now", "none"]
+
+
+@dataclass(frozen=True)
+class RollbackGround:
+    """Why a rollback target may serve again, as its rollback report records it.
+
+    ``held-production``: it held production through an unforced move with the artifact it has now
+    (``move``); ``compatible-now``: it passes the gate's compatibility checks now; ``none``: neither,
+    so only a forced move with a reason can make it production.
+    """
+
+    kind: GroundKind
+    line: str  # one sentence, for the report, the refusal and the CLI
+    move: AliasMove | None = None  # the unforced move it served through (held-production only)
+
+    @property
+    def passed(self) -> bool:
+        """Whether the target has a standing of its own (the upper-triangle check still applies)."""
+        return self.kind != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored as the report's ``ground``."""
+        return {
+            "kind": self.kind,
+            "passed": self.passed,
+            "line": self.line,
+            "move_id": self.move.id if self.move else None,
+            "at": self.move.at.isoformat() if self.move else None,
+        }
+
+    def as_check(self, target: int) -> dict[str, Any]:
+        """The ground as the first entry of the report's checks (so a rollback report never passes
+        with zero checks); shaped like a gate check, with ``line`` saying what it checked."""
+        return {
+            "kind": "ground", "query_gen": target, "gallery_gen": target, "value": None, "threshold": None,
+            "passed": self.passed, "reference_gen": target, "comparison": "", "ground": self.kind, "line": self.line,
+        }
+
+
 @dataclass(frozen=True)
 class Promotion:
     """A moved alias and the gate report that allowed it."""
@@ -43,6 +95,7 @@ class Promotion:
     report: GateReport | None  # None only for a forced move without any report
     reused_report: bool  # an earlier passing report for the same artifact and situation was used
     forced: bool
+    ground: RollbackGround | None = None  # rollbacks: the standing the target was judged on
 
 
 def default_actor() -> str:
@@ -86,20 +139,32 @@ def _owners(ws: Workspace, live: Sequence[int]) -> dict[int, int]:
     return gallery_owners(reg.gallery_label_counts(), reg.interface().label_map, live)
 
 
-def _store(ws: Workspace, gen: Generation, verdict: GateVerdict, *, set_status: bool) -> Verification:
+def _store(
+    ws: Workspace, gen: Generation, verdict: GateVerdict, *, set_status: bool, body: dict[str, Any] | None = None
+) -> Verification:
     reg = ws.registry
     reg.record_evaluations((q, g, m.as_dict()) for (q, g), m in verdict.evaluations.items())
-    report = reg.add_gate_report(gen.id, gen.onnx_sha256, verdict.passed, verdict.kind, verdict.to_dict())
+    report = reg.add_gate_report(
+        gen.id, gen.onnx_sha256, verdict.passed, verdict.kind, body if body is not None else verdict.to_dict()
+    )
     if set_status and gen.status not in ("production", "retired"):
         gen = reg.set_status(gen.id, "verified" if verdict.passed else "rejected")
     return Verification(reg.get_generation(gen.id), report, verdict)
 
 
 def verify(ws: Workspace, ref: str | int, config: GateConfig | None = None) -> Verification:
-    """Run the promotion gate for a generation, store the report, mark it verified or rejected."""
+    """Run the promotion gate for a generation, store the report, mark it verified or rejected.
+
+    Probe embeddings that are missing or were computed from another artifact are embedded again first.
+
+    Raises:
+        InvalidRequest: the generation is production. ArtifactError: its file is missing or is not the
+            one registered (an interrupted re-export: export it again), so there is nothing to judge.
+    """
     gen = ws.registry.get_generation(ref)
     if gen.id == ws.registry.get_alias():
         raise InvalidRequest(f"generation {gen.name} is production already; there is nothing to verify it against")
+    check_artifact(ws, gen)
     verdict = evaluate_candidate(_inputs(ws, gen, []), config)
     return _store(ws, gen, verdict, set_status=True)
 
@@ -161,6 +226,7 @@ def promote(
     Raises:
         GateRefused: the gate failed and ``force`` was not given (nothing but the report is written).
         InvalidRequest: the generation is production already, or ``force`` without a reason.
+        ArtifactError: the artifact file is missing or not the one registered (``force`` or not).
     """
     config = config or GateConfig()
     reg = ws.registry
@@ -169,6 +235,7 @@ def promote(
         raise InvalidRequest(f"generation {gen.name} is production already")
     if force and not reason.strip():
         raise InvalidRequest(FORCE_NEEDS_REASON)
+    check_artifact(ws, gen)
     report = _reusable(ws, gen, "promote", config)
     reused = report is not None
     if report is None:
@@ -186,6 +253,7 @@ def promote(
         reason=reason or ("gate passed" if report.passed else ""),
         gate_report_id=report.id,
         forced=force and not report.passed,
+        kind="promote",
     )
     return Promotion(move=move, report=report, reused_report=reused, forced=move.forced)
 
@@ -211,6 +279,72 @@ def rollback_target(ws: Workspace) -> Generation:
     raise InvalidRequest("production has no earlier holder; name the generation to roll back to")
 
 
+def held_production_move(ws: Workspace, target: Generation) -> AliasMove | None:
+    """The newest unforced move that made ``target`` production with the artifact it has now, or None.
+
+    A move whose passing report judged another artifact (the generation was re-exported since) does
+    not count: the model that served is not the one that would serve again.
+    """
+    reg = ws.registry
+    for move in reversed(reg.alias_history()):
+        if move.to_gen != target.id or move.forced or move.gate_report_id is None:
+            continue
+        report = reg.get_gate_report(move.gate_report_id)
+        if report.passed and report.artifact_sha256 == target.onnx_sha256:
+            return move
+    return None
+
+
+def judge_rollback(ws: Workspace, target: Generation, config: GateConfig | None = None) -> tuple[GateVerdict, RollbackGround]:
+    """The rollback verdict for ``target`` and the ground it stands on; nothing is stored.
+
+    The upper-triangle check (the target reads every live gallery generation written after it) always
+    applies. A target that held production through an unforced move (:func:`held_production_move`)
+    needs nothing more; any other must also pass the gate's compatibility checks against every live
+    generation now, as a candidate would, without the improvement check.
+    """
+    config = config or GateConfig()
+    newer = newer_gallery_generations(ws.registry.live_generations(), target.id)
+    inputs = _inputs(ws, target, newer)
+    upper = evaluate_rollback(inputs, target.id, newer, config)
+    held = held_production_move(ws, target)
+    if held is not None:
+        ground = RollbackGround(
+            "held-production",
+            f"{target.name} held production from {held.at:%Y-%m-%d %H:%M} via move {held.id} (not forced), "
+            "with the artifact it has now",
+            held,
+        )
+        return replace(upper, notes=(ground.line, *upper.notes)), ground
+    compat = evaluate_candidate(inputs, replace(config, require_improvement=False))
+    never = f"{target.name} never held production through an unforced move"
+    ground = (
+        RollbackGround("compatible-now", f"{never}; it passes the gate's compatibility checks now")
+        if compat.passed
+        else RollbackGround("none", f"{never} and fails the gate's compatibility checks now")
+    )
+    merged = replace(
+        upper,
+        passed=upper.passed and compat.passed,
+        checks=(*compat.checks, *upper.checks),
+        evaluations={**compat.evaluations, **upper.evaluations},
+        formal={**compat.formal, **upper.formal},
+        reasons=tuple(dict.fromkeys((*compat.reasons, *upper.reasons))),
+        notes=(ground.line, *compat.notes, *upper.notes),
+        mixed=compat.mixed,
+        mixed_tolerance=compat.mixed_tolerance,
+    )
+    return merged, ground
+
+
+def rollback_report_body(verdict: GateVerdict, ground: RollbackGround, target: int) -> dict[str, Any]:
+    """The stored body of a rollback report: the verdict, its ground, and the ground as the first check."""
+    body = verdict.to_dict()
+    body["ground"] = ground.to_dict()
+    body["checks"] = [ground.as_check(target), *body["checks"]]
+    return body
+
+
 def rollback(
     ws: Workspace,
     ref: str | int | None = None,
@@ -220,15 +354,18 @@ def rollback(
     force: bool = False,
     config: GateConfig | None = None,
 ) -> Promotion:
-    """Move ``production`` back to an older generation, if it can read the newer gallery items.
+    """Move ``production`` back to an older generation, if it has a standing and reads the newer items.
 
-    The check is the upper triangle: M(o, j) >= M(j, j) - margin for every live gallery generation j
-    written after the target o.
+    :func:`judge_rollback` decides; its report (kind ``rollback``, its ground as the first check) is
+    stored either way. A refused target needs ``force`` with a reason, and the move is then recorded
+    as forced.
 
     Raises:
-        GateRefused: o cannot read the newer gallery items (and ``force`` was not given).
+        GateRefused: no standing, or it cannot read the newer gallery items (and ``force`` was not given).
+        NoProduction: nothing to roll back. InvalidRequest: the target is production, or ``force``
+            without a reason. ArtifactError: the target's file is missing or not the one registered
+            (``force`` or not).
     """
-    config = config or GateConfig()
     reg = ws.registry
     production = reg.get_alias()
     if production is None:
@@ -238,19 +375,21 @@ def rollback(
         raise InvalidRequest(f"generation {target.name} is production already")
     if force and not reason.strip():
         raise InvalidRequest(FORCE_NEEDS_REASON)
-    newer = newer_gallery_generations(reg.live_generations(), target.id)
-    verdict = evaluate_rollback(_inputs(ws, target, newer), target.id, newer, config)
-    stored = _store(ws, target, verdict, set_status=False)
+    check_artifact(ws, target)
+    verdict, ground = judge_rollback(ws, target, config)
+    body = rollback_report_body(verdict, ground, target.id)
+    stored = _store(ws, target, verdict, set_status=False, body=body)
     if not verdict.passed and not force:
         raise GateRefused(
-            f"rollback to {target.name} refused (report {stored.report.id}): {verdict.explain()}",
+            f"rollback to {target.name} refused (report {stored.report.id}): {ground.line}. {verdict.explain()}",
             report_id=stored.report.id,
         )
     move = reg.move_alias(
         target.id,
         actor=actor or default_actor(),
-        reason=reason or "rollback: gate passed",
+        reason=reason or f"rollback: {ground.line}",
         gate_report_id=stored.report.id,
         forced=force and not verdict.passed,
+        kind="rollback",
     )
-    return Promotion(move=move, report=stored.report, reused_report=False, forced=move.forced)
+    return Promotion(move=move, report=stored.report, reused_report=False, forced=move.forced, ground=ground)

@@ -12,7 +12,7 @@ from registry import AliasMove, Generation
 
 from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, RetrievalMetrics, self_test
 from upgrader.services.matrix import probe_labels
-from upgrader.services.registration import has_probe_embeddings, known_classes
+from upgrader.services.registration import known_classes
 from upgrader.services.workspace import Workspace
 
 
@@ -83,7 +83,7 @@ def self_tests(ws: Workspace, metric: str = DEFAULT_PRIMARY_METRIC) -> dict[int,
         if gen.id in stored and metric in stored[gen.id]:
             out[gen.id] = float(stored[gen.id][metric])
             continue
-        if not has_probe_embeddings(ws, gen.id):
+        if not reg.has_probe_embeddings(gen.id):  # missing or stale: no self-test to show
             continue
         labels = labels or probe_labels(ws)
         m = probe_self_test(ws, gen.id, known_classes(gen), labels)

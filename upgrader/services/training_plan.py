@@ -14,12 +14,9 @@ from typing import Any
 
 from registry import Generation
 
-from upgrader.core.errors import InvalidRequest, NoProduction
-from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
-from upgrader.services.workspace import Workspace
-
-#: The methods with a compatibility term; only they use an anchor.
-ANCHORED_METHODS: tuple[str, ...] = ("hoc", "bct")
+from upgrader.core.errors import InvalidRequest, NoProduction, RequestRefused
+from upgrader.core.vocabulary import ANCHORED_METHODS, ARCHITECTURES, KINDS, METHODS
+from upgrader.services.workspace import Workspace, check_generation_name
 
 
 @dataclass(frozen=True)
@@ -30,7 +27,7 @@ class TrainRequest:
     classes: tuple[str, ...]  # the new classes to learn (names or indices into the dataset's classes)
     dataset: str | None = None  # dataset spec; None: the workspace's
     arch: str | None = None  # architecture; None: small_cnn (initial), the parent's (finetune)
-    method: str = "hoc"  # hoc | ce | er | bct
+    method: str = "hoc"  # one of METHODS
     epochs: int = 3  # passes over the new data
     batch_size: int = 128  # batch size (half memory, half new data when a memory exists)
     lr: float = 0.05  # peak SGD learning rate
@@ -45,27 +42,13 @@ class TrainRequest:
     extra: dict[str, Any] = field(default_factory=dict)  # further TrainConfig fields (lam, mu, ...)
 
 
-class RequestRefused(InvalidRequest):
-    """A training request refused for one of its settings.
-
-    ``subject`` is the ``TrainRequest`` field at fault; ``reason`` names the check (``epochs``,
-    ``initial-with-parent``, ``finetune-arch``, ``replacement-arch``, ``init-weights``,
-    ``name-taken``, ``folder-exists``) and ``details`` holds the values the message quotes, so a UI
-    can say the same in its own words.
-    """
-
-    def __init__(self, message: str, reason: str, *, subject: str, **details: str) -> None:
-        super().__init__(message, subject=subject)
-        self.reason = reason
-        self.details = details
-
-
 def validate_request(ws: Workspace, req: TrainRequest) -> tuple[Generation | None, str, str]:
     """Check a request before any work: returns (parent, architecture, generation name).
 
     Raises:
-        InvalidRequest: unknown kind, method or architecture (``RequestRefused``: a taken name,
-            missing weights, no epochs, an architecture a fine-tune cannot change).
+        InvalidRequest: unknown kind, method or architecture, a name that breaks the registry's
+            pattern (``RequestRefused``: a taken name, missing weights, no epochs, an architecture a
+            fine-tune cannot change).
         NoProduction: a fine-tune with nothing in production.
     """
     if req.kind not in KINDS:
@@ -96,16 +79,13 @@ def validate_request(ws: Workspace, req: TrainRequest) -> tuple[Generation | Non
             f"initial weights {req.init_weights}: no such file", "init-weights",
             subject="init_weights", init_weights=req.init_weights,
         )
-    name = req.name or _default_name(ws, req, arch)
+    name = check_generation_name(req.name or _default_name(ws, req, arch))
+    ws.generation_dir(name)  # refuses a name whose folder would lie outside the workspace
     if any(g.name == name for g in ws.registry.list_generations()):
         raise RequestRefused(
             f"a generation named {name!r} exists already; choose another name", "name-taken", subject="name", name=name
         )
-    folder = ws.generation_dir(name)
-    if folder.exists():
-        raise RequestRefused(
-            f"{folder} exists already; remove it or choose another name", "folder-exists", subject="name", folder=str(folder)
-        )
+    # A folder of that name without a generation is what a killed run left: training clears and reuses it.
     return parent, arch, name
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from registry import Registry
-from registry.errors import WorkspaceNotFound
+from registry import validation
+from registry.errors import ConstraintViolation, WorkspaceNotFound
 
-from upgrader.core.errors import WorkspaceError
+from upgrader.core.errors import InvalidRequest, WorkspaceError
 from upgrader.core.files import write_atomic
 
 CONFIG_FILE = "workspace.json"
@@ -68,8 +69,24 @@ class Workspace:
         return self.home / ARTIFACTS_DIR
 
     def generation_dir(self, name: str) -> Path:
-        """Artifact folder of the generation called ``name``."""
-        return self.artifacts_dir / name
+        """Artifact folder of the generation called ``name``, refused unless it lies inside
+        :attr:`artifacts_dir`.
+
+        The name is checked against the registry's pattern first, and the path is resolved (links
+        included) before it is compared, so no name can make a command write outside the workspace.
+
+        Raises:
+            InvalidRequest: the name breaks the pattern, or its folder would lie outside the artifacts folder.
+        """
+        name = check_generation_name(name)
+        root = self.artifacts_dir.resolve()
+        folder = (root / name).resolve()
+        if folder.parent != root:
+            raise InvalidRequest(
+                f"generation name {name!r} would put its artifacts at {folder}, outside {root}; choose a plain name",
+                subject="name",
+            )
+        return folder
 
     def resolve(self, stored: str) -> Path:
         """Turn a path stored in the registry (relative to home, or absolute) into an absolute path."""
@@ -92,6 +109,21 @@ class Workspace:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def check_generation_name(name: str) -> str:
+    """The name, checked against the registry's pattern for generation names before anything is written.
+
+    The registry owns the rule (:func:`registry.validation.generation_name`); this turns its refusal
+    into a usage error, since the name is what the user typed.
+
+    Raises:
+        InvalidRequest: the name breaks the pattern (subject ``name``).
+    """
+    try:
+        return validation.generation_name(name)
+    except ConstraintViolation as exc:
+        raise InvalidRequest(str(exc), subject="name") from None
 
 
 def _registry_location(home: Path, config: WorkspaceConfig) -> str:

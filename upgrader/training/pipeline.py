@@ -8,8 +8,10 @@ checks (``TrainRequest``, ``validate_request``) live torch-free in ``upgrader.se
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,14 +20,24 @@ import numpy as np
 
 from registry import Generation, NewGeneration
 
-from upgrader.core.errors import DataError, InvalidRequest
-from upgrader.core.files import replacing
+from upgrader.core.errors import ArtifactError, DataError, InvalidRequest
+from upgrader.core.faults import fault_point
+from upgrader.core.files import replacing, sha256_file
 from upgrader.data.dataset import ImageDataset, RehearsalMemory, subsample_per_class
-from upgrader.data.items import excluded_indices, load_items, parse_classes
-from upgrader.services.registration import artifact_paths, classes_metadata, known_classes, register_generation
+from upgrader.data.items import load_items, parse_classes, probe_mask
+from upgrader.runtime.embedder import Embedder
+from upgrader.services.registration import (
+    artifact_paths,
+    check_artifact_interface,
+    claim_folder,
+    classes_metadata,
+    known_classes,
+    probe_embeddings,
+    register_generation,
+)
 from upgrader.services.training_plan import TrainRequest, anchor_generation, validate_request
 from upgrader.services.workspace import Workspace
-from upgrader.services.workspace_init import probe_uris
+from upgrader.services.workspace_init import probe_pixels
 from upgrader.training.checkpoint import load_checkpoint, save_checkpoint
 from upgrader.training.config import TrainConfig, TrainProgress
 from upgrader.training.export import ExportResult, export_onnx
@@ -43,21 +55,57 @@ class TrainOutcome:
     export_parity: dict[str, float]  # max_abs_diff and min_cosine of ONNX vs PyTorch
 
 
-def training_pool(ws: Workspace, spec: str | None) -> ImageDataset:
-    """The training items of a dataset: its train split, less any probe item drawn from it."""
-    spec = spec or ws.config.dataset
-    ds = load_items(spec, "train")
-    probe = excluded_indices(spec, "train", probe_uris(ws))
-    if len(probe):
-        ds = ds.take(np.setdiff1d(np.arange(len(ds)), probe))
-    return ds
-
-
 def _load_memory(path: Path) -> RehearsalMemory | None:
+    """The rehearsal memory a generation's training left, or None when it has none.
+
+    Loaded without pickle (an object array is refused, never run) and checked for what training
+    needs: uint8 images [M, H, W, C] and one integer vertex per image.
+
+    Raises:
+        DataError: the file is not such a memory, in one line that names it.
+    """
     if not path.is_file():
         return None
-    with np.load(path) as z:
-        return RehearsalMemory(np.array(z["images"]), np.array(z["vertices"]))
+    fix = "restore the memory.npz its training wrote, or fine-tune another generation"
+    try:
+        with np.load(path) as z:
+            images, vertices = np.array(z["images"]), np.array(z["vertices"])
+    except (ValueError, KeyError, OSError, EOFError, AttributeError, TypeError, zipfile.BadZipFile) as exc:
+        # ValueError: an object array (pickle is off) or a damaged array; AttributeError/TypeError: not an .npz
+        why = "it holds object arrays" if "allow_pickle" in str(exc) else f"{exc.__class__.__name__}"
+        raise DataError(f"{path}: not a readable rehearsal memory ({why}); {fix}") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or vertices.ndim != 1 or len(vertices) != len(images) \
+            or not np.issubdtype(vertices.dtype, np.integer):
+        raise DataError(
+            f"{path}: not a rehearsal memory (images {images.dtype} {images.shape}, vertices {vertices.dtype} "
+            f"{vertices.shape}; expected uint8 [M, H, W, C] and M integers); {fix}"
+        )
+    return RehearsalMemory(images, vertices.astype(np.int64))
+
+
+def checked_checkpoint(ws: Workspace, gen: Generation, purpose: str) -> Path:
+    """The path of ``gen``'s checkpoint, after checking it is the file its training recorded.
+
+    Generations registered before checkpoints had a recorded sha256 are taken as they are.
+
+    Raises:
+        InvalidRequest: ``gen`` has no checkpoint (an imported artifact). ArtifactError: the file is
+            missing, or its sha256 differs from the one recorded at training.
+    """
+    if not gen.checkpoint_path:
+        raise InvalidRequest(
+            f"generation {gen.name} has no checkpoint to {purpose} (an imported artifact); use a generation trained here"
+        )
+    path = ws.resolve(gen.checkpoint_path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint of generation {gen.name} is missing at {path}; restore it from a backup")
+    actual = sha256_file(path)
+    if gen.checkpoint_sha256 and actual != gen.checkpoint_sha256:
+        raise ArtifactError(
+            f"checkpoint of generation {gen.name} at {path} has sha256 {actual[:12]}… but its training recorded "
+            f"{gen.checkpoint_sha256[:12]}…; restore the original file, or register the new weights as a new generation"
+        )
+    return path
 
 
 def _save_memory(memory: RehearsalMemory, path: Path) -> None:
@@ -77,6 +125,7 @@ class _RunInputs:
     anchor_checkpoint: Path | None  # its checkpoint (None: nothing anchors the run)
     init_checkpoint: Path | None  # the weights training starts from
     config: TrainConfig
+    probe_items_left_out: int = 0  # training images that were probe items, so never trained on
 
 
 def train_and_register(
@@ -101,11 +150,16 @@ def train_and_register(
         InvalidRequest, NoProduction, DataError: the request cannot run. TrainingCancelled: ``cancel``.
     """
     parent, arch, name = validate_request(ws, req)
+    # Weights that changed since they were trained are refused before any work.
+    if req.kind == "finetune" and parent is not None:
+        checked_checkpoint(ws, parent, "fine-tune from")
+    anchor = anchor_generation(req, parent)
+    if anchor is not None and anchor.checkpoint_path:  # an anchor without one leaves the run unanchored
+        checked_checkpoint(ws, anchor, "anchor on")
     inputs = _run_inputs(ws, req, parent, arch)
     mem = inputs.memory
     paths = artifact_paths(ws, name)
-    gen_dir = ws.generation_dir(name)
-    gen_dir.mkdir(parents=True)
+    gen_dir = claim_folder(ws, name)  # a folder a killed run left under this name is cleared and reused
     try:
         result = train_generation(
             inputs.config,
@@ -127,6 +181,7 @@ def train_and_register(
                 **classes_metadata(ws.registry.interface().label_map, result.meta["vertices"]),
             },
         )
+        fault_point("train:exported")
         gen = register_generation(ws, _new_generation(ws, req, name, parent, inputs, result, exported))
     except BaseException:
         shutil.rmtree(gen_dir, ignore_errors=True)
@@ -142,15 +197,23 @@ def train_and_register(
 
 def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arch: str) -> _RunInputs:
     """Read the new classes' images, the parent's memory and the checkpoints; assign the classes
-    their vertices (the interface grows here, before training)."""
+    their vertices (the interface grows here, before training).
+
+    No probe item is trained on: every image with the pixels of one the registry holds is left out,
+    whatever its file name, position or the spelling of the dataset's path (image folders are read at
+    the probe set's shape, so a file gives the pixels it gave at ``init``)."""
     seed = ws.config.seed if req.seed is None else req.seed
-    pool = training_pool(ws, req.dataset)
+    probe = probe_pixels(ws)
+    pool = load_items(req.dataset or ws.config.dataset, "train", image_shape=probe.shape[1:])
     classes = parse_classes(list(req.classes), pool.classes)
     new_ds = pool.select(classes)
+    held_out = probe_mask(new_ds, probe)  # bool [N]: images that are probe items
+    new_ds = new_ds.take(np.flatnonzero(~held_out))
     if req.per_class:
         new_ds = subsample_per_class(new_ds, req.per_class, seed)
     if len(new_ds) < 2:
-        raise DataError(f"only {len(new_ds)} training images for classes {list(classes)}; give more data")
+        left_out = f" ({int(held_out.sum())} probe items left out)" if held_out.any() else ""
+        raise DataError(f"only {len(new_ds)} training images for classes {list(classes)}{left_out}; give more data")
     label_map = ws.registry.assign_classes(classes)
     vertices = new_ds.vertices(label_map)
 
@@ -172,7 +235,8 @@ def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arc
         arch=arch, kind=req.kind, method=req.method, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr,
         memory_per_class=req.memory_per_class, seed=seed, device=req.device, **req.extra,
     )
-    return _RunInputs(classes, new_ds, vertices, memory, anchor_gen, anchor_ckpt, init_ckpt, config)
+    return _RunInputs(classes, new_ds, vertices, memory, anchor_gen, anchor_ckpt, init_ckpt, config,
+                      int(held_out.sum()))
 
 
 def _new_generation(
@@ -207,32 +271,62 @@ def _new_generation(
         data_fingerprint=inputs.data.fingerprint(),
         onnx_metadata=exported.metadata,
         checkpoint_path=ws.relative(artifact_paths(ws, name)["checkpoint"]),
+        checkpoint_sha256=sha256_file(artifact_paths(ws, name)["checkpoint"]),
         metrics={
             "train_seconds": round(result.seconds, 3),
             "images_per_second": round(result.images_per_second, 1),
             "final_loss": history[-1]["loss"] if history else None,
             "final_accuracy": history[-1]["accuracy"] if history else None,
             "train_images": len(inputs.data),
+            "probe_items_left_out": inputs.probe_items_left_out,
         },
     )
 
 
 def reexport(ws: Workspace, ref: str) -> Generation:
-    """Export a generation's checkpoint to ONNX again and record the new artifact (``upgrader export``).
+    """Export a generation's checkpoint to ONNX again, record the new artifact and re-embed the probe set
+    with it (``upgrader export``), so ``verify`` and ``promote`` judge the model that is on disk.
 
-    The new file replaces the old one atomically; its sha256 goes into the registry, so earlier
-    gate reports no longer cover it and the generation must be verified again before promotion.
+    Production is refused before anything is written. The new file is exported beside the old one and
+    checked (interface, probe outputs) first; then it replaces the old file, the registry records it
+    (its probe embeddings and evaluations of the old artifact go, the generation is a candidate again)
+    and the new probe embeddings are stored. A run killed after the file was replaced leaves a file the
+    registry does not know: ``verify`` refuses it, and running the export again completes.
+
+    Raises:
+        InvalidRequest: production, or no checkpoint. ArtifactError: the checkpoint changed since
+            training, or the new artifact's output is degenerate (nothing replaced).
     """
     reg = ws.registry
     gen = reg.get_generation(ref)
-    if not gen.checkpoint_path or not ws.resolve(gen.checkpoint_path).is_file():
-        raise InvalidRequest(f"generation {gen.name} has no checkpoint to export from")
-    model, _ = load_checkpoint(ws.resolve(gen.checkpoint_path))
+    if gen.id == reg.get_alias():
+        raise InvalidRequest(
+            f"generation {gen.name} serves production and its artifact cannot change under it; "
+            "roll back or promote another generation first, or register the new export as a new generation",
+            subject="production",
+        )
+    checkpoint = checked_checkpoint(ws, gen, "export from")
+    model, _ = load_checkpoint(checkpoint)
     learnt = known_classes(gen)
-    exported = export_onnx(
-        model, ws.resolve(gen.onnx_path), metadata={
-            "generation_id": str(gen.id), "generation_name": gen.name,
-            **(classes_metadata(reg.interface().label_map, learnt) if learnt else {}),
-        },
+    dest = ws.resolve(gen.onnx_path)
+    staged = dest.with_name(f".{dest.name}.export")
+    try:
+        exported = export_onnx(
+            model, staged, metadata={
+                "generation_id": str(gen.id), "generation_name": gen.name,
+                **(classes_metadata(reg.interface().label_map, learnt) if learnt else {}),
+            },
+        )
+        embedder = Embedder(staged)
+        check_artifact_interface(ws, embedder)
+        embedded = probe_embeddings(ws, embedder)
+        os.replace(staged, dest)
+    finally:
+        staged.unlink(missing_ok=True)
+    fault_point("export:written")
+    updated = reg.update_artifact(
+        gen.id, gen.onnx_path, exported.sha256, exported.metadata, checkpoint_sha256=sha256_file(checkpoint)
     )
-    return reg.update_artifact(gen.id, gen.onnx_path, exported.sha256, exported.metadata)
+    for split, (ids, feats) in embedded.items():
+        reg.put_probe_embeddings(gen.id, split, ids, feats, artifact_sha256=exported.sha256)
+    return reg.get_generation(updated.id)
