@@ -68,16 +68,22 @@ def decode_image(data: bytes, image_shape: tuple[int, int, int], *, max_side: in
 def load_image(path: str | os.PathLike[str], image_shape: tuple[int, int, int]) -> np.ndarray:
     """Read an image file, convert to the channel count and resize to (H, W) -> uint8 [H, W, C].
 
-    Raises:
-        ArtifactError: the file is not a readable image.
-    """
-    from PIL import Image, UnidentifiedImageError
+    The same size guard as a served query (:func:`decode_image`'s default limits): a decompression
+    bomb is refused from its header, never decoded.
 
+    Raises:
+        ArtifactError: the file cannot be read, is not an image, or is beyond the size limits.
+    """
     try:
-        with Image.open(path) as im:
-            return fit_image(im, image_shape)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ArtifactError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+        with open(path, "rb") as f:
+            data = f.read()
+        return decode_image(data, image_shape)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read it ({exc.__class__.__name__})") from None
+    except BadImage:
+        raise ArtifactError(f"{path}: not a readable image (empty, truncated or not an image format)") from None
+    except ImageTooLarge as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
 
 
 def load_images(paths: Sequence[str | os.PathLike[str]], image_shape: tuple[int, int, int]) -> np.ndarray:
