@@ -23,7 +23,9 @@ from registry.entities import (
     PRODUCTION,
     AliasMove,
     Evaluation,
+    GalleryChanges,
     GalleryMatrix,
+    GallerySource,
     GateReport,
     Generation,
     Interface,
@@ -33,6 +35,7 @@ from registry.entities import (
 from registry.location import missing_workspace, resolve, sqlite_file
 from registry.stores.aliases import AliasStore
 from registry.stores.gallery import GalleryStore
+from registry.stores.gallery_changes import GalleryChangeStore
 from registry.stores.generations import GenerationStore
 from registry.stores.interface import InterfaceStore
 from registry.stores.probes import ProbeStore
@@ -58,6 +61,7 @@ class Registry:
         self._reports = ReportStore(self._uow, self._generations)
         self._aliases = AliasStore(self._uow, self._generations)
         self._gallery = GalleryStore(self._uow, self._interfaces, self._generations)
+        self._changes = GalleryChangeStore(self._uow, self._interfaces, self._generations)
 
     # Opening and closing.
 
@@ -268,10 +272,17 @@ class Registry:
         return self._reports.evaluations(gen_ids)
 
     def add_gate_report(
-        self, gen_id: int | str, artifact_sha256: str, passed: bool, kind: str, report: dict[str, Any]
+        self,
+        gen_id: int | str,
+        artifact_sha256: str,
+        passed: bool,
+        kind: str,
+        report: dict[str, Any],
+        *,
+        calibration: dict[str, Any] | None = None,
     ) -> GateReport:
-        """Store a gate verdict (``"promote"`` or ``"rollback"``) about one exact artifact."""
-        return self._reports.add_gate_report(gen_id, artifact_sha256, passed, kind, report)
+        """Store a gate verdict (``"promote"``/``"rollback"``) about one exact artifact, with its calibration."""
+        return self._reports.add_gate_report(gen_id, artifact_sha256, passed, kind, report, calibration=calibration)
 
     def get_gate_report(self, report_id: int) -> GateReport:
         """A gate report by id."""
@@ -316,6 +327,10 @@ class Registry:
         """Every move of an alias, oldest first."""
         return self._aliases.alias_history(alias)
 
+    def serving_calibration(self, alias: str = PRODUCTION) -> dict[str, Any] | None:
+        """The calibration of the report the alias's newest move cites, if it is about what the alias serves now."""
+        return self._aliases.serving_calibration(alias)
+
     # Gallery: registry.stores.gallery.
 
     def add_gallery_items(
@@ -355,6 +370,26 @@ class Registry:
     def live_generations(self) -> list[int]:
         """Ids of the generations that have embeddings in the gallery, ascending."""
         return self._gallery.live_generations()
+
+    # Following and re-embedding the gallery: registry.stores.gallery_changes.
+
+    def gallery_version(self) -> int:
+        """The gallery's change-sequence version (0: never written); read it before ``load_gallery``."""
+        return self._changes.gallery_version()
+
+    def gallery_changes(self, after_version: int) -> GalleryChanges:
+        """Rows written and deleted after a version, and the version to follow from next; one snapshot."""
+        return self._changes.gallery_changes(after_version)
+
+    def reembed_gallery_items(self, external_ids: Sequence[str], generation: int | str, embeddings: np.ndarray) -> int:
+        """Replace existing items' embeddings with a generation's in one transaction (unknown ids: nothing written)."""
+        return self._changes.reembed_gallery_items(external_ids, generation, embeddings)
+
+    def gallery_sources(
+        self, *, generation_ids: Iterable[int] | None = None, after_row_id: int = 0, limit: int | None = None
+    ) -> list[GallerySource]:
+        """Gallery items without embeddings (row id, external id, label, source, generation), ascending row id."""
+        return self._changes.gallery_sources(generation_ids=generation_ids, after_row_id=after_row_id, limit=limit)
 
 
 __all__ = ["Registry"]

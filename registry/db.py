@@ -177,14 +177,23 @@ class UnitOfWork:
         self._write = sessionmaker(
             bind=engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
         )
+        # SQLite's deferred BEGIN already reads one snapshot (WAL) from the first read to the end;
+        # elsewhere (PostgreSQL's READ COMMITTED) each statement would see a newer one.
+        self._snapshot = (
+            self._read
+            if engine.dialect.name == "sqlite"
+            else sessionmaker(bind=engine.execution_options(isolation_level="REPEATABLE READ"), expire_on_commit=False)
+        )
 
     @contextmanager
-    def session(self, *, write: bool = False) -> Iterator[Session]:
+    def session(self, *, write: bool = False, snapshot: bool = False) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on any error.
 
         Args:
             write: the session writes; on SQLite its transaction starts with ``BEGIN IMMEDIATE`` so it
                 queues behind other writers instead of failing.
+            snapshot: a read whose statements must all see one snapshot of the database (on
+                PostgreSQL a ``REPEATABLE READ`` transaction); ignored when ``write``.
 
         Yields:
             An ORM session; its connection is usable for Core statements.
@@ -192,7 +201,7 @@ class UnitOfWork:
         Raises:
             RegistryError: every SQLAlchemy error is translated (see :func:`translate`).
         """
-        sess = (self._write if write else self._read)()
+        sess = (self._write if write else self._snapshot if snapshot else self._read)()
         try:
             try:
                 yield sess

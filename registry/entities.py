@@ -129,6 +129,8 @@ class GateReport:
     kind: str  # "promote" (candidate vs live generations) or "rollback" (upper triangle)
     report: dict[str, Any]  # the full report: matrix, failing pairs, numbers, margin, reasons
     created_at: datetime
+    # The score calibration serving applies while this report backs the alias (None: none stored).
+    calibration: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,3 +160,30 @@ class GalleryMatrix:
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
+
+
+@dataclass(frozen=True)
+class GalleryChanges:
+    """What changed in the gallery after a version: the cursor a server follows it by.
+
+    Apply ``deleted_row_ids`` and then ``upserts`` (an upsert replaces the row with the same row id,
+    a re-embedded row arrives again with its new generation), then keep ``version`` for the next call.
+    """
+
+    upserts: GalleryMatrix  # rows added or re-embedded after the version asked for, ascending row id
+    deleted_row_ids: np.ndarray  # int64, ascending: rows deleted since then (none that exist again)
+    version: int  # the gallery's version when read: pass it to the next call
+
+    def __len__(self) -> int:
+        return len(self.upserts) + int(self.deleted_row_ids.size)
+
+
+@dataclass(frozen=True)
+class GallerySource:
+    """A gallery item without its embedding: what a backfill reads to re-embed it, and from where."""
+
+    row_id: int
+    external_id: str
+    label: str | None
+    source_uri: str | None  # where the item's data can be read again (None: unknown)
+    generation_id: int  # the generation whose embedding the gallery holds now

@@ -65,6 +65,10 @@ class UnknownGateReport(RegistryError):
     """No gate report has the id given."""
 
 
+class UnknownGalleryItem(RegistryError):
+    """An operation on existing gallery items (re-embedding) named an external id the gallery lacks."""
+
+
 class AliasTampered(RegistryError):
     """An alias disagrees with the last move of its append-only history: the database was edited
     outside the registry. Nothing serves or moves the alias until the two agree again."""

@@ -74,6 +74,7 @@ def to_gate_report(row: GateReportRow) -> GateReport:
         kind=row.kind,
         report=dict(row.report or {}),
         created_at=row.created_at,
+        calibration=None if row.calibration is None else dict(row.calibration),
     )
 
 

@@ -199,6 +199,9 @@ class GateReportRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     report: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The score calibration serving applies while this report backs the alias (migration 0005);
+    #: SQL NULL when the gate stored none.
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class AliasRow(Base):
@@ -242,6 +245,38 @@ class GalleryItemRow(Base):
     source_uri: Mapped[str | None] = mapped_column(Text)
     generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id"), index=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    #: The gallery version of the row's last write (add or re-embed), from ``gallery_clock``; unique,
+    #: since every write takes versions of its own (migration 0005).
+    version: Mapped[int] = mapped_column(BigInteger, index=True, unique=True)
+
+
+class GalleryClockRow(Base):
+    """The single row holding the gallery's change counter: the newest version any write took.
+
+    Why: servers follow the gallery by version, not by row id. Every gallery write locks this row
+    for its whole transaction, so versions are taken, and become visible, in commit order; row ids
+    from a sequence are not (see :mod:`registry.stores.gallery_clock`).
+    """
+
+    __tablename__ = "gallery_clock"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
+class GalleryTombstoneRow(Base):
+    """One deleted gallery row: the version its deletion took, its row id and external id.
+
+    Why: a server that follows the gallery by version learns of deletions here instead of by
+    recounting. Written in the same transaction as the delete.
+    """
+
+    __tablename__ = "gallery_tombstones"
+
+    version: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
+    row_id: Mapped[int] = mapped_column(BigInteger)
+    external_id: Mapped[str] = mapped_column(String(512))
 
 
 class GalleryLabelCountRow(Base):

@@ -9,6 +9,7 @@ deletes of the history and an alias row that does not follow it; readers check t
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
@@ -124,6 +125,42 @@ class AliasStore:
             )
             _point(s, alias, gen, move, new_alias=from_gen is None)
             return to_alias_move(move)
+
+    def serving_calibration(self, alias: str = PRODUCTION) -> dict[str, Any] | None:
+        """The score calibration serving applies for an alias: the one stored with the gate report its
+        newest move cites, while that report still describes what the alias serves.
+
+        ``None`` when the alias was never set, its newest move cites no report (a forced move
+        without one), the report stored no calibration, or the report is about another generation
+        or another artifact than the alias's generation has now (a calibration fitted for other
+        embeddings must not be applied to these). One read transaction on one snapshot, so a move
+        committed meanwhile is seen whole or not at all.
+
+        Raises:
+            AliasTampered: the alias disagrees with its history.
+        """
+        with self._uow.session(snapshot=True) as s:
+            target = alias_target(s, alias)
+            if target is None:
+                return None
+            report_id = s.execute(
+                select(AliasHistoryRow.gate_report_id)
+                .where(AliasHistoryRow.alias == alias)
+                .order_by(AliasHistoryRow.id.desc())
+                .limit(1)
+            ).scalar_one()
+            if report_id is None:
+                return None
+            found = s.execute(
+                select(GateReportRow.generation_id, GateReportRow.artifact_sha256, GateReportRow.calibration)
+                .where(GateReportRow.id == report_id)
+            ).one_or_none()
+            sha = s.execute(select(GenerationRow.onnx_sha256).where(GenerationRow.id == target)).scalar_one()
+            if found is None or found.calibration is None:
+                return None
+            if found.generation_id != target or found.artifact_sha256 != sha:
+                return None
+            return dict(found.calibration)
 
     def alias_history(self, alias: str = PRODUCTION) -> list[AliasMove]:
         """Every move of an alias, oldest first."""

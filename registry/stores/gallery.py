@@ -6,7 +6,9 @@ plain tuples and come back as plain tuples (``exec_driver_sql``), and embeddings
 at a time with one ``np.frombuffer`` over the joined blobs. The SQL is plain and portable (only the
 parameter marker differs between drivers); errors still pass through SQLAlchemy, so the unit of work
 translates them like any other. ``gallery_label_counts`` is kept in step by every write, in the same
-transaction, so per-generation counts never scan the items.
+transaction, so per-generation counts never scan the items. Every write also takes versions from the
+gallery's change sequence (:mod:`registry.stores.gallery_clock`), which servers follow; the reads of
+that sequence, re-embedding and the list of sources are in :mod:`registry.stores.gallery_changes`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from registry.db import UnitOfWork
 from registry.entities import GalleryMatrix
 from registry.errors import ConstraintViolation, DuplicateItem, EmbeddingError
 from registry.schema import GalleryItemRow, GalleryLabelCountRow
+from registry.stores import gallery_clock
+from registry.stores.gallery_clock import param_marker as _param_marker
 from registry.stores.generations import GenerationStore
 from registry.stores.interface import InterfaceStore
 
@@ -54,6 +58,8 @@ class GalleryStore:
     ) -> int:
         """Add a batch of gallery items embedded by one generation; all or nothing.
 
+        The rows take consecutive versions of the gallery's change sequence, in batch order.
+
         Args:
             generation_id: the generation that produced the embeddings.
             external_ids: ``[N]`` unique item keys (unique across the whole gallery).
@@ -79,10 +85,12 @@ class GalleryStore:
         blobs = self._interfaces.codec().encode(embeddings, rows=n)
         try:
             with self._uow.session(write=True) as s:
+                conn = s.connection()
+                # The clock's lock first, before anything else this transaction locks.
+                first = gallery_clock.take(conn, n) if n else 0
                 gen_id = self._generations.row(s, generation_id).id
                 if n:
-                    conn = s.connection()
-                    _insert_items(conn, gen_id, ids, labs, uris, blobs)
+                    _insert_items(conn, gen_id, ids, labs, uris, blobs, first_version=first)
                     _add_counts(conn, {(gen_id, lab): c for lab, c in Counter(labs).items()})
         except DuplicateItem as err:
             taken = sorted(self.existing_external_ids(ids))
@@ -132,7 +140,9 @@ class GalleryStore:
 
         Args:
             after_row_id: only rows with a larger row id (pass the last ``row_ids`` value to load
-                what was added since).
+                what was added since). On PostgreSQL ids commit out of order, so such a cursor can
+                miss rows, and it never sees re-embeds or deletions; a server that follows the
+                gallery reads :meth:`registry.stores.gallery_changes.GalleryChangeStore.gallery_changes`.
             generation_ids: only rows written by these generations.
 
         Returns:
@@ -178,7 +188,8 @@ class GalleryStore:
         """Delete gallery items by external id (unknown ids are ignored), or every item of one generation.
 
         Exactly one of the two is given. Either way one transaction, with ``gallery_label_counts``
-        brought down by what was actually deleted.
+        brought down by what was actually deleted and one tombstone per deleted row, its versions
+        taken from the gallery's change sequence in ascending row id order.
 
         Returns:
             The number of items deleted.
@@ -195,14 +206,18 @@ class GalleryStore:
         deleted = 0
         with self._uow.session(write=True) as s:
             conn = s.connection()
+            nxt = gallery_clock.lock(conn) + 1
             if generation is not None:
-                gone = _delete_generation_items(conn, self._generations.row(s, generation).id)
+                gone, buried = _delete_generation_items(conn, self._generations.row(s, generation).id)
                 _add_counts(conn, {key: -n for key, n in gone.items()})
+                gallery_clock.advance(conn, gallery_clock.bury(conn, nxt, buried) - 1)
                 return sum(gone.values())
             for chunk in _chunks(ids):
-                gone = _delete_items(conn, chunk)
+                gone, buried = _delete_items(conn, chunk)
                 _add_counts(conn, {key: -n for key, n in gone.items()})
+                nxt = gallery_clock.bury(conn, nxt, buried)
                 deleted += sum(gone.values())
+            gallery_clock.advance(conn, nxt - 1)
         return deleted
 
     def live_generations(self) -> list[int]:
@@ -234,12 +249,7 @@ def _chunks(seq: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]
 # The fast SQL paths: plain tuples to and from the driver, no ORM objects per row.
 
 #: Columns written by an ingest, in tuple order.
-INSERT_COLUMNS = ("external_id", "label", "source_uri", "generation_id", "embedding")
-
-
-def _param_marker(conn: Connection) -> str:
-    # pysqlite takes qmark; psycopg and most others take format/pyformat (%s).
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+INSERT_COLUMNS = ("external_id", "label", "source_uri", "generation_id", "embedding", "version")
 
 
 def _insert_items(
@@ -249,6 +259,8 @@ def _insert_items(
     labels: Sequence[str | None],
     source_uris: Sequence[str | None],
     blobs: Sequence[bytes],
+    *,
+    first_version: int,
 ) -> None:
     """Insert gallery rows with one ``executemany`` inside the caller's transaction.
 
@@ -259,13 +271,15 @@ def _insert_items(
         labels: optional labels.
         source_uris: optional sources.
         blobs: encoded embeddings.
+        first_version: the version of the first row (taken from the locked clock); the others follow.
     """
     ph = _param_marker(conn)
     sql = (
         f"INSERT INTO gallery_items ({', '.join(INSERT_COLUMNS)}) "
         f"VALUES ({', '.join([ph] * len(INSERT_COLUMNS))})"
     )
-    rows = list(zip(external_ids, labels, source_uris, repeat(int(generation_id)), blobs))
+    versions = range(int(first_version), int(first_version) + len(blobs))
+    rows = list(zip(external_ids, labels, source_uris, repeat(int(generation_id)), blobs, versions))
     conn.exec_driver_sql(sql, rows)
 
 
@@ -299,29 +313,35 @@ def _add_counts(conn: Connection, deltas: dict[tuple[int, str | None], int]) -> 
         conn.exec_driver_sql("DELETE FROM gallery_label_counts WHERE items <= 0")
 
 
-def _delete_items(conn: Connection, external_ids: Sequence[str]) -> dict[tuple[int, str | None], int]:
-    """Delete gallery rows by external id; returns how many went per (generation id, label)."""
+#: What a delete hands back: items gone per (generation id, label), and the ``(row id, external id)``
+#: of each deleted row in ascending row id order (for its tombstone).
+Deleted = tuple[dict[tuple[int, str | None], int], list[tuple[int, str]]]
+
+
+def _delete_items(conn: Connection, external_ids: Sequence[str]) -> Deleted:
+    """Delete gallery rows by external id; returns what went (see :data:`Deleted`)."""
     if not external_ids:
-        return {}
+        return {}, []
     ph = _param_marker(conn)
     result = conn.exec_driver_sql(
         f"DELETE FROM gallery_items WHERE external_id IN ({', '.join([ph] * len(external_ids))}) "
-        "RETURNING generation_id, label",
+        "RETURNING id, external_id, generation_id, label",
         tuple(external_ids),
     )
-    gone: dict[tuple[int, str | None], int] = {}
-    for gen, label in result.fetchall():
-        gone[(int(gen), label)] = gone.get((int(gen), label), 0) + 1
-    return gone
+    rows = sorted(result.fetchall(), key=lambda r: int(r[0]))
+    gone = Counter((int(gen), label) for _, _, gen, label in rows)
+    return dict(gone), [(int(row_id), ext) for row_id, ext, _, _ in rows]
 
 
-def _delete_generation_items(conn: Connection, generation_id: int) -> dict[tuple[int, str | None], int]:
-    """Delete every gallery row of one generation; returns how many went per (generation id, label)."""
+def _delete_generation_items(conn: Connection, generation_id: int) -> Deleted:
+    """Delete every gallery row of one generation; returns what went (see :data:`Deleted`)."""
     result = conn.exec_driver_sql(
-        f"DELETE FROM gallery_items WHERE generation_id = {_param_marker(conn)} RETURNING label", (int(generation_id),)
+        f"DELETE FROM gallery_items WHERE generation_id = {_param_marker(conn)} RETURNING id, external_id, label",
+        (int(generation_id),),
     )
-    labels = Counter(label for (label,) in result.fetchall())
-    return {(int(generation_id), label): n for label, n in labels.items()}
+    rows = sorted(result.fetchall(), key=lambda r: int(r[0]))
+    labels = Counter(label for _, _, label in rows)
+    return {(int(generation_id), label): n for label, n in labels.items()}, [(int(r), ext) for r, ext, _ in rows]
 
 
 def _filter_sql(ph: str, after_row_id: int, generation_ids: Sequence[int] | None) -> tuple[str, list[int]]:
@@ -352,21 +372,11 @@ def _iter_items(
     where, params0 = _filter_sql(_param_marker(conn), 0, generation_ids)
     extra = params0[1:]
     sql = f"SELECT id, external_id, generation_id, label, embedding FROM gallery_items {where} ORDER BY id LIMIT {int(chunk)}"
-    dbapi_error = conn.dialect.loaded_dbapi.Error
     last = int(after_row_id)
     # Keyset pagination (id > last ... LIMIT n): bounded memory on every backend without relying
     # on server-side cursors, and each page is one indexed range scan.
     while True:
-        params = (last, *extra)
-        result = conn.exec_driver_sql(sql, params)
-        try:
-            # The DBAPI cursor hands back plain tuples: no per-row Row objects for a million rows.
-            part = result.cursor.fetchall()
-        except dbapi_error as err:
-            # Wrapped like SQLAlchemy wraps it, so the unit of work translates it.
-            raise exc.DBAPIError.instance(sql, params, err, dbapi_error) from err
-        finally:
-            result.close()
+        part = fetch_tuples(conn, sql, (last, *extra))
         if not part:
             return
         ids, ext, gens_c, labels, blobs = zip(*part)
@@ -374,3 +384,16 @@ def _iter_items(
         if len(part) < chunk:
             return
         last = int(ids[-1])
+
+
+def fetch_tuples(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Run one query and fetch its rows as the DBAPI's plain tuples (no per-row ``Row`` objects)."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    result = conn.exec_driver_sql(sql, tuple(params))
+    try:
+        return list(result.cursor.fetchall())
+    except dbapi_error as err:
+        # Wrapped like SQLAlchemy wraps it, so the unit of work translates it.
+        raise exc.DBAPIError.instance(sql, tuple(params), err, dbapi_error) from err
+    finally:
+        result.close()

@@ -1,12 +1,14 @@
 """Evaluations (query generation x gallery generation metrics) and gate reports.
 
 Both are bound to artifacts: an evaluation names the two artifact sha256s it was computed with and is
-read only while both generations still have them; a gate report names the one artifact it judged.
+read only while both generations still have them; a gate report names the one artifact it judged,
+and may carry the score calibration serving applies while it backs an alias
+(:meth:`registry.stores.aliases.AliasStore.serving_calibration`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +18,7 @@ from sqlalchemy.orm import aliased
 from registry import validation
 from registry.db import UnitOfWork, json_value
 from registry.entities import Evaluation, GateReport
-from registry.errors import UnknownGateReport, UnknownGeneration
+from registry.errors import ConstraintViolation, UnknownGateReport, UnknownGeneration
 from registry.mappers import to_evaluation, to_gate_report
 from registry.schema import EvaluationRow, GateReportRow, GenerationRow, utcnow
 from registry.stores.generations import GenerationStore
@@ -98,9 +100,16 @@ class ReportStore:
             return [to_evaluation(r) for r in s.scalars(stmt)]
 
     def add_gate_report(
-        self, gen_id: int | str, artifact_sha256: str, passed: bool, kind: str, report: dict[str, Any]
+        self,
+        gen_id: int | str,
+        artifact_sha256: str,
+        passed: bool,
+        kind: str,
+        report: dict[str, Any],
+        *,
+        calibration: dict[str, Any] | None = None,
     ) -> GateReport:
-        """Store a gate verdict about one exact artifact of a generation.
+        """Store a gate verdict about one exact artifact of a generation, with its score calibration.
 
         Args:
             gen_id: the generation judged.
@@ -108,12 +117,22 @@ class ReportStore:
             passed: the verdict.
             kind: ``"promote"`` or ``"rollback"``.
             report: the full report (JSON-able; numpy values are converted, NaN/inf stored as null).
+            calibration: the score transform the gate fitted and measured with, which serving
+                applies while this report backs the alias; a JSON-able dict (converted like
+                ``report``), or ``None`` for none.
 
         Raises:
             UnknownGeneration: no such generation.
-            ConstraintViolation: an unknown kind, or a report that is not JSON-able.
+            ConstraintViolation: an unknown kind, a report that is not JSON-able, or a calibration
+                that is not a JSON-able dict.
         """
         validation.gate_kind(kind)
+        if calibration is not None and not isinstance(calibration, Mapping):
+            raise ConstraintViolation(
+                f"a score calibration is a dict (a JSON object), got {type(calibration).__name__}; "
+                f"pass a dict, or None for no calibration"
+            )
+        stored = None if calibration is None else json_value(dict(calibration), "the score calibration")
         with self._uow.session(write=True) as s:
             gen = self._generations.row(s, gen_id)
             row = GateReportRow(
@@ -122,6 +141,7 @@ class ReportStore:
                 passed=bool(passed),
                 kind=kind,
                 report=json_value(dict(report), "the gate report"),
+                calibration=stored,
             )
             s.add(row)
             s.flush()

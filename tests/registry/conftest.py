@@ -149,6 +149,8 @@ class PgSchema:
                 conn.exec_driver_sql(f'DELETE FROM "{self.name}"."{table.name}"')
             for table in ("aliases", "alias_history"):
                 conn.exec_driver_sql(f'ALTER TABLE "{self.name}"."{table}" ENABLE TRIGGER USER')
+            # The gallery's change counter, as migration 0005 leaves it on an empty gallery.
+            conn.exec_driver_sql(f'INSERT INTO "{self.name}".gallery_clock (id, version) VALUES (1, 0)')
             seqs = conn.exec_driver_sql(
                 "SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = %s",
                 (self.name,),

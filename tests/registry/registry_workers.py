@@ -3,6 +3,7 @@
     python registry_workers.py ingest URL SYNC_DIR NAME GEN_ID BATCHES BATCH_SIZE
     python registry_workers.py mover  URL SYNC_DIR NAME MOVES GEN_A:REPORT_A GEN_B:REPORT_B
     python registry_workers.py crash  URL SYNC_DIR GEN_ID BIG_BATCH
+    python registry_workers.py versioned URL SYNC_DIR NAME GEN_A GEN_B ROUNDS SIZE
 
 Workers write SYNC_DIR/<name>.ready once imported and connected, then wait for SYNC_DIR/go so they
 all start together. Any exception propagates: the process exits non-zero with a traceback.
@@ -78,6 +79,21 @@ def crash(url: str, sync: Path, gen_id: int, big: int) -> None:
         (sync / "finished").touch()
 
 
+def versioned(url: str, sync: Path, name: str, gen_a: int, gen_b: int, rounds: int, size: int) -> None:
+    """Per round ``r``: add ``{name}-{r}-{i}`` (i < size) by ``gen_a``, re-embed the even ``i`` by
+    ``gen_b``, delete those with ``i % 4 == 1``: three gallery write transactions per round."""
+    with Registry.open(url) as reg:
+        dim = reg.interface().embedding_dim
+        _ready_and_wait(sync, name)
+        for r in range(rounds):
+            ids = [f"{name}-{r}-{i}" for i in range(size)]
+            labels = [f"c{i % 3}" for i in range(size)]
+            assert reg.add_gallery_items(gen_a, ids, _rows(size, dim, 2 * r), labels=labels) == size
+            even = ids[0::2]
+            assert reg.reembed_gallery_items(even, gen_b, _rows(len(even), dim, 2 * r + 1)) == len(even)
+            assert reg.delete_gallery_items(ids[1::4]) == len(ids[1::4])
+
+
 def main(argv: list[str]) -> None:
     mode, url, sync = argv[0], argv[1], Path(argv[2])
     if mode == "ingest":
@@ -86,6 +102,8 @@ def main(argv: list[str]) -> None:
         mover(url, sync, argv[3], int(argv[4]), argv[5], argv[6])
     elif mode == "crash":
         crash(url, sync, int(argv[3]), int(argv[4]))
+    elif mode == "versioned":
+        versioned(url, sync, argv[3], int(argv[4]), int(argv[5]), int(argv[6]), int(argv[7]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

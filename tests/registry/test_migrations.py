@@ -206,3 +206,56 @@ def test_0004_binds_rows_of_a_0003_registry_to_current_artifacts_and_adds_trigge
         assert reg.get_alias() == g1.id
     assert "append-only" in raw_sql.refused("DELETE FROM alias_history")
     assert "newest alias_history row" in raw_sql.refused("UPDATE aliases SET generation_id = :g", g=g2.id)
+
+
+def test_0005_versions_the_rows_of_a_0004_registry_and_stores_calibrations(
+    migrated, ready, make_gen, unit_rows, raw_sql
+) -> None:
+    import numpy as np
+
+    g1, g2 = make_gen("g1"), make_gen("g2")
+    ready.add_gallery_items(g1.id, [f"a{i}" for i in range(5)], unit_rows(5, seed=1), labels=list("xxyyz"))
+    ready.add_gallery_items(g2.id, ["b0", "b1"], unit_rows(2, seed=2))
+    ready.reembed_gallery_items(["a1"], g2.id, unit_rows(1, seed=3))
+    ready.delete_gallery_items(["a3"])  # a gap in the row ids
+    cal = ready.add_gate_report(g1.id, g1.onnx_sha256, True, "promote", {}, calibration={"k": 1})
+    ready.move_alias(g1.id, actor="t", reason="first", gate_report_id=cal.id)
+
+    assert downgrade(migrated.url, "0004_artifact_binding") == "0004_artifact_binding"
+    assert not {"gallery_clock", "gallery_tombstones"} & _tables(migrated.url)
+    assert "version" not in _columns(migrated.url, "gallery_items")
+    assert "calibration" not in _columns(migrated.url, "gate_reports")
+    # A row written at 0004 (no version column), after the others.
+    raw_sql.run(
+        "INSERT INTO gallery_items (external_id, label, source_uri, generation_id, embedding) "
+        "SELECT 'old', label, source_uri, generation_id, embedding FROM gallery_items WHERE external_id = 'a0'"
+    )
+    ids = {str(e): int(i) for i, e in raw_sql.run("SELECT id, external_id FROM gallery_items")}
+
+    assert upgrade(migrated.url) == head_revision()
+    assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
+    assert _diff(migrated.url) == []
+    # Backfilled: version = id, the clock at the largest id; new writes carry on above it.
+    assert {str(e): int(v) for e, v in raw_sql.run("SELECT external_id, version FROM gallery_items")} == ids
+    with Registry.open(migrated.location) as reg:
+        assert reg.gallery_version() == max(ids.values())
+        everything = reg.gallery_changes(0)
+        assert everything.upserts.external_ids == sorted(ids, key=ids.__getitem__)
+        np.testing.assert_array_equal(everything.upserts.matrix, reg.load_gallery().matrix)
+        assert everything.deleted_row_ids.size == 0 and everything.version == max(ids.values())
+        assert reg.get_gate_report(cal.id).calibration is None  # dropped with the column by the downgrade
+        assert reg.serving_calibration() is None
+        reg.add_gallery_items(g1.id, ["new"], unit_rows(1, seed=4))
+        reg.delete_gallery_items(["old"])
+        ch = reg.gallery_changes(everything.version)
+        assert ch.upserts.external_ids == ["new"] and ch.deleted_row_ids.tolist() == [ids["old"]]
+        assert ch.version == max(ids.values()) + 2
+
+
+def test_0005_on_an_empty_gallery_starts_the_clock_at_zero(migrated, ready, make_gen, unit_rows) -> None:
+    assert downgrade(migrated.url, "0004_artifact_binding") == "0004_artifact_binding"
+    assert upgrade(migrated.url) == head_revision()
+    with Registry.open(migrated.location) as reg:
+        assert reg.gallery_version() == 0
+        reg.add_gallery_items(make_gen("g1").id, ["a"], unit_rows(1))
+        assert reg.gallery_version() == 1

@@ -1,4 +1,5 @@
-"""Several OS processes on one registry: concurrent writers, and a writer killed mid-batch."""
+"""Several OS processes on one registry: concurrent writers, a writer killed mid-batch, and a follower of
+the gallery's change sequence while two writers add, re-embed and delete."""
 
 from __future__ import annotations
 
@@ -99,3 +100,70 @@ def test_writer_killed_mid_batch_leaves_no_trace(ready: Registry, make_gen, tmp_
         con = sqlite3.connect(ready.url.removeprefix("sqlite:///"))
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         con.close()
+
+
+def _replay(state: dict[int, tuple[str, int, bytes]], changes) -> None:  # noqa: ANN001
+    """Apply one ``gallery_changes`` answer to a follower's copy of the gallery (row id -> row)."""
+    assert not set(changes.deleted_row_ids.tolist()) & set(changes.upserts.row_ids.tolist())
+    for row_id in changes.deleted_row_ids.tolist():
+        state.pop(row_id, None)
+    up = changes.upserts
+    for i, row_id in enumerate(up.row_ids.tolist()):
+        state[row_id] = (up.external_ids[i], int(up.generation_ids[i]), up.matrix[i].tobytes())
+
+
+def test_two_gallery_writers_take_disjoint_ordered_versions_and_a_follower_misses_nothing(
+    ready: Registry, make_gen, tmp_path: Path, raw_sql
+) -> None:
+    ga, gb = make_gen("ga"), make_gen("gb")
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    rounds, size = 6, 24
+    procs = [_spawn("versioned", ready.url, sync, w, ga.id, gb.id, rounds, size) for w in ("w0", "w1")]
+    for name in ("w0", "w1"):
+        _wait_for(sync / f"{name}.ready", procs)
+    # The follower polls while both write: each answer is applied on top of the last.
+    state: dict[int, tuple[str, int, bytes]] = {}
+    cursor, polls = 0, 0
+    (sync / "go").touch()
+    while any(p.poll() is None for p in procs) or polls == 0:
+        changes = ready.gallery_changes(cursor)
+        assert changes.version >= cursor
+        _replay(state, changes)
+        cursor, polls = changes.version, polls + 1
+        time.sleep(0.002)  # leave the writers some CPU
+    for p in procs:
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    _replay(state, ready.gallery_changes(cursor))
+    final = ready.load_gallery()
+    assert state == {
+        int(r): (e, int(g), final.matrix[i].tobytes())
+        for i, (r, e, g) in enumerate(zip(final.row_ids, final.external_ids, final.generation_ids))
+    }
+
+    # Every write took one contiguous run of versions, no two runs overlap, and together they cover
+    # 1..clock: an add's run from its untouched rows (i % 4 == 3), a re-embed's from its rows (the
+    # even i), a delete's from its tombstones.
+    versions = {str(e): int(v) for e, v in raw_sql.run("SELECT external_id, version FROM gallery_items")}
+    buried = {str(e): int(v) for v, e in raw_sql.run("SELECT version, external_id FROM gallery_tombstones")}
+    runs: list[tuple[int, int]] = []
+    for w in ("w0", "w1"):
+        for r in range(rounds):
+            key = [f"{w}-{r}-{i}" for i in range(size)]
+            start = {versions[key[i]] - i for i in range(3, size, 4)}
+            assert len(start) == 1  # the add's versions are consecutive, in batch order
+            runs.append((start.pop(), size))
+            even = [versions[k] for k in key[0::2]]
+            assert even == list(range(even[0], even[0] + len(even)))
+            runs.append((even[0], len(even)))
+            gone = sorted(buried[k] for k in key[1::4])
+            assert gone == list(range(gone[0], gone[0] + len(gone)))
+            runs.append((gone[0], len(gone)))
+            assert runs[-3][0] < runs[-2][0] < runs[-1][0]  # one writer's writes, in its order
+    runs.sort()
+    assert runs[0][0] == 1
+    for (a, n), (b, _) in zip(runs, runs[1:]):
+        assert a + n == b  # no overlap, no gap
+    assert runs[-1][0] + runs[-1][1] - 1 == ready.gallery_version()
+    assert polls > 1
