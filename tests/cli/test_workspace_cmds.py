@@ -81,7 +81,7 @@ def test_an_unknown_generation_is_a_usage_error_like_an_unknown_class(invoke, se
                  ("matrix", "--gen", "no-such-gen"), ("train", "--classes", "6", "--parent", "no-such-gen")):
         res = invoke(*args, home=seeded)
         assert res.exit_code == 2, (args, res.stderr)
-        assert "no-such-gen" in res.stderr and "`upgrader generations` lists them" in res.stderr, args
+        assert "no-such-gen" in res.stderr and "list them to check (`upgrader generations`)" in res.stderr, args
     unknown_class = invoke("train", "--classes", "Teapot", "--finetune", home=seeded)
     assert unknown_class.exit_code == 2 and "unknown class 'Teapot'" in unknown_class.stderr
 

@@ -56,7 +56,7 @@ SUBJECT_WORDS: dict[str, str] = {
     "gallery": "`upgrader gallery add`",
     "artifact": "`upgrader export GEN` re-exports it",
     "schema": "`upgrader db upgrade` migrates it",
-    "generations": "`upgrader generations` lists them",
+    "generations": "`upgrader generations`",
 }
 #: Registry errors carry no subject (the registry imports nothing from upgrader): named by type here.
 REGISTRY_SUBJECTS: dict[type[RegistryError], str] = {
