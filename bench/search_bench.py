@@ -1,11 +1,16 @@
-"""Gallery search benchmark: upgrader.runtime.index.GallerySearch (flat, HNSW) vs plain numpy, side by side.
+"""Gallery search benchmark: upgrader.runtime.index.GallerySearch (flat, HNSW), raw and calibrated, vs numpy.
 
 For each gallery size: top-k single-query latency (p50 / p99) and batch throughput (queries/s) of
 
 * ``numpy``  — ``gallery @ query`` + ``argpartition`` + sort of the k best (the obvious baseline),
-* ``flat``   — GallerySearch(index="flat"), exact (faiss.IndexFlatIP),
+* ``flat``   — today's search: one exact FAISS index (faiss.IndexFlatIP) over every row, raw cosine,
+* ``flat_mixed`` — the same rows written by ``--generations`` generations (default 4), in one shard
+  per generation as the server holds them, raw cosine,
+* ``flat_calibrated`` — that index searched with a score map per older generation (issue 15: the
+  calibration serving applies); its results are checked against brute-force mapped scores and its
+  p50 is reported against today's (target: within 1.3x),
 * ``hnsw``   — GallerySearch(index="hnsw"), approximate, one build, timed at each ``--ef-search`` with
-  its measured recall@k against flat,
+  its measured recall@k against flat, raw and calibrated,
 
 plus build times and ratios against numpy. Data: float32, L2-normalised, half uniform on the sphere and
 half around a few cluster centres; queries are half perturbed gallery items, half random.
@@ -53,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from search_helpers import measure_recall, set_threads  # noqa: E402
+from search_helpers import bench_score_maps, calibrated_topk, measure_recall, set_threads  # noqa: E402
 from upgrader.runtime.index import GallerySearch  # noqa: E402
 
 
@@ -167,39 +172,75 @@ def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> di
     print(f"\n== {n:,} items, dim {args.dim} (data {time.perf_counter() - t0:.1f}s)", flush=True)
     ids = [f"x{i}" for i in range(n)]
     rows = np.arange(1, n + 1)
-    gens = (np.arange(n) % 3) + 1  # three generations, as a mixed gallery has
-    res: dict[str, Any] = {"size": n, "dim": args.dim, "k": k}
+    gens = (np.arange(n) % args.generations) + 1  # a mixed gallery: every generation wrote a share
+    maps = bench_score_maps(args.generations, np.random.default_rng(args.seed + 1))
+    res: dict[str, Any] = {"size": n, "dim": args.dim, "k": k, "generations": args.generations}
 
     sb = args.small_batch
 
-    # numpy baseline and flat, measured interleaved (query by query, round by round) so that load
-    # from other processes on a shared machine hits both sides alike and the ratio stays meaningful.
+    # "flat" is today's search: one FAISS index over every row, raw cosine (before calibrated search,
+    # a gallery of any number of generations was one index). "flat_mixed" holds the same rows in one
+    # shard per generation, raw; "flat_calibrated" searches it with a score map per older generation.
+    # All are measured interleaved (query by query, round by round) with the numpy baseline, so load
+    # from other processes on a shared machine hits every side alike and the ratios stay meaningful.
     t0 = time.perf_counter()
     flat = GallerySearch(args.dim, threads=args.threads)
-    flat.add(rows, ids, gens, None, gallery)
+    flat.add(rows, ids, np.ones(n, np.int64), None, gallery)
     build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mixed = GallerySearch(args.dim, threads=args.threads)
+    mixed.add(rows, ids, gens, None, gallery)
+    build_mixed = time.perf_counter() - t0
     fns: dict[str, Callable[[np.ndarray], Any]] = {
         "numpy": lambda q: numpy_topk(gallery, q, k),
         "flat": lambda q: flat.search_arrays(q, k),
+        "flat_mixed": lambda q: mixed.search_arrays(q, k),
+        "flat_calibrated": lambda q: mixed.search_arrays(q, k, maps),
     }
     lats = interleaved_latency(fns, single_q)
     qpss = interleaved_best(lambda fn: throughput(fn, batch_q), fns, args.rounds)
     sqpss = interleaved_best(lambda fn: small_batch_qps(fn, batch_q, sb), fns, args.rounds)
     hits_lat = latency(lambda q: flat.search(q, k), single_q[: min(100, len(single_q))])
-    _, ref_idx = numpy_topk(gallery, batch_q[:200], k)
-    _, pos = flat.search_arrays(batch_q[:200], k)
-    agree = float(np.mean(flat.row_ids_at(pos) - 1 == ref_idx))
+    check = batch_q[:200]
+    _, ref_idx = numpy_topk(gallery, check, k)
+    ref_cal = calibrated_topk(gallery, gens, maps, check, k)
+    agree = {
+        "flat": float(np.mean(flat.row_ids_at(flat.search_arrays(check, k)[1]) - 1 == ref_idx)),
+        "flat_mixed": float(np.mean(mixed.row_ids_at(mixed.search_arrays(check, k)[1]) - 1 == ref_idx)),
+        "flat_calibrated": float(np.mean(mixed.row_ids_at(mixed.search_arrays(check, k, maps)[1]) - 1 == ref_cal)),
+    }
     res["numpy"] = {**lats["numpy"], "qps": qpss["numpy"], "small_batch_qps": sqpss["numpy"], "build_s": 0.0}
-    res["flat"] = {**lats["flat"], "qps": qpss["flat"], "small_batch_qps": sqpss["flat"], "build_s": build,
-                   "hits_p50_ms": hits_lat["p50_ms"], "agreement_with_numpy": agree}
-    for name in ("numpy", "flat"):
+    for name, built in (("flat", build), ("flat_mixed", build_mixed), ("flat_calibrated", build_mixed)):
+        res[name] = {**lats[name], "qps": qpss[name], "small_batch_qps": sqpss[name], "build_s": built,
+                     "agreement_with_numpy": agree[name]}
+    res["flat"]["hits_p50_ms"] = hits_lat["p50_ms"]
+    for name in fns:
         r = res[name]
-        print(f"{name:6s} p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  {r['qps']:10.1f} q/s  "
+        print(f"{name:16s} p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  {r['qps']:10.1f} q/s  "
               f"(batches of {sb}: {r['small_batch_qps']:.1f} q/s)", flush=True)
-    print(f"flat   build {build:.1f}s  (Hit objects p50 {hits_lat['p50_ms']:.3f} ms; same ids as numpy: {agree:.4f})",
+    print(f"flat   build {build:.1f}s, in {args.generations} shards {build_mixed:.1f}s  (Hit objects p50 "
+          f"{hits_lat['p50_ms']:.3f} ms; same ids as numpy: {agree['flat']:.4f}, calibrated as brute force: "
+          f"{agree['flat_calibrated']:.4f})", flush=True)
+    today = res["flat"]
+    res["calibration"] = {
+        "generations": args.generations,
+        "score_maps": {str(g): {"scale": a, "shift": b} for g, (a, b) in maps.items()},
+        "p50_ratio_vs_today": res["flat_calibrated"]["p50_ms"] / today["p50_ms"],
+        "p50_ratio_raw_shards_vs_today": res["flat_mixed"]["p50_ms"] / today["p50_ms"],
+        "p99_ratio_vs_today": res["flat_calibrated"]["p99_ms"] / today["p99_ms"],
+        "qps_ratio_vs_today": res["flat_calibrated"]["qps"] / today["qps"],
+        "small_batch_qps_ratio_vs_today": res["flat_calibrated"]["small_batch_qps"] / today["small_batch_qps"],
+        "target_p50_ratio": 1.3,
+    }
+    res["calibration"]["p50_target_met"] = res["calibration"]["p50_ratio_vs_today"] <= 1.3
+    c = res["calibration"]
+    print(f"calibrated vs today: single-query p50 x{c['p50_ratio_vs_today']:.3f} (target <= 1.3: "
+          f"{'met' if c['p50_target_met'] else 'NOT met'}), raw in shards x{c['p50_ratio_raw_shards_vs_today']:.3f}, "
+          f"batch q/s x{c['qps_ratio_vs_today']:.3f}, batches of {sb} x{c['small_batch_qps_ratio_vs_today']:.3f}",
           flush=True)
+    del flat
 
-    # HNSW
+    # HNSW, in one graph per generation like the server's index
     if args.hnsw_max_size and n > args.hnsw_max_size:
         res["hnsw_by_ef"] = {}
         print("hnsw   skipped (--hnsw-max-size)")
@@ -211,38 +252,45 @@ def bench_size(n: int, args: argparse.Namespace, rng: np.random.Generator) -> di
         hnsw.add(rows, ids, gens, None, gallery)
         build = time.perf_counter() - t0
         hnsw.threads = args.threads  # build on --build-threads, search like flat
-        print(f"hnsw   build {build:.1f}s (M {args.hnsw_m}, efConstruction {args.ef_construction})", flush=True)
+        print(f"hnsw   build {build:.1f}s (M {args.hnsw_m}, efConstruction {args.ef_construction}, "
+              f"{args.generations} shards)", flush=True)
         res["hnsw_by_ef"] = {}
         for ef in efs:
             hnsw.ef_search = ef  # read at every search
-            lat = latency(lambda q: hnsw.search_arrays(q, k), single_q)
+            lat = interleaved_latency({"raw": lambda q: hnsw.search_arrays(q, k),
+                                       "calibrated": lambda q: hnsw.search_arrays(q, k, maps)}, single_q)
             qps = throughput(lambda q: hnsw.search_arrays(q, k), batch_q)
             sqps = small_batch_qps(lambda q: hnsw.search_arrays(q, k), batch_q, sb)
-            recall = measure_recall(hnsw, flat, batch_q, k)
+            recall = measure_recall(hnsw, mixed, batch_q, k)
+            recall_cal = measure_recall(hnsw, mixed, batch_q, k, maps)
             # Queries near a gallery item have real neighbours; random queries in 127-d have none
             # (the top-k are near-equidistant), which is the worst case for any graph index.
             half = batch_q.shape[0] // 2
-            recall_near = measure_recall(hnsw, flat, batch_q[:half], k)
-            recall_random = measure_recall(hnsw, flat, batch_q[half:], k)
-            res["hnsw_by_ef"][str(ef)] = {**lat, "qps": qps, "small_batch_qps": sqps, "build_s": build, f"recall_at_{k}": recall,
+            recall_near = measure_recall(hnsw, mixed, batch_q[:half], k)
+            recall_random = measure_recall(hnsw, mixed, batch_q[half:], k)
+            res["hnsw_by_ef"][str(ef)] = {**lat["raw"], "qps": qps, "small_batch_qps": sqps, "build_s": build,
+                                          f"recall_at_{k}": recall,
                                           f"recall_at_{k}_near_queries": recall_near,
                                           f"recall_at_{k}_random_queries": recall_random,
+                                          "calibrated_p50_ms": lat["calibrated"]["p50_ms"],
+                                          f"calibrated_recall_at_{k}": recall_cal,
                                           "m": args.hnsw_m, "ef_construction": args.ef_construction,
                                           "ef_search": ef}
-            print(f"hnsw   p50 {lat['p50_ms']:8.3f} ms  p99 {lat['p99_ms']:8.3f} ms  {qps:10.1f} q/s  "
-                  f"efSearch {ef:4d}  recall@{k} {recall:.4f} (near {recall_near:.4f}, random {recall_random:.4f})",
-                  flush=True)
+            print(f"hnsw   p50 {lat['raw']['p50_ms']:8.3f} ms  p99 {lat['raw']['p99_ms']:8.3f} ms  {qps:10.1f} q/s  "
+                  f"efSearch {ef:4d}  recall@{k} {recall:.4f} (near {recall_near:.4f}, random {recall_random:.4f}); "
+                  f"calibrated p50 {lat['calibrated']['p50_ms']:.3f} ms, recall@{k} {recall_cal:.4f}", flush=True)
         del hnsw
 
     base = res["numpy"]
-    compared = {"flat": res["flat"], **{f"hnsw(ef={ef})": r for ef, r in res["hnsw_by_ef"].items()}}
+    compared = {name: res[name] for name in ("flat", "flat_mixed", "flat_calibrated")}
+    compared.update({f"hnsw(ef={ef})": r for ef, r in res["hnsw_by_ef"].items()})
     res["ratios_vs_numpy"] = {
         name: {"p50_speedup": base["p50_ms"] / r["p50_ms"], "qps_speedup": r["qps"] / base["qps"],
                "small_batch_qps_speedup": r["small_batch_qps"] / base["small_batch_qps"]}
         for name, r in compared.items()
     }
     for name, r in res["ratios_vs_numpy"].items():
-        print(f"{name:12s} vs numpy: single-query p50 x{r['p50_speedup']:.2f}, batch q/s x{r['qps_speedup']:.2f}, "
+        print(f"{name:16s} vs numpy: single-query p50 x{r['p50_speedup']:.2f}, batch q/s x{r['qps_speedup']:.2f}, "
               f"batches of {sb} x{r['small_batch_qps_speedup']:.2f}")
     return res
 
@@ -255,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1000, help="queries in the throughput batch")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--generations", type=int, default=4,
+                   help="gallery generations (calibrated: every one but the newest is mapped)")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=40)
     p.add_argument("--ef-search", default="64,128,256", help="comma-separated HNSW efSearch values")

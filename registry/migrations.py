@@ -1,9 +1,10 @@
 """Programmatic Alembic: the config built in code, upgrade/downgrade, and the schema version check.
 
-The migration scripts live in the top-level ``alembic/`` folder next to ``registry/`` (one head).
-Every run goes through ``alembic/env.py`` with an open connection handed over in
-``config.attributes["connection"]``, so the registry's engine settings (SQLite pragmas, ``BEGIN
-IMMEDIATE``) apply to migrations too and concurrent upgrades queue.
+The migration scripts live in the top-level ``alembic/`` folder next to ``registry/`` (one head); the
+wheel carries that folder as ``registry/_alembic`` (pyproject.toml maps it in), so an installed
+package migrates with no checkout present. Every run goes through ``env.py`` with an open connection
+handed over in ``config.attributes["connection"]``, so the registry's engine settings (SQLite
+pragmas, ``BEGIN IMMEDIATE``) apply to migrations too and concurrent upgrades queue.
 """
 
 from __future__ import annotations
@@ -23,9 +24,26 @@ from registry.errors import BackendError, SchemaFromFuture, SchemaOutOfDate
 from registry.location import missing_workspace
 
 
+#: Where an installed wheel carries the migration scripts, then where a checkout keeps them (an
+#: editable install or a source tree on ``sys.path``). A wheel's ``site-packages/alembic`` is the
+#: Alembic library itself: it holds no ``env.py`` or ``versions/``, so it is never taken for ours.
+SCRIPT_FOLDERS: tuple[Path, ...] = (
+    Path(__file__).resolve().parent / "_alembic",
+    Path(__file__).resolve().parent.parent / "alembic",
+)
+
+
 def script_location() -> Path:
-    """The top-level ``alembic/`` folder, found relative to the ``registry`` package."""
-    return Path(__file__).resolve().parent.parent / "alembic"
+    """The folder of the migration scripts: the wheel's copy, else the checkout's ``alembic/``.
+
+    Raises:
+        BackendError: neither holds an ``env.py`` and a ``versions/`` folder (a broken install).
+    """
+    for folder in SCRIPT_FOLDERS:
+        if (folder / "env.py").is_file() and (folder / "versions").is_dir():
+            return folder
+    looked = " or ".join(str(f) for f in SCRIPT_FOLDERS)
+    raise BackendError(f"the registry's migration scripts are missing (looked in {looked}); reinstall the package")
 
 
 def alembic_config() -> Config:
@@ -35,12 +53,17 @@ def alembic_config() -> Config:
     return cfg
 
 
+def _single_head(script: ScriptDirectory) -> str:
+    """The one head of ``script`` (zero means the folder holds no migration at all)."""
+    heads = script.get_heads()
+    if len(heads) != 1:
+        raise BackendError(f"the migration scripts in {script.dir} have {len(heads)} heads; they need exactly one")
+    return heads[0]
+
+
 def head_revision() -> str:
     """The single head revision of the migration scripts."""
-    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
-    if len(heads) != 1:
-        raise BackendError(f"the migration scripts have {len(heads)} heads; merge them into one")
-    return heads[0]
+    return _single_head(ScriptDirectory.from_config(alembic_config()))
 
 
 @dataclass(frozen=True)
@@ -67,7 +90,7 @@ def schema_state(engine: Engine) -> SchemaState:
         engine: the registry engine.
     """
     script = ScriptDirectory.from_config(alembic_config())
-    heads = script.get_heads()
+    head = _single_head(script)
     try:
         with engine.connect() as conn:
             has_table = inspect(conn).has_table("alembic_version")
@@ -81,7 +104,7 @@ def schema_state(engine: Engine) -> SchemaState:
             known = script.get_revision(current) is not None
         except CommandError:
             known = False
-    return SchemaState(has_table, current, heads[0], known)
+    return SchemaState(has_table, current, head, known)
 
 
 def check_schema(engine: Engine, where: str) -> None:

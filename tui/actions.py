@@ -24,6 +24,7 @@ class Action:
     title: str | None  # command-palette title (None: not in the palette)
     help: str = ""  # command-palette description; the key is appended
     footer: bool = True  # shown in the footer (the view keys 1-4 are not: the tabs show them)
+    keys: str = ""  # Textual key names bound to it when ``key`` is not one ("?" is "question_mark")
 
 
 ACTIONS: tuple[Action, ...] = (
@@ -39,17 +40,22 @@ ACTIONS: tuple[Action, ...] = (
     Action("b", "rollback", "Rollback", "Roll back production", "To the selected or the previous generation"),
     Action("t", "train('finetune')", "Fine-tune", "Fine-tune production", "Train a fine-tune on new classes"),
     Action("n", "train('replacement')", "Replace", "Train a replacement", "A new architecture on the same interface"),
-    Action("x", "cancel_training", "Cancel run", "Cancel training", "Stop the running training; nothing is written"),
-    Action("l", "toggle_live", "Live/all", "Toggle live / all generations", "Scope of the compatibility matrix"),
-    Action("r", "refresh", "Refresh", "Refresh", "Re-read the workspace, e.g. after CLI changes"),
-    Action("d", "toggle_theme", "Light/dark", "Toggle light / dark theme", "Switch theme"),
+    # x, l, r and d stay off the footer so that it fits 80 columns: the training panel says "x cancels",
+    # the matrix's summary says what l does, and ? and the palette list all four.
+    Action("x", "cancel_training", "Cancel run", "Cancel training", "Stop the running training; nothing is written",
+           footer=False),
+    Action("l", "toggle_live", "Live/all", "Toggle live / all generations", "Scope of the compatibility matrix",
+           footer=False),
+    Action("r", "refresh", "Refresh", "Refresh", "Re-read the workspace, e.g. after CLI changes", footer=False),
+    Action("d", "toggle_theme", "Light/dark", "Toggle light / dark theme", "Switch theme", footer=False),
+    Action("?", "help", "Help", "Show help", "Every key and what it does (also F1)", keys="question_mark,f1"),
     Action("q", "quit", "Quit", None),  # the palette lists Quit among Textual's own commands
 )
 
 
 def bindings() -> list[Binding]:
     """The key bindings, in the order the footer shows them."""
-    return [Binding(a.key, a.action, a.label, show=a.footer) for a in ACTIONS]
+    return [Binding(a.keys or a.key, a.action, a.label, show=a.footer, key_display=a.key) for a in ACTIONS]
 
 
 def palette_commands(app: App[object]) -> Iterable[SystemCommand]:

@@ -25,6 +25,7 @@ from tui.actions import bindings, palette_commands
 from tui.flows.gate import GateFlow
 from tui.flows.rollback import RollbackFlow
 from tui.flows.training import TrainingFlow
+from tui.help import HelpModal
 from tui.render import TimeFormat, local_time
 from tui.views.compatibility import CompatibilityView
 from tui.views.gallery import GalleryView
@@ -91,7 +92,7 @@ class DashboardApp(GateFlow, RollbackFlow, TrainingFlow, App[None]):
         panel = TrainingPanel(id="training")
         panel.display = False
         yield panel
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = self.home.name
@@ -223,6 +224,11 @@ class DashboardApp(GateFlow, RollbackFlow, TrainingFlow, App[None]):
         """Compatibility view: live generations only, or all of them."""
         self.live_only = not self.live_only
         self._load_matrix()
+
+    def action_help(self) -> None:
+        """Show every key and what each view holds (``?`` or F1)."""
+        if not isinstance(self.screen, HelpModal):
+            self.push_screen(HelpModal())
 
     def action_toggle_theme(self) -> None:
         """Switch between the light and the dark theme."""

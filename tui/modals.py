@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import RenderableType
@@ -11,10 +13,15 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
+from textual.worker import Worker, WorkerState
 
+from registry.errors import RegistryError
+
+from upgrader.core.errors import UpgraderError
 from upgrader.core.markup import literal
 from upgrader.core.vocabulary import ARCHITECTURES, METHODS
-from upgrader.services.dashboard_model import TRAIN_KINDS, TrainForm
+from upgrader.services.dashboard_model import TRAIN_KINDS, TrainForm, TrainingPlan
+from upgrader.services.training_plan import AUGMENTS, DEFAULT_STEPS
 
 
 @dataclass(frozen=True)
@@ -102,15 +109,25 @@ class ConfirmModal(ModalScreen[Confirmed | None]):
         self.dismiss(None)
 
 
-class TrainFormModal(ModalScreen[TrainForm | None]):
-    """The training form: kind, dataset, classes, architecture, epochs, method, images per class, name."""
+class TrainFormModal(ModalScreen[TrainingPlan | None]):
+    """The training form: kind, dataset, classes, architecture, length, method, augmentation, images per class, name.
+
+    "Review…" checks the form against the workspace in a worker (``planner``: the dataset's classes,
+    the architecture, the name...) and stays open showing what is wrong; it closes with the checked
+    plan only, so nothing unknown reaches "Start training".
+    """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, kind: str, dataset: str, default_classes: str = "") -> None:
+    def __init__(self, kind: str, dataset: str, planner: Callable[[TrainForm], TrainingPlan],
+                 default_classes: str = "") -> None:
+        """Args:
+        planner: checks a form and returns its plan, or raises what is wrong (run in a thread worker).
+        """
         super().__init__()
         self.kind = kind
         self.dataset = dataset
+        self.planner = planner
         self.default_classes = default_classes
 
     def compose(self) -> ComposeResult:
@@ -125,10 +142,15 @@ class TrainFormModal(ModalScreen[TrainForm | None]):
                 yield Input(value=self.default_classes, placeholder="4-6 or 4,5 or names", id="classes", compact=True)
                 yield Label("architecture")
                 yield Select([("parent's / small_cnn", "")] + [(a, a) for a in ARCHITECTURES], value="small_cnn" if self.kind == "replacement" else "", allow_blank=False, id="arch", compact=True)
+                yield Label("steps")
+                yield Input(value="", placeholder=f"{DEFAULT_STEPS} (optimiser steps)", id="steps", type="integer", compact=True)
                 yield Label("epochs")
-                yield Input(value="3", id="epochs", type="integer", compact=True)
+                yield Input(value="", placeholder="from steps (given, overrides them)", id="epochs", type="integer", compact=True)
                 yield Label("method")
                 yield Select([(m, m) for m in METHODS], value="hoc", allow_blank=False, id="method", compact=True)
+                yield Label("augmentation")
+                yield Select([("default for the dataset", "")] + [(a, a) for a in AUGMENTS], value="", allow_blank=False,
+                             id="augment", compact=True)
                 yield Label("images/class")
                 yield Input(value="", placeholder="all", id="per_class", type="integer", compact=True)
                 yield Label("name")
@@ -141,46 +163,68 @@ class TrainFormModal(ModalScreen[TrainForm | None]):
     def on_mount(self) -> None:
         self.query_one("#classes", Input).focus()
 
+    def _error(self, message: str) -> None:
+        self.query_one("#form-error", Static).update(Text(message, style="red"))
+
     def _form(self) -> TrainForm | None:
         def text(widget_id: str) -> str:
             return self.query_one(f"#{widget_id}", Input).value.strip()
 
-        epochs = text("epochs")
-        per_class = text("per_class")
-        if not epochs.isdigit() or int(epochs) < 1:
-            self.query_one("#form-error", Static).update("[red]epochs must be a whole number ≥ 1[/]")
-            return None
-        if per_class and (not per_class.isdigit() or int(per_class) < 1):
-            self.query_one("#form-error", Static).update("[red]images/class must be a whole number ≥ 1 (or empty)[/]")
+        numbers: dict[str, int | None] = {}
+        for field, what in (("steps", "steps"), ("epochs", "epochs"), ("per_class", "images/class")):
+            value = text(field)
+            if value and (not value.isdigit() or int(value) < 1):
+                self._error(f"{what} must be a whole number ≥ 1 (or empty)")
+                return None
+            numbers[field] = int(value) if value else None
+        if numbers["steps"] is not None and numbers["epochs"] is not None:
+            self._error("give steps or epochs, not both (epochs alone overrides the default steps)")
             return None
         if not text("classes"):
-            self.query_one("#form-error", Static).update("[red]name the classes to train on, e.g. 4-6[/]")
+            self._error("name the classes to train on, e.g. 4-6")
             return None
         return TrainForm(
             kind=str(self.query_one("#kind", Select).value),
             classes=text("classes"),
             dataset=text("dataset"),
             arch=str(self.query_one("#arch", Select).value or ""),
-            epochs=int(epochs),
+            epochs=numbers["epochs"],
+            steps=numbers["steps"],
             method=str(self.query_one("#method", Select).value),
-            per_class=int(per_class) if per_class else None,
+            augment=str(self.query_one("#augment", Select).value or ""),
+            per_class=numbers["per_class"],
             name=text("name"),
         )
+
+    def _review(self) -> None:
+        form = self._form()
+        if form is None:
+            return
+        self.query_one("#form-error", Static).update(Text("checking…", style="dim"))
+        self.run_worker(functools.partial(self.planner, form), thread=True, group="plan", exclusive=True,
+                        exit_on_error=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The check finished: close with the plan, or say what is wrong and stay open."""
+        if event.worker.group != "plan":
+            return
+        if event.state == WorkerState.SUCCESS:
+            self.dismiss(event.worker.result)
+        elif event.state == WorkerState.ERROR:
+            exc = event.worker.error
+            known = isinstance(exc, (UpgraderError, RegistryError))
+            self._error(str(exc) if known else f"{type(exc).__name__}: {exc}")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         if event.button.id == "confirm":
-            form = self._form()
-            if form is not None:
-                self.dismiss(form)
+            self._review()
         else:
             self.dismiss(None)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        form = self._form()
-        if form is not None:
-            self.dismiss(form)
+        self._review()
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -28,8 +28,23 @@ def test_verify_stores_a_report_and_marks_the_generation(invoke, seeded: Path) -
     assert _reports(seeded) == 2  # the first promotion's report and this one
 
 
+def test_the_seeded_fine_tune_is_refused_for_regressing_search_on_the_classes_served_now(invoke, seeded: Path) -> None:
+    # g2 (three epochs of a tiny CNN on classes 4-5) passes the pairwise checks, but on classes 0-3 its
+    # nearest-item search on the gallery as it stands is below g1's by point estimate, which decides.
+    res = invoke("promote", "g2", "--reason", "adds classes 4-5", home=seeded)
+    assert res.exit_code == 3
+    assert "gen 2 regresses search on the gallery as it stands (classes 0-3)" in res.stderr
+    assert _production(invoke, seeded) == "g1"
+    body = invoke("verify", "g2", "--json", home=seeded).json()
+    assert [c["kind"] for c in body["checks"] if not c["passed"]] == ["regression"]
+    d = body["served"]["regression"]["difference"]
+    assert d["value"] < 0
+    assert ("the probe set cannot tell them apart" in res.stderr) == (d["low"] <= 0 <= d["high"])
+
+
 def test_promote_moves_production_for_a_compatible_generation(invoke, seeded: Path) -> None:
-    res = invoke("promote", "g2", "--reason", "adds classes 4-5", "--json", home=seeded)
+    # --allow-regression: the seeded g2 regresses item-level search on classes 0-3 (test above).
+    res = invoke("promote", "g2", "--reason", "adds classes 4-5", "--allow-regression", "--json", home=seeded)
     assert res.exit_code == 0, res.stderr
     assert res.json()["promoted"] is True
     assert _production(invoke, seeded) == "g2"
@@ -116,22 +131,64 @@ def test_register_refuses_an_artifact_with_another_k(invoke, seeded: Path, tmp_p
     assert "k8" not in invoke("generations", home=seeded).stdout
 
 
-def test_verify_reports_the_mixed_gallery_estimate_and_takes_a_tolerance(invoke, seeded: Path) -> None:
+def test_verify_reports_item_level_search_after_the_move_and_takes_a_tolerance(invoke, seeded: Path) -> None:
     body = invoke("verify", "g2", "--json", home=seeded).json()
-    mixed = body["mixed"]
+    served = body["served"]
     assert body["mixed_tolerance"] is None and "mixed" not in {c["kind"] for c in body["checks"]}
-    assert 0.0 <= mixed["mixed"] <= 1.0 and 0.0 <= mixed["reindex"] <= 1.0
-    assert mixed["drop"] == pytest.approx(mixed["reindex"] - mixed["mixed"])
-    # The gallery holds g1's items of classes 0-3; g2's new classes 4 and 5 would be indexed by g2.
-    assert mixed["owners"] == {"0": 1, "1": 1, "2": 1, "3": 1, "4": 2, "5": 2}
+    # The gallery holds g1's items of classes 0-3; g2's new classes 4 and 5 would be written by g2.
+    assert served["composition"] == {**{str(v): {"1": 20} for v in range(4)}, "4": {"2": 20}, "5": {"2": 20}}
+    assert served["new_classes"] == [4, 5] and served["queries"] == 6 * 20
+    for situation in ("calibrated", "raw", "reindex"):
+        for metric in ("recall_at_1", "map"):
+            iv = served[situation][metric]
+            assert 0.0 <= iv["low"] <= iv["value"] <= iv["high"] <= 1.0
+    gap = served["gap"]
+    recall = {s: served[s]["recall_at_1"]["value"] for s in ("calibrated", "reindex")}
+    assert gap["value"] == pytest.approx(recall["calibrated"] - recall["reindex"])
+    reg = served["regression"]
+    assert reg["production"] == 1 and reg["classes"] == [0, 1, 2, 3] and reg["production_now"]["queries"] == 4 * 20
+    check = next(c for c in body["checks"] if c["kind"] == "regression")
+    assert check["value"] == reg["candidate"]["recall_at_1"]["value"]
+    assert check["threshold"] == reg["production_now"]["recall_at_1"]["value"]
+    assert check["difference"] == reg["difference"] and body["allow_regression"] is False
+    assert body["calibration"]["query_gen"] == 2 and set(body["calibration"]["maps"]) == {"1"}
+    assert body["mixed"]["metric"] == "template_top1"  # the template estimate is still reported
+
     strict = invoke("verify", "g2", "--mixed-tolerance", "0", "--json", home=seeded)
     assert strict.exit_code in (0, 3)
-    check = next(c for c in strict.json()["checks"] if c["kind"] == "mixed")
-    assert strict.json()["mixed_tolerance"] == 0.0
-    assert check["threshold"] == pytest.approx(strict.json()["mixed"]["reindex"])
+    tol = next(c for c in strict.json()["checks"] if c["kind"] == "mixed")
+    assert strict.json()["mixed_tolerance"] == 0.0 and tol["metric"] == "recall_at_1"
+    assert tol["threshold"] == pytest.approx(strict.json()["served"]["reindex"]["recall_at_1"]["value"])
+    assert tol["passed"] == (tol["value"] >= tol["threshold"])
     human = invoke("verify", "g2", home=seeded)
-    assert "mixed gallery estimate (template top-1)" in human.stdout
+    assert "item-level search after the move: 120 probe queries of gen 2" in human.stdout
+    assert "no regression (recall@1) on the gallery as it stands, classes 0-3:" in human.stdout
+    assert "probe gallery: classes 0-3 by gen 1, classes 4,5 by gen 2" in human.stdout
+    assert max(len(line) for line in human.stdout.splitlines()) <= 80
     assert invoke("verify", "g2", "--mixed-tolerance", "2", home=seeded).exit_code == 2
+
+
+def test_allow_regression_waives_the_rule_and_is_recorded(invoke, seeded: Path) -> None:
+    res = invoke("verify", "g2", "--allow-regression", "--json", home=seeded)
+    body = res.json()
+    assert body["allow_regression"] is True and "regression" not in {c["kind"] for c in body["checks"]}
+    assert any(n.startswith("no-regression rule waived: gen 2 recall@1") for n in body["notes"])
+    assert _stored_report(seeded, body["report_id"])["allow_regression"] is True
+    human = invoke("verify", "g2", "--allow-regression", home=seeded)
+    assert "no regression (recall@1) on the gallery as it stands, classes 0-3: waived" in human.stdout
+
+
+def test_promote_stores_the_calibration_that_serving_then_applies(invoke, seeded: Path) -> None:
+    from upgrader.services.workspace import open_workspace
+
+    res = invoke("promote", "g2", "--reason", "adds classes 4-5", "--allow-regression", "--json", home=seeded)
+    assert res.exit_code == 0, res.stderr
+    body = res.json()
+    assert body["calibration"]["query_gen"] == 2 and body["gate"]["calibration"] == body["calibration"]
+    assert body["gate"]["served"]["candidate"] == 2
+    with open_workspace(seeded) as ws:
+        assert ws.registry.get_gate_report(body["report_id"]).calibration == body["calibration"]
+        assert ws.registry.serving_calibration() == body["calibration"]
 
 
 def _with_classes_record(src: Path, dest: Path, record: str) -> Path:
@@ -248,17 +305,23 @@ def test_rollback_to_a_generation_the_gate_rejected_needs_force_and_is_recorded_
 
 
 def test_rollback_to_the_previous_production_stands_on_its_unforced_move(invoke, seeded: Path) -> None:
-    assert invoke("promote", "g2", "--reason", "adds classes 4-5", home=seeded).exit_code == 0
+    assert invoke("promote", "g2", "--reason", "adds classes 4-5", "--allow-regression", home=seeded).exit_code == 0
     res = invoke("rollback", "--reason", "latency", "--json", home=seeded)
     assert res.exit_code == 0, res.stderr
     body = res.json()
     assert body["forced"] is False and body["ground"]["kind"] == "held-production" and body["ground"]["move_id"] == 1
     assert _production(invoke, seeded) == "g1"
+    # g1 serves again with its own calibration, stored with the rollback report.
+    assert body["calibration"]["query_gen"] == 1 and body["gate"]["calibration"] == body["calibration"]
+    from upgrader.services.workspace import open_workspace
+
+    with open_workspace(seeded) as ws:
+        assert ws.registry.serving_calibration() == body["calibration"]
     report = _stored_report(seeded, body["report_id"])
     assert report["kind"] == "rollback" and report["passed"] is True
     assert report["checks"][0] == {**report["checks"][0], "kind": "ground", "passed": True, "ground": "held-production"}
     assert "held production from" in report["ground"]["line"] and "via move 1" in report["ground"]["line"]
-    human = invoke("promote", "g2", "--reason", "again", home=seeded)
+    human = invoke("promote", "g2", "--reason", "again", "--allow-regression", home=seeded)
     assert human.exit_code == 0, human.stderr
     again = invoke("rollback", "--reason", "latency", home=seeded)
     assert again.exit_code == 0 and "held production from" in again.stdout
@@ -272,3 +335,13 @@ def test_a_force_never_overrides_a_failed_artifact_checksum(invoke, seeded: Path
         assert res.exit_code == 1, (args, res.stderr)
         assert "sha256" in res.stderr and "`upgrader export GEN` re-exports it" in res.stderr
     assert _production(invoke, seeded) == "g1" and len(invoke("history", "--json", home=seeded).json()) == 1
+
+
+def test_every_stored_gate_report_records_the_version_that_produced_it(invoke, seeded: Path) -> None:
+    from upgrader.core.version import VERSION
+    from upgrader.services.workspace import open_workspace
+
+    assert invoke("verify", "g2", home=seeded).exit_code in (0, 3)
+    with open_workspace(seeded) as ws:
+        reports = ws.registry.gate_reports("g2")
+    assert reports and reports[0].report["upgrader_version"] == VERSION

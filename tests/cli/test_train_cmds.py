@@ -214,3 +214,51 @@ def test_an_object_array_memory_is_a_one_line_error(invoke, seeded: Path) -> Non
     assert res.exit_code == 1, res.stderr
     assert f"{memory}: not a readable rehearsal memory (it holds object arrays)" in res.stderr
     assert len(_error_lines(res.stderr)) == 1 and not (seeded / "artifacts" / "g9").exists()
+
+
+def test_a_reversed_class_range_says_it_is_reversed(invoke, empty_ws: Path) -> None:
+    res = invoke("train", "--classes", "5-4", home=empty_ws)
+    assert res.exit_code == 2
+    assert "class range '5-4' is reversed; write it low to high (4-5)" in res.stderr, res.stderr
+    assert "outside" not in res.stderr
+
+
+def test_a_refusal_after_the_checks_prints_no_progress_bar_first(invoke, empty_ws: Path) -> None:
+    res = invoke("train", "--classes", "0", "--per-class", "1", home=empty_ws)  # one image: nothing to train
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [
+        "error: only 1 training images for classes ['T-shirt/top']; give more data"]
+
+
+def test_json_errors_are_a_json_object_on_stdout_too(invoke, empty_ws: Path, tmp_path: Path) -> None:
+    usage = invoke("train", "--classes", "5-4", "--json", home=empty_ws)
+    assert usage.exit_code == 2 and usage.json() == {
+        "error": "class range '5-4' is reversed; write it low to high (4-5)", "exit_code": 2}
+    assert "error: class range '5-4' is reversed" in usage.stderr
+    missing = invoke("status", "--json", home=tmp_path / "nowhere")
+    assert missing.exit_code == 1 and missing.json()["exit_code"] == 1 and "upgrader init" in missing.json()["error"]
+
+
+def test_steps_and_epochs_are_one_choice_and_augmentations_are_named(invoke, empty_ws: Path) -> None:
+    both = invoke("train", "--classes", "0-1", "--steps", "10", "--epochs", "1", home=empty_ws)
+    assert both.exit_code == 2 and "give --steps or --epochs, not both" in both.stderr
+    for flag, value in (("--steps", "0"), ("--batch-size", "1")):
+        res = invoke("train", "--classes", "0-1", flag, value, home=empty_ws)
+        assert res.exit_code == 2 and f"{flag} must be at least" in res.stderr, res.stderr
+    mirror = invoke("train", "--classes", "0-1", "--augment", "mirror", home=empty_ws)
+    assert mirror.exit_code == 2
+    assert "unknown augmentation 'mirror'; use one of none, crop, crop+flip (--augment)" in mirror.stderr
+    assert not list((empty_ws / "artifacts").glob("*/checkpoint.pt"))
+
+
+def test_a_run_sized_in_steps_records_its_length_and_augmentation(invoke, empty_ws: Path) -> None:
+    res = invoke("train", "--classes", "0-1", "--steps", "3", "--per-class", "40", "--augment", "none", "--json",
+                 home=empty_ws)
+    assert res.exit_code == 0, res.stderr
+    out = res.json()
+    cfg = out["generation"]["train_config"]
+    assert (cfg["steps"], cfg["batch_size"], cfg["augment"], cfg["augmentation"]) == (3, 16, False, "none")
+    assert out["length"]["steps"] == 3 and out["generation"]["metrics"]["steps"] == 3
+    assert out["generation"]["metrics"]["final_accuracy"] == out["final_accuracy"]
+    fashion = invoke("train", "--classes", "2", "--steps", "2", "--per-class", "40", "--json", home=empty_ws).json()
+    assert fashion["augment"] == "crop+flip"  # the default for Fashion-MNIST is unchanged

@@ -206,3 +206,29 @@ def test_no_classes_names_the_remedy_in_dataset_terms() -> None:
     with pytest.raises(InvalidRequest, match="no classes given") as err:
         parse_classes("", ["Bag", "Sandal"])
     assert "--" not in str(err.value)
+
+
+def test_a_reversed_class_range_is_called_reversed() -> None:
+    with pytest.raises(InvalidRequest, match=r"class range '5-4' is reversed; write it low to high \(4-5\)"):
+        parse_classes("5-4", [str(i) for i in range(10)])
+    with pytest.raises(InvalidRequest, match="outside 0-9"):
+        parse_classes("8-12", [str(i) for i in range(10)])
+
+
+def test_dataset_classes_are_what_the_reader_gives_without_decoding_images(tmp_path: Path) -> None:
+    from upgrader.data.readers import dataset_classes
+
+    assert dataset_classes("fashion-mnist") == FASHION_MNIST_CLASSES
+    assert dataset_classes(_idx_folder(tmp_path / "digits")) == load_dataset(tmp_path / "digits").classes
+    images = np.zeros((3, 28, 28), np.uint8)
+    save_npz(tmp_path / "named.npz", images, [0, 1, 1], classes=["cat", "dog"])
+    save_npz(tmp_path / "plain.npz", images, [0, 2, 1])
+    assert dataset_classes(tmp_path / "named.npz") == ["cat", "dog"] == load_npz(tmp_path / "named.npz").classes
+    assert dataset_classes(tmp_path / "plain.npz") == ["0", "1", "2"] == load_npz(tmp_path / "plain.npz").classes
+    for name in ("b_dog", "a_cat", ".hidden"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+    Image.new("L", (28, 28)).save(tmp_path / "photos" / "a_cat" / "1.png")
+    Image.new("L", (28, 28)).save(tmp_path / "photos" / "b_dog" / "1.png")
+    assert dataset_classes(tmp_path / "photos") == ["a_cat", "b_dog"] == load_image_folder(tmp_path / "photos").classes
+    with pytest.raises(InvalidRequest, match="no such file or folder"):
+        dataset_classes(tmp_path / "nowhere")

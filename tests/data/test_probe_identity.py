@@ -23,7 +23,7 @@ from upgrader.data.dataset import pixel_digests
 from upgrader.data.items import draw_per_class, excluded_indices, item_uris, load_items, probe_mask
 from upgrader.data.readers import MAX_DATASET_IMAGE_PIXELS, load_dataset
 from upgrader.services.training_plan import TrainRequest
-from upgrader.services.workspace_init import init_workspace, probe_pixels
+from upgrader.services.workspace_init import read_splits, init_workspace, probe_pixels
 
 CLASSES = ("bag", "coat", "shoe", "sock")
 PER_CLASS = 20  # images per class folder
@@ -66,8 +66,11 @@ def test_no_probe_item_reaches_training_after_a_file_that_sorts_first_is_added(t
 
         trained = set(pixel_digests(inputs.data.images))
         assert sum(d in trained for d in pixel_digests(probe)) == 0  # was 19 of 32 by position
-        # Everything else trains, the new file included: 81 images less the 32 probe items.
-        assert len(inputs.data) == len(CLASSES) * PER_CLASS + 1 - len(probe)
+        held = read_splits(ws).gallery.digests  # the held-out gallery split init drew: never trained on either
+        assert len(held) == 2 * len(CLASSES) and not held & trained
+        # Everything else trains, the new file included: 81 images less the 32 probe and 8 held-out items.
+        assert len(inputs.data) == len(CLASSES) * PER_CLASS + 1 - len(probe) - len(held)
+        assert inputs.heldout_items_left_out == len(held)
         uris = ws.registry.probe_set("query").source_uris
     assert all(u is not None and u.startswith(f"{folder}#all#") and u.split("#")[2].endswith(".png") for u in uris)
 
@@ -81,7 +84,8 @@ def test_a_copy_of_a_probe_image_under_another_name_is_left_out_of_training(tmp_
         where = ws.registry.probe_set("gallery").source_uris[0].split("#")[2]  # e.g. "bag/017.png"
         shutil.copyfile(folder / where, folder / CLASSES[1] / "zzz-copy.png")  # another class, another name
         inputs = _run_inputs(ws, TrainRequest(kind="initial", classes=("all",)), None, "small_cnn")
-        assert len(inputs.data) == len(CLASSES) * PER_CLASS + 1 - len(probe_pixels(ws)) - 1
+        held = len(read_splits(ws).gallery.digests)
+        assert len(inputs.data) == len(CLASSES) * PER_CLASS + 1 - len(probe_pixels(ws)) - held - 1
 
 
 def test_the_probe_draw_depends_on_identities_not_positions(tmp_path: Path) -> None:

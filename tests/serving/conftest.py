@@ -1,9 +1,13 @@
 """A real workspace with four quick generations (untrained models exported to ONNX), built once per
 session and copied per test.
 
-g1, g2 and g3 were promoted in turn (forced: the gate rightly refuses random models) and each wrote
-20 gallery items while it was production, so the gallery mixes three generations; g3 is production.
-g4 is registered but not promoted: tests promote it to watch the service switch.
+g1, g2 and g3 were made production in turn and each wrote 20 gallery items while it was production,
+so the gallery mixes three generations; g3 is production. The moves are forced registry moves that
+cite no gate report, so no score calibration is stored: the gate would fit one to untrained, mutually
+incompatible models (shifts of about +1 for the older generations), and the tests of search order
+below are about raw cosine similarity. Tests of calibration store the one they need
+(tests/serving/test_calibrated_serving.py). g4 is registered but not promoted: tests promote it to
+watch the service switch.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def serving_master(tmp_path_factory: pytest.TempPathFactory) -> ServingCase:
             gen_ids[name] = gen.id
             if name == "g4":
                 continue
-            promote(ws, name, force=True, reason="test")
+            ws.registry.move_alias(gen.id, actor="test", reason="test: untrained models, no gate", forced=True)
             part = pool[i * PER_GENERATION : (i + 1) * PER_GENERATION]
             item_ids = [f"{name}-item-{j}" for j in range(PER_GENERATION)]
             labels = names[i * PER_GENERATION : (i + 1) * PER_GENERATION]

@@ -61,48 +61,42 @@ def test_add_is_searchable_at_once_and_refusals_change_nothing(case) -> None:  #
         assert svc.status().gallery_items == 62
 
 
-class FakeClock:
-    """A monotonic clock the test moves by hand, so a recount is due exactly when the test says."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_items_added_by_another_process_and_deletions_are_picked_up(case) -> None:  # type: ignore[no-untyped-def]
-    clock = FakeClock()
-    with QueryService(case.home, ServingConfig(poll_seconds=0, recount_seconds=30), clock=clock) as svc:
-        with open_workspace(case.home) as other:  # e.g. `upgrader gallery add` in another process
-            gen = other.registry.get_generation("production")
-            feats = open_embedder(other, gen).embed(case.spare[:3])
-            other.registry.add_gallery_items(gen.id, ["cli-0", "cli-1", "cli-2"], feats)
-            svc.refresh()
-            assert svc.status().gallery_items == 63
-            assert svc.search(case.spare[2:3], k=1).hits[0][0].external_id == "cli-2"
-            other.registry.delete_gallery_items(["cli-2", case.ids["g1"][0]])
-            clock.now += 29.9
-            svc.refresh()  # a cursor cannot see deletions, and the recount is not due yet
-            assert (svc.status().gallery_items, svc.status().rebuilds) == (63, 0)
-            clock.now += 0.1
-            svc.refresh()  # the recount is due: 61 rows in the registry, 63 in the index: rebuild
+def test_items_added_reembedded_and_deleted_elsewhere_are_followed_without_a_rebuild(backend_case) -> None:  # type: ignore[no-untyped-def]
+    # Another process adds three items, re-embeds one with another generation and deletes one; the
+    # service follows the registry's change sequence: no recount, no rebuild, on both backends.
+    with QueryService(backend_case.home, MANUAL) as svc, open_workspace(backend_case.home) as other:
+        reg = other.registry
+        prod = reg.get_generation("production")
+        spare = np.random.default_rng(0).integers(0, 255, (3, 28, 28, 1), dtype=np.uint8)
+        feats = open_embedder(other, prod).embed(spare)
+        reg.add_gallery_items(prod.id, ["cli-0", "cli-1", "cli-2"], feats, labels=["a", "b", "c"])
+        before = svc.status().gallery_items
+        assert svc.sync() == 3 and svc.status().gallery_items == before + 3
+        assert svc.search(spare[2:3], k=1).hits[0][0].external_id == "cli-2"
+        newer = reg.get_generation(backend_case.other_id)
+        reg.reembed_gallery_items(["cli-1"], newer.id, open_embedder(other, newer).embed(spare[1:2]))
+        reg.delete_gallery_items(["cli-2"])
+        svc.refresh()
         st = svc.status()
-        assert (st.gallery_items, st.rebuilds, st.last_error) == (61, 1, None)
-        ids = {h.external_id for h in svc.search(case.spare[2:3], k=61).hits[0]}
-        assert "cli-2" not in ids and case.ids["g1"][0] not in ids and "cli-1" in ids
-        svc.refresh()  # just recounted, nothing differs: no second rebuild
-        assert svc.status().rebuilds == 1
+        assert (st.gallery_items, st.rebuilds, st.last_error) == (before + 2, 0, None)
+        assert st.gallery_version == reg.gallery_version()
+        hits = {h.external_id: h for h in svc.search(spare[1:2], k=before + 2).hits[0]}
+        assert "cli-2" not in hits
+        assert (hits["cli-1"].generation_id, hits["cli-1"].label) == (newer.id, "b")  # switched in place
+        assert st.items_by_generation[newer.id] == 1
+        assert svc.sync() == 0  # nothing new: the cursor moved past every change
 
 
-def test_an_explicit_recount_catches_deletions_at_once(case) -> None:  # type: ignore[no-untyped-def]
-    with QueryService(case.home, MANUAL) as svc:  # recount_seconds stays 30: never due in this test
-        with open_workspace(case.home) as other:
-            other.registry.delete_gallery_items([case.ids["g2"][0]])
-        svc.refresh(recount=False)
-        assert (svc.status().gallery_items, svc.status().rebuilds) == (60, 0)
-        svc.refresh(recount=True)
-        assert (svc.status().gallery_items, svc.status().rebuilds) == (59, 1)
+def test_a_deleted_id_added_again_is_one_item(case) -> None:  # type: ignore[no-untyped-def]
+    with QueryService(case.home, MANUAL) as svc, open_workspace(case.home) as other:
+        gone = case.ids["g1"][0]
+        other.registry.delete_gallery_items([gone])
+        prod = other.registry.get_generation("production")
+        other.registry.add_gallery_items(prod.id, [gone], open_embedder(other, prod).embed(case.spare[:1]))
+        svc.refresh()
+        hits = [h for h in svc.search(case.spare[:1], k=60).hits[0] if h.external_id == gone]
+        assert len(hits) == 1 and hits[0].generation_id == prod.id
+        assert svc.status().gallery_items == 60 and svc.status().rebuilds == 0
 
 
 def test_promotion_swaps_the_snapshot_and_requests_in_flight_keep_theirs(case) -> None:  # type: ignore[no-untyped-def]
@@ -161,3 +155,28 @@ def test_watcher_follows_a_promotion_on_its_own(case) -> None:  # type: ignore[n
             time.sleep(0.02)
         assert svc.snapshot().generation.name == "g4"
     assert not svc.status().watching  # close() stopped it
+
+
+def test_a_running_service_follows_a_reembed_and_a_deletion_on_its_own(case) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    def wait_for(condition) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 120  # a bound for a broken watcher, not an expected time
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert condition()
+
+    with QueryService(case.home, ServingConfig(poll_seconds=0.05)) as svc, open_workspace(case.home) as other:
+        item = case.ids["g1"][3]
+        g4 = other.registry.get_generation("g4")
+        image = case.images["g1"][3:4]
+        other.registry.reembed_gallery_items([item], g4.id, open_embedder(other, g4).embed(image))
+
+        def top() -> tuple[str, int]:
+            hit = [h for h in svc.search(image, k=60).hits[0] if h.external_id == item]
+            return (hit[0].external_id, hit[0].generation_id) if hit else ("", 0)
+
+        wait_for(lambda: top() == (item, g4.id))  # switched generation, no restart
+        other.registry.delete_gallery_items([item])
+        wait_for(lambda: top() == ("", 0))
+        assert svc.status().gallery_items == 59 and svc.status().rebuilds == 0

@@ -15,11 +15,17 @@ def test_server_and_service_import_no_torch(case) -> None:  # type: ignore[no-un
         import upgrader.server, upgrader.serving.http.run, upgrader.serving.service
         from upgrader.serving.http.app import create_app
         from upgrader.serving.http.settings import ServerSettings
+        from upgrader.services.workspace import open_workspace
+        with open_workspace({str(case.home)!r}) as ws:  # production g4 with a stored calibration
+            g4 = ws.registry.get_generation("g4")
+            cal = {{"query_gen": g4.id, "maps": {{"1": {{"scale": 1.2, "shift": 0.1}}}}}}
+            report = ws.registry.add_gate_report(g4.id, g4.onnx_sha256, True, "promote", {{}}, calibration=cal)
+            ws.registry.move_alias(g4.id, actor="test", reason="test", gate_report_id=report.id)
         app = create_app({str(case.home)!r}, ServerSettings(poll_seconds=0))
         import numpy as np
-        result = app.state.service.search(np.zeros((1, 28, 28, 1), np.uint8), 3)  # embed + search for real
+        result = app.state.service.search(np.zeros((1, 28, 28, 1), np.uint8), 3)  # embed + calibrated search
         app.state.service.close()
-        assert len(result.hits[0]) == 3
+        assert len(result.hits[0]) == 3 and result.calibration is not None
         loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
         assert not loaded, loaded
         print("torch-free")

@@ -66,6 +66,25 @@ def test_progress_callback_reports_every_step() -> None:
     assert all(e.steps == 4 and e.epochs == 2 and np.isfinite(e.loss) and 0 <= e.accuracy <= 1 for e in events)
 
 
+def test_a_run_sized_in_steps_stops_inside_its_last_pass() -> None:
+    events: list[TrainProgress] = []
+    result = train_generation(TrainConfig(steps=6, batch_size=16), _tiny(), num_classes=6, progress=events.append)
+    assert [(e.epoch, e.step) for e in events] == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2)]
+    assert [e.done for e in events] == list(range(1, 7)) and {(e.total, e.epochs) for e in events} == {(6, 2)}
+    assert result.steps == 6 and [h["epoch"] for h in result.history] == [1.0, 2.0]
+
+
+def test_the_last_progress_report_and_the_result_give_one_training_accuracy() -> None:
+    events: list[TrainProgress] = []
+    result = train_generation(TrainConfig(epochs=3, batch_size=16), _tiny(), num_classes=6, progress=events.append)
+    # one figure: the mean over the last window of steps (a quarter of the run, at most a pass), not one
+    # batch's accuracy, and not an epoch mean that a progress bar never showed
+    assert result.accuracy_window == 3
+    assert events[-1].accuracy == pytest.approx(result.final_accuracy)
+    assert result.meta["final_accuracy"] == result.final_accuracy
+    assert result.previous_accuracy is not None
+
+
 def test_cancel_event_stops_training() -> None:
     cancel = threading.Event()
 

@@ -76,9 +76,9 @@ async def test_views_show_markup_lookalikes_as_typed(hostile_ws: Path) -> None:
         await pilot.press("4")
         await settle(pilot)
         history = rows_of(app.query_one("#history-view", DataTable))
-        assert history[0][2] == f"{G1} → g2-finetune" and history[0][6] == "back to g2 after [/]why"
-        assert history[1][2] == f"g2-finetune → {G1}"
-        assert history[1][3] == HOSTILE["actor"] and history[1][6] == HOSTILE["reason"]
+        assert history[0][1] == f"{G1}\n→ g2-finetune" and history[0][3] == "back to g2 after [/]why"
+        assert history[1][1] == f"g2-finetune\n→ {G1}"
+        assert history[1][5] == HOSTILE["actor"] and history[1][3] == HOSTILE["reason"]
         app.export_screenshot()  # every visible widget painted
         assert app.is_running
 
@@ -126,7 +126,7 @@ async def test_gate_modals_and_notifications_quote_names_as_typed(hostile_ws: Pa
         await pilot.press("4")
         await settle(pilot)
         newest = rows_of(app.query_one("#history-view", DataTable))[0]
-        assert newest[2] == f"g2-finetune → {G1}" and newest[5].strip() == "FORCED" and newest[6] == "[/]forced"
+        assert newest[1] == f"g2-finetune\n→ {G1}" and newest[2].strip() == "FORCED" and newest[3] == "[/]forced"
         app.export_screenshot()
         assert app.is_running
 
@@ -139,39 +139,36 @@ async def _open_training_form(pilot) -> TrainFormModal:  # type: ignore[no-untyp
     return form
 
 
-async def test_the_training_plan_and_its_errors_quote_the_form_as_typed(hostile_ws: Path) -> None:
+async def test_the_training_forms_refusals_quote_the_form_as_typed(hostile_ws: Path) -> None:
     app = dashboard_app(hostile_ws)
     async with app.run_test(size=(120, 36), notifications=True) as pilot:
         await settle(pilot)
         form = await _open_training_form(pilot)
-        form.query_one("#classes", Input).value = "[/]x, [b]y"
-        form.query_one("#dataset", Input).value = "/data/[/]set\\"
-        await pilot.click("#confirm")
-        await settle(pilot)
-        title, body = modal_text(app)
-        assert title.startswith("Train g4-replacement")
-        assert "data: classes [/]x, [b]y of /data/[/]set\\; 3 epoch(s)" in body and "register as a candidate" in body
-        await pilot.press("escape")
-        await settle(pilot)
-
-        form = await _open_training_form(pilot)
-        form.query_one("#classes", Input).value = "0-1"
-        form.query_one("#name", Input).value = G3  # taken, and not a valid new name either
-        await pilot.click("#confirm")
-        await settle(pilot)
-        assert not isinstance(app.screen, ConfirmModal)
-        assert any(G3 in t for t in toasts(app)), toasts(app)
+        for field, value, said in (
+            ("dataset", "/data/[/]set\\", "/data/[/]set\\: no such file or folder"),  # checked on the form ...
+            ("classes", "[/]x, [b]y", "unknown class '[/]x'"),
+            ("name", G3, G3),
+        ):
+            form.query_one("#dataset", Input).value = "fashion-mnist"
+            form.query_one("#classes", Input).value = "0-1"
+            form.query_one(f"#{field}", Input).value = value
+            await pilot.click("#confirm")
+            await settle(pilot)
+            assert app.screen is form  # ... which stays open, saying what is wrong, as typed
+            assert said in text_of(form.query_one("#form-error")), field
         app.export_screenshot()
         assert app.is_running
 
 
 def test_the_plan_description_shows_names_as_typed_and_keeps_its_styles(hostile_ws: Path) -> None:
     with open_workspace(hostile_ws) as ws:
-        plan = dashboard.plan_training(ws, dashboard.TrainForm(kind="replacement", classes="[/]x", arch="small_cnn"))
+        plan = dashboard.plan_training(ws, dashboard.TrainForm(kind="replacement", classes="0", arch="small_cnn"))
         parent = dashboard.generation_details(ws, G3).row.generation
     finetune = replace(plan.request, kind="finetune")
-    lines = replace(plan, request=finetune, name="[b]new\\", parent=parent, anchored=True).describe()
+    lines = replace(plan, request=finetune, name="[b]new\\", parent=parent, anchored=True, classes=("[/]x", "[b]y"),
+                    dataset="/data/[/]set\\").describe()
     plain = [line.plain for line in lines]
+    assert "data: classes [/]x, [b]y of /data/[/]set\\; 500 optimiser steps, augmentation crop" in plain
     assert plain[0] == "Fine-tune: train [b]new\\ (small_cnn, method hoc)"
     assert plain[1] == f"starting from the weights of {G3}, with its rehearsal memory"
     assert plain[2] == f"compatibility loss anchored on {G3} (frozen)"

@@ -75,8 +75,8 @@ async def test_rollback_to_a_refused_generation_is_refused_unless_forced_with_a_
         await pilot.press("4")
         await settle(pilot)
         newest = rows_of(app.query_one("#history-view", DataTable))[0]
-        assert newest[2] == "g2-finetune → g3-replacement" and newest[5].strip() == "FORCED"
-        assert newest[6] == "g2 serves garbage since the outage"
+        assert newest[1] == "g2-finetune\n→ g3-replacement" and newest[2].strip() == "FORCED"
+        assert newest[3] == "g2 serves garbage since the outage"
     entry = last_move(snapshot_ws)
     assert entry.to_name == "g3-replacement" and entry.move.forced
     with open_workspace(snapshot_ws) as ws:  # the forced move points at the report that refused it

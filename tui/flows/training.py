@@ -47,15 +47,17 @@ class TrainingFlow:
             self.notify(f"{self._training} is still training; cancel it with x or wait.", severity="warning")
             return
         dataset = self.snapshot.dataset if self.snapshot else ""
-        self.push_screen(TrainFormModal(kind, dataset), self._plan_training)
+        self.push_screen(TrainFormModal(kind, dataset, self._plan), self._review_training)
 
-    def _plan_training(self, form: dashboard.TrainForm | None) -> None:
-        if form is None:
+    def _plan(self, form: dashboard.TrainForm) -> dashboard.TrainingPlan:
+        """Check the form on a connection of its own (the form calls this from a thread worker)."""
+        with open_workspace(self.home) as ws:
+            return dashboard.plan_training(ws, form)
+
+    def _review_training(self, plan: dashboard.TrainingPlan | None) -> None:
+        if plan is None:
             return
-        self.notify("Checking the request…")
-        self.run_service(lambda ws: dashboard.plan_training(ws, form), self._review_training)
 
-    def _review_training(self, plan: dashboard.TrainingPlan) -> None:
         def confirmed(answer: Confirmed | None) -> None:
             if answer is not None:
                 self.start_training(plan)
@@ -76,7 +78,7 @@ class TrainingFlow:
 
         def progress(p: Any) -> None:
             now = time.monotonic()
-            final = p.epoch == p.epochs and p.step == p.steps
+            final = p.done == p.total
             if final or now - last[0] >= 0.1:  # at most ~10 UI updates a second
                 last[0] = now
                 self.call_from_thread(panel.update_progress, plan.name, p)

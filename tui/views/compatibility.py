@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -33,7 +35,7 @@ class CompatibilityView(Vertical):
 
     def show_pending(self, live_only: bool) -> None:
         """Say what is being computed."""
-        scope = "live generations" if live_only else "all generations"
+        scope = "live generations" if live_only else "the generations `upgrader matrix` shows"
         self.query_one("#matrix-summary", Static).update(f"Computing the matrix over {scope}…")
 
     def show(self, view: MatrixView, live_only: bool) -> None:
@@ -41,11 +43,14 @@ class CompatibilityView(Vertical):
         table = self.query_one(DataTable)
         table.clear(columns=True)
         gens, m = view.generations, view.matrix
-        scope = "live generations (press l for all)" if live_only else "all generations (press l for live only)"
+        ids = ", ".join(str(g.id) for g in gens) or "none"
+        scope = (f"over the live generations {ids} (l: the default set)" if live_only
+                 else f"over generations {ids}, the set `upgrader matrix` shows (l: live only)")
+        ac, am = view.average_compatibility, view.average_multimodel_accuracy
         summary = Text.assemble(
-            ("AC ", "bold"), (f"{view.average_compatibility:.3f}", "bold cyan"), "   ",
-            ("AM ", "bold"), (f"{pct(view.average_multimodel_accuracy)} %", "bold cyan"), "   ",
-            f"metric {view.metric} (%) · {scope}",
+            ("AC ", "bold"), (f"{ac:.3f}" if math.isfinite(ac) else "n/a", "bold cyan"), "   ",
+            ("AM ", "bold"), (f"{pct(am)} %" if math.isfinite(am) else "n/a", "bold cyan"), "   ",
+            f"{scope} · metric {view.metric} (%)",
         )
         self.query_one("#matrix-summary", Static).update(summary)
         if not gens:

@@ -131,7 +131,7 @@ def render_details(d: GenerationDetails, time_format: TimeFormat) -> RenderableT
     )
     info = Table.grid(padding=(0, 2))
     info.add_column(no_wrap=True)
-    info.add_column()
+    info.add_column(overflow="fold")  # a sha256 or a path folds onto the next line at 80 columns, never ends in "…"
     _kv(info, "parent", d.parent.name if d.parent else "— (root of the lineage)")
     _kv(info, "children", ", ".join(c.name for c in d.children) or "—")
     _kv(info, "created", time_format(g.created_at))

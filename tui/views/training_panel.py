@@ -25,14 +25,15 @@ class TrainingPanel(Horizontal):
         self.query_one(ProgressBar).update(total=None, progress=0)
 
     def update_progress(self, name: str, p: Any) -> None:
-        """One progress report (a ``TrainProgress``: epoch, epochs, step, steps, loss, accuracy)."""
+        """One progress report (a ``TrainProgress``: epoch, steps done of the run's, loss, accuracy over the
+        last steps: the figure the run reports at its end)."""
         self.query_one("#train-status", Static).update(Text.assemble(
             ("training ", "bold"), name,
-            f" · epoch {p.epoch}/{p.epochs} · step {p.step}/{p.steps} · ",
+            f" · epoch {p.epoch}/{p.epochs} · step {p.done}/{p.total} · ",
             ("loss ", "bold"), f"{p.loss:.3f} · ", ("acc ", "bold"), f"{100 * p.accuracy:.1f} %",
             (" · x cancels", "dim"),
         ))
-        self.query_one(ProgressBar).update(total=p.epochs * p.steps, progress=(p.epoch - 1) * p.steps + p.step)
+        self.query_one(ProgressBar).update(total=p.total, progress=p.done)
 
     def finishing(self, name: str) -> None:
         """Training ended; export and registration are running."""

@@ -15,7 +15,7 @@ from upgrader.cli.common import (
 )
 from upgrader.core.errors import DataError, InvalidRequest
 from upgrader.services.gallery import (
-    ItemsExist, add_dataset, composition, read_query_images, remove_items, search_images,
+    CalibrationUnusable, ItemsExist, add_dataset, composition, read_query_images, remove_items, search_images,
 )
 
 #: The CLI's words for an add refused on ids the gallery holds (``ItemsExist.reason``).
@@ -170,11 +170,18 @@ def search(
     dataset: Annotated[str | None, typer.Option(help="Dataset for --item (default: the workspace's).")] = None,
     split: Annotated[str, typer.Option(help="Split for --item.")] = "test",
     k: Annotated[int, typer.Option("-k", help="Results per query.")] = 5,
+    calibration: Annotated[bool, typer.Option(
+        "--calibration/--no-calibration",
+        help="Rank by the score calibration stored with production's gate report, as `upgrader serve` does "
+             "(--no-calibration: raw cosine similarity, for comparison).")] = True,
     json_out: JsonOption = False,
 ) -> None:
     """Search the mixed-generation gallery with the production generation.
 
-    Example: upgrader search shoe.png -k 5      or      upgrader search --item 42
+    Each item's score is mapped by its generation's score map (the calibration the gate stored when
+    production was promoted) before the top results are taken; results of one generation keep their order.
+
+    Example: upgrader search shoe.png -k 5      or      upgrader search --item 42 --no-calibration
     """
     import numpy as np
 
@@ -197,12 +204,20 @@ def search(
             titles = [str(p) for p in images]
         else:
             usage_error("give image files or --item N")
-        gen, hits = search_images(ws, np.asarray(queries), k)
+        try:
+            found = search_images(ws, np.asarray(queries), k, calibrate=calibration)
+        except CalibrationUnusable as exc:
+            raise CalibrationUnusable(f"{exc} (--no-calibration)") from None
+    gen, hits, applied = found.generation, found.hits, found.calibration
+    maps = len(applied.maps) if applied is not None else 0
     if json_out:
-        print_json({"generation": gen.id, "results": [{"query": q, "hits": h} for q, h in zip(titles, hits)]})
+        print_json({"generation": gen.id, "calibrated": applied is not None, "calibration_maps": maps,
+                    "results": [{"query": q, "hits": h} for q, h in zip(titles, hits)]})
         return
+    how = f"calibrated ({maps} score map{'' if maps == 1 else 's'})" if applied is not None else (
+        "raw cosine (--no-calibration)" if not calibration else "raw cosine (no calibration stored for production)")
     for q, hs in zip(titles, hits):
-        t = Table(title=f"{q} — queried with {gen.name}")
+        t = Table(title=f"{q} — queried with {gen.name}, {how}")
         for col in ("rank", "external id", "label", "score", "written by gen"):
             t.add_column(col)
         for rank, h in enumerate(hs, 1):

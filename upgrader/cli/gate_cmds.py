@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +13,8 @@ from registry import AliasMove
 
 from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, styled, usage_error, workspace
 from upgrader.compat.gate import GateConfig
-from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC
+from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, METRIC_NAMES
+from upgrader.compat.mixed import ranges
 from upgrader.compat.verdict import GateVerdict
 from upgrader.core.errors import GateRefused
 from upgrader.core.formatting import pct
@@ -27,7 +29,11 @@ Generation = Annotated[str, typer.Argument(help="Generation id or name.")]
 Reason = Annotated[str, typer.Option(help="Why; recorded in the alias history.")]
 Actor = Annotated[str | None, typer.Option(help="Who moves production (default: your login name).")]
 MixedTolerance = Annotated[float | None, typer.Option(
-    help="Also require the mixed-gallery estimate within this much (0..1) of a re-index; default: report only.")]
+    help="Also require item-level search after the move (calibrated) within this much (0..1) of a re-index; "
+         "default: report only.")]
+AllowRegression = Annotated[bool, typer.Option(
+    help="Waive the no-regression rule (search on the classes served now no worse than production's); "
+         "recorded in the report.")]
 
 
 ForcePromote = Annotated[bool, typer.Option("--force", help="Promote even if the gate refuses (needs --reason).")]
@@ -49,23 +55,69 @@ def register(app: typer.Typer) -> None:
 
 
 def _config(
-    margin: float, metric: str, waive_improvement: bool = False, mixed_tolerance: float | None = None
+    margin: float, metric: str, waive_improvement: bool = False, mixed_tolerance: float | None = None,
+    allow_regression: bool = False,
 ) -> GateConfig:
     try:
         return GateConfig(margin=margin, primary_metric=metric, require_improvement=not waive_improvement,
-                          mixed_tolerance=mixed_tolerance)
+                          mixed_tolerance=mixed_tolerance, allow_regression=allow_regression)
     except ValueError as exc:  # an out-of-range flag is a usage error (exit 2), not a crash
         raise typer.BadParameter(str(exc)) from None
 
 
-def _mixed_line(mixed: dict[str, Any] | None) -> Text | None:
-    """The mixed-gallery estimate of a report dict as one printed line (None when the gate made none)."""
-    if not mixed:
-        return None
-    diff = 100 * (mixed["mixed"] - mixed["reindex"])
-    colour = "green" if diff >= 0 else "yellow"
-    return styled(f"mixed gallery estimate (template top-1): {{}}% vs {{}}% after a re-index, [{colour}]{{}} points[/] "
-                  "over {} classes", pct(mixed["mixed"]), pct(mixed["reindex"]), f"{diff:+.1f}", mixed["classes"])
+def _ci(iv: dict[str, Any] | None, points: bool = False) -> str:
+    """``78.2 [75.6, 80.8]`` (a value with its 95% interval, in %), or signed points for a difference."""
+    if not iv or iv.get("value") is None:
+        return "-"
+    if points:
+        return f"{100 * iv['value']:+.1f} [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
+    return f"{pct(iv['value'])} [{pct(iv['low'])}, {pct(iv['high'])}]"
+
+
+def _verdict_tag(checks: list[dict[str, Any]], kind: str) -> str:
+    found = [c for c in checks if c.get("kind") == kind]
+    if not found:
+        return ""
+    return "[green]ok[/]" if all(c["passed"] for c in found) else "[red]FAIL[/]"
+
+
+def item_lines(body: dict[str, Any]) -> list[Text]:
+    """A report body's item-level search after the move as printed lines (none when it has none).
+
+    Fits 80 columns: a 3 x 2 grid (calibrated, raw, re-index; Recall@1, mAP) with 95% intervals,
+    then the gap to a re-index and the no-regression comparison, each with its verdict.
+    """
+    served = body.get("served")
+    if not served:
+        return []
+    checks = body.get("checks", [])
+    metric = "recall@1" if served["metric"] == "recall_at_1" else "mAP"
+    out = [styled("[bold]item-level search after the move[/]: {} probe queries of gen {} (%, 95% CI)",
+                  served["queries"], served["candidate"]),
+           Text(f"{'':10}  {'calibrated':<18}  {'raw':<18}  re-index")]
+    for key, name in (("recall_at_1", "recall@1"), ("map", "mAP")):
+        cells = [_ci(served[s][key]).ljust(18) for s in ("calibrated", "raw", "reindex")]
+        out.append(Text(f"  {name:<8}  " + "  ".join(cells).rstrip()))
+    tol = body.get("mixed_tolerance")
+    rule = f"tolerance {100 * tol:.1f}: {_verdict_tag(checks, 'mixed')}" if tol is not None else "no tolerance set"
+    out.append(styled(f"  gap to a re-index ({{}}): {{}} points ({rule})", metric, _ci(served["gap"], points=True)))
+    reg = served.get("regression")
+    if reg is None:
+        out.append(styled("  no regression: {}", served.get("why_no_regression", "")))
+        return out
+    key = served["metric"]
+    verdict = "waived" if body.get("allow_regression") else _verdict_tag(checks, "regression")
+    out.append(styled(f"  no regression ({{}}) on the gallery as it stands, classes {{}}: {verdict}", metric,
+                      _classes(reg["classes"])))
+    out.append(styled("    gen {} {} vs production gen {} {}", served["candidate"],
+                      pct(reg["candidate"][key]["value"]), reg["production"], pct(reg["production_now"][key]["value"])))
+    tell = "" if reg["distinguishable"] else "; the probe set cannot tell them apart"
+    out.append(styled("    difference {} points{}", _ci(reg["difference"], points=True), tell))
+    return out
+
+
+def _classes(vs: list[int]) -> str:
+    return ranges(vs) if vs else "none"
 
 
 def _force_needs_reason(force: bool, reason: str) -> None:
@@ -74,17 +126,31 @@ def _force_needs_reason(force: bool, reason: str) -> None:
         usage_error("--force needs --reason TEXT: the override is recorded in the alias history")
 
 
+def _hanging(marker: str, line: str) -> Text:
+    """``  - line`` wrapped at the console's width with a hanging indent (reasons run past 80 columns);
+    ``marker`` is markup, ``line`` is shown literally."""
+    wrapped = textwrap.wrap(line, max(40, console.width) - 4, break_on_hyphens=False) or [""]
+    return styled("  " + marker + " {}", "\n    ".join(wrapped))
+
+
+#: How the checks table names each kind of check (the item-level ones say what they compare).
+_CHECK_NAMES = {"mixed": "vs re-index", "regression": "no regression"}
+
+
 def _checks_table(verdict: GateVerdict, names: dict[int, str]) -> Table:
-    t = Table(title=styled("gate ({}) for {}: " + ("[green]PASSED[/]" if verdict.passed else "[red]REFUSED[/]"),
-                           verdict.kind, names.get(verdict.candidate, verdict.candidate)))
-    for col in ("check", "queries", "gallery", verdict.primary_metric, "threshold", "result"):
-        t.add_column(col)
+    """Every check with its value, threshold and the 95% interval of its paired difference (80 columns:
+    generations by id, the title names the candidate)."""
+    item = "recall@1" if verdict.served is None or verdict.served.metric == "recall_at_1" else "mAP"
+    t = Table(title=styled("gate ({}) for {} (gen {}): " + ("[green]PASSED[/]" if verdict.passed else "[red]REFUSED[/]"),
+                           verdict.kind, names.get(verdict.candidate, verdict.candidate), verdict.candidate),
+              caption=f"%; pairwise rows: {METRIC_NAMES[verdict.primary_metric]}; item-level rows: {item}")
+    for col in ("check", "gallery", "value", "threshold", "difference, 95% CI", "result"):
+        t.add_column(col, justify="right" if col in ("value", "threshold") else "left")
     for c in verdict.checks:
-        # The mixed estimate is always template top-1, whatever the column's metric.
-        kind = "mixed (template top-1)" if c.kind == "mixed" and verdict.primary_metric != "template_top1" else c.kind
-        gallery_cell = "mixed" if c.kind == "mixed" else names.get(c.gallery_gen, str(c.gallery_gen))
-        t.add_row(kind, names.get(c.query_gen, str(c.query_gen)), gallery_cell,
-                  pct(c.value), f"{c.comparison} {pct(c.threshold)}", styled("[green]ok[/]" if c.passed else "[red]FAIL[/]"))
+        gallery_cell = "after" if c.kind in _CHECK_NAMES else f"gen {c.gallery_gen}"
+        diff = c.interval.to_dict() if c.interval is not None else None
+        t.add_row(_CHECK_NAMES.get(c.kind, c.kind), gallery_cell, pct(c.value), f"{c.comparison} {pct(c.threshold)}",
+                  _ci(diff, points=True), styled("[green]ok[/]" if c.passed else "[red]FAIL[/]"))
     return t
 
 
@@ -96,24 +162,35 @@ def verify(
     metric: Metric = DEFAULT_PRIMARY_METRIC,
     waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
     mixed_tolerance: MixedTolerance = None,
+    allow_regression: AllowRegression = False,
     json_out: JsonOption = False,
 ) -> None:
     """Run the compatibility gate for a generation and store the report (verified or rejected).
 
+    Besides the pairwise checks it measures item-level search on the gallery as it will be after the
+    move (calibrated as serving will, raw, and after a re-index) against production's now.
     Example: upgrader verify g2-finetune-small_cnn-hoc --margin 0.01
     """
     with workspace(home) as ws:
-        run = verify_service(ws, generation, _config(margin, metric, waive_improvement, mixed_tolerance))
+        run = verify_service(ws, generation, _config(margin, metric, waive_improvement, mixed_tolerance,
+                                                     allow_regression))
         names = {g.id: g.name for g in ws.registry.list_generations()}
     if json_out:
         print_json({"report_id": run.report.id, "status": run.generation.status, **run.verdict.to_dict()})
     else:
-        console.print(_checks_table(run.verdict, names))
-        if run.verdict.mixed is not None:
-            console.print(_mixed_line(run.verdict.mixed.to_dict()))
-            console.print(styled("  [dim]{}[/]", run.verdict.mixed.ownership()))
-        for line in run.verdict.reasons:
-            console.print(styled("  [red]-[/] {}", line))
+        v = run.verdict
+        console.print(_checks_table(v, names))
+        for line in item_lines(v.to_dict()):
+            console.print(line)
+        if v.served is not None:
+            console.print(_hanging("[dim]*[/]", f"probe gallery: {v.served.ownership()}"))
+        for c in v.checks:
+            if c.undecided_line():
+                console.print(_hanging("[yellow]~[/]", c.undecided_line() or ""))
+        for line in v.reasons:
+            console.print(_hanging("[red]-[/]", line))
+        if any(c.kind == "regression" and not c.passed for c in v.checks):
+            console.print(styled("  [dim]--allow-regression waives the no-regression rule (recorded in the report)[/]"))
         console.print(styled("report {}: {} is now [bold]{}[/]", run.report.id, run.generation.name, run.generation.status))
     if not run.verdict.passed:
         raise typer.Exit(3)
@@ -130,6 +207,7 @@ def promote(
     metric: Metric = DEFAULT_PRIMARY_METRIC,
     waive_improvement: Annotated[bool, typer.Option(help="Do not require beating production's self-test.")] = False,
     mixed_tolerance: MixedTolerance = None,
+    allow_regression: AllowRegression = False,
     json_out: JsonOption = False,
 ) -> None:
     """Move production to a generation once the gate passes for its exact artifact.
@@ -141,7 +219,7 @@ def promote(
     with workspace(home) as ws:
         try:
             done = promote_service(ws, generation, actor=actor, reason=reason, force=force,
-                                   config=_config(margin, metric, waive_improvement, mixed_tolerance))
+                                   config=_config(margin, metric, waive_improvement, mixed_tolerance, allow_regression))
         except GateRefused as exc:
             if json_out:
                 print_json({"promoted": False, "report_id": exc.report_id, "error": str(exc)})
@@ -149,13 +227,14 @@ def promote(
         names = {g.id: g.name for g in ws.registry.list_generations()}
     if json_out:
         print_json({"promoted": True, **{k: v for k, v in vars(done).items() if k != "report"},
-                    "report_id": done.report.id if done.report else None})
+                    "report_id": done.report.id if done.report else None,
+                    "gate": done.report.report if done.report else None,
+                    "calibration": done.report.calibration if done.report else None})
         return
     m = done.move
     console.print(Text("production: ") + _move_line(m, names)
                   + Text(f" (gate report {m.gate_report_id}{', reused' if done.reused_report else ''}; by {m.actor}: {m.reason})"))
-    line = _mixed_line(done.report.report.get("mixed")) if done.report else None
-    if line:
+    for line in item_lines(done.report.report) if done.report else []:
         console.print(line)
 
 
@@ -190,12 +269,16 @@ def rollback(
     if json_out:
         print_json({"rolled_back": True, "move": done.move, "forced": done.forced,
                     "report_id": done.report.id if done.report else None,
-                    "ground": done.ground.to_dict() if done.ground else None})
+                    "ground": done.ground.to_dict() if done.ground else None,
+                    "gate": done.report.report if done.report else None,
+                    "calibration": done.report.calibration if done.report else None})
         return
     m = done.move
     console.print(Text("production rolled back: ") + _move_line(m, names) + Text(f" (report {m.gate_report_id})"))
     if done.ground is not None:
         console.print(styled("  [dim]{}[/]", done.ground.line))
+    for line in item_lines(done.report.report) if done.report else []:
+        console.print(line)
 
 
 @handle_errors

@@ -65,6 +65,10 @@ def serve(
              "a request's decoding under about 1 s of CPU.")] = 64_000_000,
     threads: Annotated[int, typer.Option(help="Requests embedded / searched at once (worker threads).")] = max(1, os.cpu_count() or 1),
     index: Annotated[str, typer.Option(help="Gallery index: flat (exact), hnsw or ivf (approximate).")] = "flat",
+    calibration: Annotated[bool, typer.Option(
+        "--calibration/--no-calibration",
+        help="Rank by the score calibration stored with production's gate report (--no-calibration: raw "
+             "cosine similarity, for comparison).")] = True,
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow a non-loopback --host; needs a token (--token-file or UPGRADER_TOKEN).")] = False,
     token_file: Annotated[Path | None, typer.Option(
         help=f"File holding the bearer token every request needs (or set {TOKEN_ENV} to the token).",
@@ -84,6 +88,7 @@ def serve(
     import logging
 
     # Imported here: every other command stays free of FastAPI's import time.
+    from upgrader.services.gallery import CalibrationUnusable
     from upgrader.serving.http.run import PortUnavailable, is_loopback, run_server
     from upgrader.serving.http.settings import ServerSettings
 
@@ -102,7 +107,7 @@ def serve(
                     "not everyone who can reach the server can write to the gallery")
     settings = ServerSettings(poll_seconds=poll_seconds, max_request_bytes=int(max_request_mb * 1024 * 1024),
                               max_images=max_images, max_request_pixels=max_request_pixels, threads=threads,
-                              index=index, token=token, write_token=write_token)
+                              index=index, calibrate=calibration, token=token, write_token=write_token)
     auth = ("reads and writes need a token" if token else "writes need the write token; reads are open") \
         if settings.authenticated else "no token"
     if token and write_token:
@@ -111,21 +116,28 @@ def serve(
 
     def ready(service) -> None:  # type: ignore[no-untyped-def]
         st = service.status()
+        cal = st.calibration
         info = {"url": f"http://{host}:{port}", "generation": st.serving.name if st.serving else None,
                 "generation_id": st.serving.id if st.serving else None, "gallery_items": st.gallery_items,
-                "index": st.index, "poll_seconds": poll_seconds, "auth": auth}
+                "index": st.index, "poll_seconds": poll_seconds, "auth": auth,
+                "calibrated": cal is not None, "calibration_maps": len(cal.maps) if cal else 0}
         if json_out:
             print_json(info)
             return
         gen = styled("[bold]{}[/]", info["generation"]) if st.serving else styled("[yellow]nothing (promote a generation)[/]")
+        maps = len(cal.maps) if cal is not None else 0
+        ranked = (f"calibrated ({maps} score map{'' if maps == 1 else 's'})" if cal is not None else
+                  "raw cosine (--no-calibration)" if not calibration else "raw cosine (no calibration stored)")
         console.print(Text("serving ") + gen + styled(
-            " over {} gallery items on [bold]{}[/] (docs: {}/docs; {}); watching the production alias every {}s",
-            st.gallery_items, info["url"], info["url"], auth, f"{poll_seconds:g}"))
+            " over {} gallery items on [bold]{}[/], {} (docs: {}/docs; {}); watching the production alias every {}s",
+            st.gallery_items, info["url"], ranked, info["url"], auth, f"{poll_seconds:g}"))
         err_console.print("Ctrl-C to stop", style="dim")
 
     try:
         run_server(home, host=host, port=port, settings=settings, allow_remote=allow_remote,
                    log_level=log_level.lower(), on_ready=ready)
+    except CalibrationUnusable as exc:
+        raise CalibrationUnusable(f"{exc} (--no-calibration)") from None
     except PortUnavailable as exc:
         why = PORT_FIXES.get(exc.reason)
         message = f"cannot listen on {exc.host}:{exc.port}: {why}" if why else f"{exc} (--host, --port N)"

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.progress import TaskID
 
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, styled, workspace
+from upgrader.cli.common import (
+    HomeOption, JsonOption, console, handle_errors, print_json, print_warning, progress_bar, styled, warning_line, workspace,
+)
 from upgrader.core.formatting import pct
 from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
-from upgrader.services.training_plan import TrainRequest
+from upgrader.services.training_plan import AUGMENTS, DEFAULT_STEPS, MAX_BATCH, TrainRequest
 
 if TYPE_CHECKING:
     from upgrader.services.workspace import Workspace
@@ -32,36 +35,59 @@ def register(app: typer.Typer) -> None:
 Classes = Annotated[str, typer.Option(help="New classes to learn: indices '4-5', '4,5' or names.")]
 Dataset = Annotated[str | None, typer.Option(help="Dataset (default: the workspace's).")]
 Method = Annotated[str, typer.Option(help=f"{METHODS[0]} (compatible, default) or a baseline: {', '.join(METHODS[1:])}.")]
-Epochs = Annotated[int, typer.Option(help="Passes over the new data.")]
+Epochs = Annotated[int | None, typer.Option(help="Passes over the new data; overrides --steps.", show_default=False)]
+Steps = Annotated[int | None, typer.Option(
+    help=f"Optimiser steps (default {DEFAULT_STEPS}, however many images there are; the last pass may stop early).",
+    show_default=False)]
+Augment = Annotated[str | None, typer.Option(
+    help=f"{', '.join(AUGMENTS)} (default: crop+flip for Fashion-MNIST, crop otherwise: flips break digits and text).",
+    show_default=False)]
 PerClass = Annotated[int | None, typer.Option(help="At most this many training images per class.")]
 Memory = Annotated[int, typer.Option(help="Rehearsal images kept per class for later generations.")]
 Name = Annotated[str | None, typer.Option(help="Generation name (default g<N>-<kind>-<arch>-<method>).")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-BatchSize = Annotated[int, typer.Option(help="Batch size (half rehearsal memory when fine-tuning).")]
+BatchSize = Annotated[int | None, typer.Option(
+    help=f"Batch size (half rehearsal memory when fine-tuning; default a tenth of the new images, 16 to {MAX_BATCH}).",
+    show_default=False)]
 LR = Annotated[float, typer.Option(help="Peak SGD learning rate (cosine schedule).")]
 Seed = Annotated[int | None, typer.Option(help="Training seed (default: the workspace's).")]
+
+
+#: Warnings said before a run starts (the rest come with its result).
+BEFORE_RUN = frozenset({"known-classes"})
 
 
 def run_training(ws: Workspace, req: TrainRequest, *, quiet: bool = False) -> TrainOutcome:
     """Train with a live progress bar (epoch, loss, accuracy) on stderr.
 
+    The request is checked and its data read before the bar appears (it starts with the first step),
+    so a refusal prints only its error.
+
     Raises:
         InvalidRequest: the request was refused (the CLI words it with the flag to change).
     """
-    from upgrader.services.training_plan import validate_request
+    from upgrader.services.training_plan import request_warnings, validate_request
     from upgrader.training.pipeline import train_and_register
 
-    validate_request(ws, req)  # a refused request says so before any progress bar appears
+    parent, _, _ = validate_request(ws, req)
+    for warning in request_warnings(ws, req, parent):
+        print_warning(warning_line(warning))
     if quiet:
         return train_and_register(ws, req)
-    with progress_bar() as bar:
-        task = bar.add_task(f"training {req.kind}", total=None, info="")
+    bar = progress_bar()
+    task: list[TaskID] = []
 
-        def on_step(p) -> None:  # TrainProgress
-            bar.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step,
-                       info=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} acc {100 * p.accuracy:.1f}%")
+    def on_step(p) -> None:  # TrainProgress
+        if not task:
+            bar.start()
+            task.append(bar.add_task(f"training {req.kind}", total=p.total, info=""))
+        bar.update(task[0], total=p.total, completed=p.done,
+                   info=f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} acc {100 * p.accuracy:.1f}%")
 
+    try:
         return train_and_register(ws, req, progress=on_step)
+    finally:
+        bar.stop()
 
 
 def _report(out: TrainOutcome, json_out: bool) -> None:
@@ -70,12 +96,17 @@ def _report(out: TrainOutcome, json_out: bool) -> None:
         return
     g = out.generation
     last = out.history[-1] if out.history else {}
+    length = f"{out.length.describe()}, " if out.length else ""
     console.print(styled(
         "[green]registered[/] generation [bold]{}[/] ({}): {}",
         g.name, f"id {g.id}, {g.architecture}/{g.method}, status {g.status}",
-        f"{out.seconds:.1f}s at {out.images_per_second:.0f} img/s, final loss {last.get('loss', float('nan')):.3f}, "
-        f"train acc {pct(last.get('accuracy'))}%; ONNX parity cos >= {out.export_parity['min_cosine']:.6f}",
+        f"{length}augmentation {out.augment or '-'}; {out.seconds:.1f}s at {out.images_per_second:.0f} img/s, final "
+        f"loss {last.get('loss', float('nan')):.3f}, train acc {pct(out.final_accuracy)}% (last {out.accuracy_window} "
+        f"steps); ONNX parity cos >= {out.export_parity['min_cosine']:.6f}",
     ))
+    for warning in out.warnings:
+        if warning.reason not in BEFORE_RUN:
+            print_warning(warning_line(warning))
     console.print(f"next: upgrader verify {g.name}   then   upgrader promote {g.name}")
 
 
@@ -88,11 +119,13 @@ def train(
     dataset: Dataset = None,
     arch: Annotated[str | None, typer.Option(help=f"Architecture of an initial generation ({', '.join(ARCHITECTURES)}).")] = None,
     method: Method = "hoc",
-    epochs: Epochs = 3,
-    batch_size: BatchSize = 128,
+    steps: Steps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
     lr: LR = 0.05,
     per_class: PerClass = None,
     memory_per_class: Memory = 20,
+    augment: Augment = None,
     name: Name = None,
     seed: Seed = None,
     device: Device = "auto",
@@ -100,16 +133,16 @@ def train(
 ) -> None:
     """Train a generation: initial (first of the lineage) or a fine-tune of production on new classes.
 
-    Example: upgrader train --classes 0-3 --epochs 3          (initial)
-             upgrader train --classes 4,5 --finetune           (from production)
+    Example: upgrader train --classes 0-3                    (initial)
+             upgrader train --classes 4,5 --finetune --steps 1000   (from production, longer)
     """
     with workspace(home) as ws:
         if finetune is None:
             finetune = ws.registry.get_alias() is not None or parent is not None
         req = TrainRequest(
             kind="finetune" if finetune else "initial", classes=(classes,), dataset=dataset, arch=arch, method=method,
-            epochs=epochs, batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class,
-            parent=parent, name=name, seed=seed, device=device,
+            epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, per_class=per_class,
+            memory_per_class=memory_per_class, augment=augment, parent=parent, name=name, seed=seed, device=device,
         )
         out = run_training(ws, req, quiet=json_out)
     _report(out, json_out)
@@ -122,11 +155,13 @@ def replace(
     home: HomeOption = None,
     dataset: Dataset = None,
     method: Method = "hoc",
-    epochs: Epochs = 3,
-    batch_size: BatchSize = 128,
+    steps: Steps = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
     lr: LR = 0.05,
     per_class: PerClass = None,
     memory_per_class: Memory = 20,
+    augment: Augment = None,
     init_weights: Annotated[Path | None, typer.Option(help="Checkpoint of the new architecture to start from.")] = None,
     no_anchor: Annotated[bool, typer.Option("--no-anchor", help="Train without production as the compatibility anchor.")] = False,
     name: Name = None,
@@ -136,11 +171,11 @@ def replace(
 ) -> None:
     """Replace the architecture: train a new model on the same interface, anchored on production.
 
-    Example: upgrader replace --arch resnet_narrow --classes 6,7 --epochs 4
+    Example: upgrader replace --arch resnet_narrow --classes 6,7 --steps 1000
     """
     req = TrainRequest(
-        kind="replacement", classes=(classes,), dataset=dataset, arch=arch, method=method, epochs=epochs,
-        batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class,
+        kind="replacement", classes=(classes,), dataset=dataset, arch=arch, method=method, epochs=epochs, steps=steps,
+        batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class, augment=augment,
         init_weights=str(init_weights) if init_weights else None, anchor=not no_anchor, name=name, seed=seed, device=device,
     )
     with workspace(home) as ws:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from registry import Registry
 
-from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, styled, workspace
+from upgrader.cli.common import Col, HomeOption, JsonOption, console, fitted_table, handle_errors, print_json, styled, workspace
 from upgrader.core.formatting import pct
 from upgrader.services.status import generation_rows, workspace_status
 from upgrader.services.workspace import registry_location
@@ -21,6 +21,19 @@ STATUS_STYLE = {
     "production": "bold reverse green",
     "retired": "dim",
 }
+
+
+#: The lineage table: id, name, status and self-test always; the rest as the terminal's width allows.
+GENERATION_COLUMNS = [
+    Col("id", justify="right"), Col("name", fold=True), Col("status"), Col("self-test %", justify="right"),
+    Col("parent", 1, "right"), Col("kind", 2), Col("arch", 3), Col("method", 4), Col("gallery", 5, "right"),
+    Col("created", 6),
+]
+#: The alias history: who moved production where, forced or not, and why, first; when, by whom and the report after.
+HISTORY_COLUMNS = [
+    Col("#", justify="right"), Col("from -> to", fold=True), Col("forced"), Col("reason", wrap=True),
+    Col("when", 1), Col("actor", 2, fold=True), Col("gate report", 3, "right"),
+]
 
 
 def register(app: typer.Typer, db_app: typer.Typer) -> None:
@@ -41,8 +54,12 @@ def init(
     dataset: Annotated[str, typer.Option(help="Dataset: 'fashion-mnist', an IDX folder, an image folder or an .npz.")] = "fashion-mnist",
     num_classes: Annotated[int, typer.Option("--num-classes", "-k", help="K: d-Simplex vertices to preallocate (embedding dim K-1).")] = 64,
     classes: Annotated[str, typer.Option(help="Classes in the probe set: 'all', indices '0-9' or names.")] = "all",
-    probe_queries: Annotated[int, typer.Option(help="Probe queries per class (held out from training).")] = 100,
-    probe_gallery: Annotated[int, typer.Option(help="Probe gallery items per class (held out from training).")] = 100,
+    probe_queries: Annotated[int | None, typer.Option(
+        help="Probe queries per class, held out from training (default: a tenth of the smallest class, at most 100).",
+        show_default=False)] = None,
+    probe_gallery: Annotated[int | None, typer.Option(
+        help="Probe gallery items per class, held out from training (default: as --probe-queries).",
+        show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the probe draw and default training seed.")] = 0,
     db_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL of the registry (default: a SQLite file in the workspace).")] = None,
     float16: Annotated[bool, typer.Option("--float16", help="Store gallery embeddings as float16 (half the space).")] = False,
@@ -66,6 +83,10 @@ def init(
     console.print(styled("[green]created[/] workspace at [bold]{}[/] ({})", st.home,
                          f"K={st.num_classes}, dim {st.embedding_dim}, {st.classes_assigned} classes, "
                          f"probe {st.probe_counts['query']} queries / {st.probe_counts['gallery']} gallery"))
+    if st.probe_sizing:
+        chosen = probe_queries is None or probe_gallery is None
+        console.print(st.probe_sizing + ("; change with --probe-queries/--probe-gallery" if chosen else ""))
+    console.print(st.gallery_split)
     console.print("next: upgrader train --classes 0-3   (an initial generation)")
 
 
@@ -88,6 +109,7 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     t.add_row("dataset", st.dataset)
     t.add_row("interface", f"K={st.num_classes}, embedding dim {st.embedding_dim}, {st.classes_assigned} classes assigned")
     t.add_row("probe set", f"{st.probe_counts.get('query', 0)} queries, {st.probe_counts.get('gallery', 0)} gallery items")
+    t.add_row("gallery split", st.gallery_split.removeprefix("gallery split: "))
     t.add_row("production", f"{st.production.name} (id {st.production.id})" if st.production else "none yet")
     t.add_row("generations", ", ".join(f"{n} {s}" for s, n in sorted(st.by_status.items())) or "none")
     t.add_row("gallery", f"{st.gallery_total} items" + (
@@ -112,17 +134,11 @@ def generations(ctx: typer.Context, home: HomeOption = None, json_out: JsonOptio
     if json_out:
         print_json(rows)
         return
-    t = Table(title="generations")
-    for col in ("id", "name", "kind", "arch", "method", "parent", "status", "self-test %", "gallery", "created"):
-        t.add_column(col, justify="right" if col in ("id", "self-test %", "gallery", "parent") else "left")
-    for r in rows:
-        g = r.generation
-        t.add_row(
-            str(g.id), ("* " if r.is_production else "") + g.name, g.kind, g.architecture, g.method,
-            str(g.parent_id or "-"), styled(f"[{STATUS_STYLE.get(g.status, '')}]{{}}[/]", g.status), pct(r.self_test),
-            str(r.gallery_items), f"{g.created_at:%Y-%m-%d %H:%M}",
-        )
-    console.print(t)
+    console.print(fitted_table("generations (* production; a generation is named by its id or its name)", GENERATION_COLUMNS, [[
+        str(g.id), ("* " if r.is_production else "") + g.name, styled(f"[{STATUS_STYLE.get(g.status, '')}]{{}}[/]", g.status),
+        pct(r.self_test), str(g.parent_id or "-"), g.kind, g.architecture, g.method, str(r.gallery_items),
+        f"{g.created_at:%Y-%m-%d %H:%M}",
+    ] for r in rows for g in (r.generation,)]))
 
 
 def _typed(ctx: typer.Context, param: str) -> bool:
@@ -174,15 +190,11 @@ def history(home: HomeOption = None, json_out: JsonOption = False) -> None:
     if json_out:
         print_json(moves)
         return
-    t = Table(title="production alias history")
-    for col in ("#", "when", "from", "to", "actor", "gate report", "forced", "reason"):
-        t.add_column(col)
-    for m in moves:
-        t.add_row(
-            str(m.id), f"{m.at:%Y-%m-%d %H:%M:%S}", names.get(m.from_gen, "-") if m.from_gen else "-", names.get(m.to_gen, str(m.to_gen)),
-            m.actor, str(m.gate_report_id or "-"), styled("[bold red]yes[/]") if m.forced else "no", m.reason,
-        )
-    console.print(t)
+    console.print(fitted_table("production alias history", HISTORY_COLUMNS, [[
+        str(m.id), (names.get(m.from_gen, str(m.from_gen)) if m.from_gen else "-") + "\n-> " + names.get(m.to_gen, str(m.to_gen)),
+        styled("[bold red]yes[/]") if m.forced else "no", m.reason, f"{m.at:%Y-%m-%d %H:%M:%S}", m.actor,
+        str(m.gate_report_id or "-"),
+    ] for m in moves]))
 
 
 @handle_errors

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from upgrader.compat.matrix import PairEvaluator
 from upgrader.compat.metrics import as_features, as_labels, json_float
 
 
@@ -42,6 +43,21 @@ class FormalCheck:
     def passed(self) -> bool:
         """Both inequalities hold."""
         return self.same_class_ok and self.diff_class_ok
+
+    def reason(self) -> str:
+        """The line a failing check adds to a verdict's reasons (which inequality, with its numbers)."""
+        parts = []
+        if not self.same_class_ok:
+            parts.append(
+                f"same-class E[d] across generations {self.same_class_cross:.3f} > within gen {self.old_gen} "
+                f"{self.same_class_old:.3f}"
+            )
+        if not self.diff_class_ok:
+            parts.append(
+                f"different-class E[d] across generations {self.diff_class_cross:.3f} < within gen {self.old_gen} "
+                f"{self.diff_class_old:.3f}"
+            )
+        return f"gen {self.new_gen} vs gen {self.old_gen}: formal compatibility violated: " + ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (NaN becomes ``None``)."""
@@ -134,4 +150,13 @@ def formal_compatibility(
     )
 
 
-__all__ = ["FormalCheck", "formal_compatibility"]
+def formal_for_pair(ev: PairEvaluator, new: int, old: int) -> FormalCheck:
+    """The formal definition for (new, old) on the probe classes both learnt, from the gate's evaluator."""
+    classes = ev.shared(new, old)
+    nq, ql = ev.queries(new, classes)
+    oq, _ = ev.queries(old, classes)
+    og, gl = ev.gallery(old, classes)
+    return formal_compatibility(nq, oq, og, ql, gl, new_gen=new, old_gen=old)
+
+
+__all__ = ["FormalCheck", "formal_compatibility", "formal_for_pair"]

@@ -13,8 +13,13 @@ scored on the probe classes both generations learnt:
 * **improvement**: unless waived, the candidate must also improve on production: ``M(t, t) > M(p, p)``.
 * **rollback** (:func:`rollback_check`) to an older ``o`` needs ``M(o, j) >= M(j, j) - margin`` for
   every live gallery generation ``j`` written after ``o``.
-* **mixed gallery estimate** (:mod:`upgrader.compat.mixed`), promotion only: reported always; a
-  condition only with ``GateConfig.mixed_tolerance``.
+* **item-level search after the move** (:mod:`upgrader.compat.served`, rules in
+  :mod:`upgrader.compat.item_rules`), promotion only: the candidate's calibrated Recall@1 and mAP on a
+  probe gallery composed like the real one after the move, next to a re-index and the raw number.
+  **No regression** (on unless ``GateConfig.allow_regression``): on the classes the gallery holds now,
+  not below production's own estimate now. ``GateConfig.mixed_tolerance`` bounds the gap to a re-index.
+* every pairwise check carries a bootstrap interval of its paired per-query difference, and a note
+  says when the probe set cannot tell the two sides apart.
 * **formal definition** (:mod:`upgrader.compat.formal`): always reported; a condition only with
   ``GateConfig.check_formal``.
 * **the artifact**: the verdict is about one exact ONNX artifact, so a file whose sha256 no longer
@@ -29,10 +34,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from upgrader.compat.formal import FormalCheck, formal_compatibility
+from upgrader.compat.formal import FormalCheck, formal_for_pair
+from upgrader.compat.item_rules import item_checks, template_estimate
 from upgrader.compat.matrix import PairEvaluator
 from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, METRIC_NAMES, METRICS
-from upgrader.compat.mixed import MixedEstimate, estimate_mixed
+from upgrader.compat.mixed import MixedEstimate
+from upgrader.compat.score_calibration import Calibration
+from upgrader.compat.served import ServedEstimate, estimate_served, item_metric, serving_calibration
 from upgrader.compat.verdict import GateCheck, GateVerdict, VerdictKind
 
 
@@ -51,9 +59,12 @@ class GateConfig:
     # Make the formal (Shen et al.) inequalities a condition of passing. Off by default: the formal
     # check is always computed and reported, but docs/design.md §3 makes the empirical criterion the gate's rule.
     check_formal: bool = False
-    # Promotion also needs the mixed-gallery estimate >= its re-index accuracy - mixed_tolerance (both
-    # template top-1, in [0, 1]). None: the estimate is computed and reported, but decides nothing.
+    # Promotion also needs the item-level estimate on the gallery after the move >= its re-index
+    # accuracy - mixed_tolerance (calibrated, in the item metric, in [0, 1]). None: only reported.
     mixed_tolerance: float | None = None
+    # Waive the no-regression rule (recorded in the report): by default the candidate's item-level
+    # estimate after the move must not be below production's own now, on the classes served now.
+    allow_regression: bool = False
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.margin) or self.margin < 0:
@@ -91,9 +102,9 @@ class GateInputs:
     # lineage). A pair (q, g) is scored on the probe classes both generations learnt; a generation
     # missing here (an imported artifact, say) counts as knowing every probe class.
     classes: Mapping[int, Sequence[int]] = field(default_factory=dict)
-    # Class vertex -> the live generation that stores most of its items in the production gallery
-    # (:func:`upgrader.compat.mixed.gallery_owners`); a class missing here is indexed by the candidate.
-    gallery_owners: Mapping[int, int] = field(default_factory=dict)
+    # Class vertex -> {live generation: real gallery items of that class it stores}
+    # (:func:`upgrader.compat.mixed.gallery_holders`); a class missing here has no items yet.
+    gallery_holders: Mapping[int, Mapping[int, int]] = field(default_factory=dict)
 
 
 def evaluator(inputs: GateInputs) -> PairEvaluator:
@@ -103,11 +114,17 @@ def evaluator(inputs: GateInputs) -> PairEvaluator:
     )
 
 
-def compatibility_check(ev: PairEvaluator, t: int, j: int, cfg: GateConfig) -> tuple[GateCheck, str | None]:
+def compatibility_check(
+    ev: PairEvaluator, t: int, j: int, cfg: GateConfig, *, interval: bool = True
+) -> tuple[GateCheck, str | None]:
     """The gate's rule for one pair: ``M(t, j) > M(j, j) + margin`` in the primary metric, strictly.
 
     Both sides are scored on the classes ``t`` and ``j`` both learnt (usually all of j's), so a
     candidate is not failed for moving a class the old generation never knew.
+
+    Args:
+        interval: also bootstrap the paired difference M(t, j) - M(j, j) (the matrix view, which
+            only colours cells, skips it).
 
     Returns:
         The check, and the line that explains it when it fails (None when it passes).
@@ -115,9 +132,11 @@ def compatibility_check(ev: PairEvaluator, t: int, j: int, cfg: GateConfig) -> t
     metric = cfg.primary_metric
     value = ev.metrics(t, j).get(metric)
     ev.metrics(j, j)  # the diagonal entry, for the report's matrix
-    self_j = ev.self_test(j, ev.shared(t, j)).get(metric)
+    shared = ev.shared(t, j)
+    self_j = ev.self_test(j, shared).get(metric)
     threshold = self_j + cfg.margin
-    check = GateCheck("compatibility", t, j, value, threshold, value > threshold, j, ">")
+    diff = ev.difference((t, j), (j, j), shared, metric) if interval else None
+    check = GateCheck("compatibility", t, j, value, threshold, value > threshold, j, ">", interval=diff)
     if check.passed:
         return check, None
     return check, (
@@ -135,27 +154,17 @@ def rollback_check(ev: PairEvaluator, o: int, j: int, cfg: GateConfig) -> tuple[
     metric = cfg.primary_metric
     value = ev.metrics(o, j).get(metric)
     ev.metrics(j, j)  # the diagonal entry, for the report's matrix
-    self_j = ev.self_test(j, ev.shared(o, j)).get(metric)
+    shared = ev.shared(o, j)
+    self_j = ev.self_test(j, shared).get(metric)
     threshold = self_j - cfg.margin
-    check = GateCheck("rollback", o, j, value, threshold, value >= threshold, j, ">=")
+    diff = ev.difference((o, j), (j, j), shared, metric)
+    check = GateCheck("rollback", o, j, value, threshold, value >= threshold, j, ">=", interval=diff)
     if check.passed:
         return check, None
     return check, (
         f"gen {o} queries on gen {j} gallery: {METRIC_NAMES[metric]} {value:.3f} < self-test of gen {j} "
         f"{self_j:.3f} - margin {cfg.margin:.3f}"
     )
-
-
-def _formal_check(ev: PairEvaluator, formal: dict[tuple[int, int], FormalCheck], new: int, old: int) -> FormalCheck:
-    """The formal definition for (new, old) on the classes both learnt, evaluated at most once."""
-    key = (new, old)
-    if key not in formal:
-        classes = ev.shared(new, old)
-        nq, ql = ev.queries(new, classes)
-        oq, _ = ev.queries(old, classes)
-        og, gl = ev.gallery(old, classes)
-        formal[key] = formal_compatibility(nq, oq, og, ql, gl, new_gen=new, old_gen=old)
-    return formal[key]
 
 
 def _sha_reason(inputs: GateInputs) -> str | None:
@@ -172,23 +181,9 @@ def _sha_reason(inputs: GateInputs) -> str | None:
     return None
 
 
-def _formal_reason(f: FormalCheck) -> str:
-    parts = []
-    if not f.same_class_ok:
-        parts.append(
-            f"same-class E[d] across generations {f.same_class_cross:.3f} > within gen {f.old_gen} "
-            f"{f.same_class_old:.3f}"
-        )
-    if not f.diff_class_ok:
-        parts.append(
-            f"different-class E[d] across generations {f.diff_class_cross:.3f} < within gen {f.old_gen} "
-            f"{f.diff_class_old:.3f}"
-        )
-    return f"gen {f.new_gen} vs gen {f.old_gen}: formal compatibility violated: " + ", ".join(parts)
-
-
 def _unique(gens: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted({int(g) for g in gens}))
+
 
 @dataclass
 class _Tally:
@@ -203,12 +198,17 @@ class _Tally:
         self.checks.append(check)
         if reason:
             self.reasons.append(reason)
+        undecided = check.undecided_line()
+        if undecided:
+            self.notes.append(undecided)
 
     def formal_pair(self, ev: PairEvaluator, cfg: GateConfig, new: int, old: int) -> None:
         """Evaluate the formal definition for (new, old); a reason only when it decides."""
-        formal = _formal_check(ev, self.formal, new, old)
+        if (new, old) not in self.formal:
+            self.formal[new, old] = formal_for_pair(ev, new, old)
+        formal = self.formal[new, old]
         if cfg.check_formal and not formal.passed:
-            self.reasons.append(_formal_reason(formal))
+            self.reasons.append(formal.reason())
 
 
 def _verdict(
@@ -220,6 +220,7 @@ def _verdict(
     tally: _Tally,
     require_improvement: bool,
     mixed: MixedEstimate | None = None,
+    served: ServedEstimate | None = None,
 ) -> GateVerdict:
     """Add the artifact check to the reasons and assemble the verdict."""
     sha_reason = _sha_reason(inputs)
@@ -244,7 +245,19 @@ def _verdict(
         notes=tuple(tally.notes),
         mixed=mixed,
         mixed_tolerance=cfg.mixed_tolerance if kind == "promote" else None,
+        served=served,
+        allow_regression=cfg.allow_regression if kind == "promote" else False,
+        calibration=_calibration(inputs),
     )
+
+
+def _calibration(inputs: GateInputs) -> Calibration:
+    """What serving applies once the candidate serves: fitted on all its probe queries against every
+    generation that will have items (the live ones and the candidate)."""
+    t = int(inputs.candidate)
+    return serving_calibration(t, [*inputs.live, t], inputs.query_labels, inputs.gallery_labels,
+                               inputs.query_embeddings, inputs.gallery_embeddings, inputs.classes,
+                               inputs.gallery_holders)
 
 
 def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> GateVerdict:
@@ -257,8 +270,13 @@ def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> 
       candidate is production): ``M(t, t) > M(p, p)``;
     * the artifact still hashes to its registered sha256;
     * the formal definition for every live pair, reported, and required only with ``check_formal``;
-    * the mixed-gallery estimate (:func:`upgrader.compat.mixed.estimate_mixed`), reported in the
-      notes, and required only with ``mixed_tolerance``: mixed >= re-index - tolerance.
+    * item-level search on the gallery after the move (:func:`upgrader.compat.served.estimate_served`):
+      not below production's estimate now on the classes served now (unless ``allow_regression``),
+      and, with ``mixed_tolerance``, calibrated >= re-index - tolerance
+      (:func:`upgrader.compat.item_rules.item_checks`);
+    * the template mixed-gallery estimate (:mod:`upgrader.compat.mixed`), reported only.
+
+    The verdict carries the calibration serving applies once the candidate serves.
 
     The very first generation (no live generation, no production) passes both parts trivially.
 
@@ -283,8 +301,16 @@ def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> 
         tally.add(*compatibility_check(ev, t, j, cfg))
         tally.formal_pair(ev, cfg, t, j)
     _improvement_check(inputs, cfg, ev, tally)
-    mixed = _mixed_check(inputs, cfg, tally)
-    return _verdict("promote", t, inputs, cfg, ev, tally, cfg.require_improvement, mixed)
+    served = estimate_served(t, inputs.production, inputs.live, inputs.query_labels, inputs.gallery_labels,
+                             inputs.query_embeddings, inputs.gallery_embeddings, inputs.classes,
+                             inputs.gallery_holders, item_metric(cfg.primary_metric))
+    checks, notes = item_checks(served, tolerance=cfg.mixed_tolerance, allow_regression=cfg.allow_regression)
+    for check, reason in checks:
+        tally.add(check, reason)
+    tally.notes.extend(notes)
+    mixed = template_estimate(t, inputs.query_labels, inputs.query_embeddings, inputs.gallery_labels,
+                              inputs.gallery_embeddings, inputs.gallery_holders, inputs.classes.get(t))
+    return _verdict("promote", t, inputs, cfg, ev, tally, cfg.require_improvement, mixed, served)
 
 
 def _improvement_check(inputs: GateInputs, cfg: GateConfig, ev: PairEvaluator, tally: _Tally) -> None:
@@ -310,32 +336,8 @@ def _improvement_check(inputs: GateInputs, cfg: GateConfig, ev: PairEvaluator, t
         f"gen {t} self-test {METRIC_NAMES[cfg.primary_metric]} {self_t:.3f} <= self-test of production gen {prod} "
         f"{self_p:.3f}: not an improvement"
     )
-    tally.add(GateCheck("improvement", t, t, self_t, self_p, ok, prod, ">"), reason)
-
-
-def _mixed_check(inputs: GateInputs, cfg: GateConfig, tally: _Tally) -> MixedEstimate:
-    """Estimate the mixed gallery, note it, and add the "mixed" check when a tolerance is set."""
-    t = int(inputs.candidate)
-    est = estimate_mixed(
-        t,
-        inputs.query_labels,
-        inputs.query_embeddings,
-        inputs.gallery_labels,
-        inputs.gallery_embeddings,
-        inputs.gallery_owners,
-        inputs.classes.get(t) or None,  # empty, like missing, means every probe class (shared_classes)
-    )
-    tally.notes.append(est.summary())
-    tol = cfg.mixed_tolerance
-    if tol is not None:
-        threshold = est.reindex - tol
-        ok = est.mixed >= threshold
-        reason = None if ok else (
-            f"gen {t} on the mixed gallery: estimated template top-1 {est.mixed:.3f} < {est.reindex:.3f} "
-            f"after a re-index - tolerance {tol:.3f} ({est.ownership()})"
-        )
-        tally.add(GateCheck("mixed", t, t, est.mixed, threshold, ok, t, ">="), reason)
-    return est
+    diff = ev.difference((t, t), (prod, prod), ev.shared(t, t), cfg.primary_metric)
+    tally.add(GateCheck("improvement", t, t, self_t, self_p, ok, prod, ">", interval=diff), reason)
 
 
 def evaluate_rollback(

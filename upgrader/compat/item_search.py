@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from upgrader.compat.metrics import _average_precision
-from upgrader.compat.score_calibration import Calibration, fit_calibration
+from upgrader.compat.score_calibration import Calibration, best_score_table, fit_calibration, fit_from_table
 
 #: Gallery generation marker of a probe gallery item left out of the composed gallery.
 LEFT_OUT = -1
@@ -99,14 +99,31 @@ class Interval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
+#: Values with at most this many distinct entries (hits, their paired differences) resample by counts.
+_FEW_VALUES = 64
+#: Resamples drawn at once for values with many distinct entries (bounds the index block).
+_SAMPLE_CHUNK = 250
+
+
 def bootstrap(values: np.ndarray, *, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> Interval:
     """Mean of ``values`` ``[Q]`` (per query; a paired difference works the same) with a percentile
-    bootstrap 95% interval over queries."""
+    bootstrap 95% interval over queries.
+
+    A resample's mean depends only on how often it draws each distinct value, so values with few
+    distinct entries (0/1 hits, differences in {-1, 0, 1}) draw those counts from the multinomial
+    directly: the same bootstrap distribution, without an index per query and resample (the gate runs
+    a dozen of these on every verify).
+    """
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return Interval(float("nan"), float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(samples, v.size))].mean(axis=1)
+    distinct, counts = np.unique(v, return_counts=True)
+    if distinct.size <= _FEW_VALUES:
+        means = rng.multinomial(v.size, counts / v.size, size=samples) @ distinct / v.size
+    else:
+        means = np.concatenate([v[rng.integers(0, v.size, size=(min(_SAMPLE_CHUNK, samples - i), v.size))].mean(axis=1)
+                                for i in range(0, samples, _SAMPLE_CHUNK)])
     lo, hi = np.percentile(means, [2.5, 97.5])
     return Interval(float(v.mean()), float(lo), float(hi))
 
@@ -149,6 +166,7 @@ def cross_validated(
     folds: int = 5,
     seed: int = 0,
     fitter: Callable[..., Calibration] = fit_calibration,
+    fit_gens: Sequence[int] | None = None,
 ) -> SearchScores:
     """Score ``query_gen``'s queries on a composed gallery, calibration fitted on the other folds.
 
@@ -159,6 +177,9 @@ def cross_validated(
         known: generation -> the class vertices it was trained on (None: all); the calibration of a
             generation is fitted on those classes only (it has no useful features for the others).
         calibrate: False scores raw cosines (what serving did before calibration).
+        fit_gens: the generations whose maps are fitted (default: those present in the composed
+            gallery); pass the ones serving fits for (:func:`fit_galleries`), so the measured
+            calibration is fitted exactly as the served one, only on other queries.
     """
     keep = gallery_gens != LEFT_OUT
     g_labels, g_gens = np.asarray(gallery_labels)[keep], np.asarray(gallery_gens)[keep]
@@ -173,24 +194,36 @@ def cross_validated(
     if len(q) == 0:
         return SearchScores(hits, ap, q_labels)
     fold = folds_of(q_labels, folds, seed) if calibrate else np.zeros(len(q), dtype=np.int64)
+    fit = _fold_fitter(calibrate, fitter, query_gen, q, q_labels,
+                       fit_galleries(embedded, known, gallery_labels, g_gens if fit_gens is None else fit_gens)
+                       if calibrate else {})
     for f in np.unique(fold):
         test = fold == f
-        cal = None
-        if calibrate:
-            train = ~test if folds > 1 else test
-            cal = fitter(query_gen, q[train], q_labels[train], _fit_galleries(embedded, known, gallery_labels, g_gens))
+        cal = fit(~test if folds > 1 else test) if calibrate else None
         hits[test], ap[test] = per_query(q[test], q_labels[test], gallery, g_labels, g_gens, cal)
     return SearchScores(hits, ap, q_labels)
 
 
-def _fit_galleries(
+def _fold_fitter(
+    calibrate: bool, fitter: Callable[..., Calibration], query_gen: int, q: np.ndarray, q_labels: np.ndarray,
+    fitting: Mapping[int, tuple[np.ndarray, np.ndarray]],
+) -> Callable[[np.ndarray], Calibration]:
+    """``train rows -> calibration``. The default fitter's best scores are computed once for every
+    query and each fold takes its rows (the same fit, without a matrix product per fold)."""
+    if calibrate and fitter is fit_calibration:
+        table = best_score_table(q, q_labels, fitting)
+        return lambda train: fit_from_table(query_gen, table, train)
+    return lambda train: fitter(query_gen, q[train], q_labels[train], fitting)
+
+
+def fit_galleries(
     embedded: Mapping[int, np.ndarray], known: Mapping[int, frozenset[int] | None],
-    gallery_labels: np.ndarray, gens_present: np.ndarray,
+    gallery_labels: np.ndarray, gens: np.ndarray | Sequence[int],
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Each present generation's whole probe gallery on the classes it knows (the fitting data)."""
+    """Each of ``gens``' whole probe gallery on the classes it knows (the calibration's fitting data)."""
     labels = np.asarray(gallery_labels)
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for g in np.unique(gens_present):
+    for g in np.unique(np.asarray(gens, dtype=np.int64)):
         classes = known.get(int(g))
         rows = np.ones(labels.shape, bool) if classes is None else np.isin(labels, list(classes))
         out[int(g)] = (np.asarray(embedded[int(g)], dtype=np.float32)[rows], labels[rows])

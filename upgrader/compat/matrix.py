@@ -4,7 +4,9 @@ its averages AC and AM, and the evaluator that fills it from probe embeddings.
 Pure numpy. :class:`PairEvaluator` scores each (query gen, gallery gen) pair on the probe classes both
 generations learnt, at most once; the gate and the services' matrix view share it, so a matrix cell and
 the gate's check for that pair are the same number. :func:`average_compatibility` (AC) and
-:func:`average_multimodel_accuracy` (AM) summarise the lower triangle.
+:func:`average_multimodel_accuracy` (AM) summarise the lower triangle. :func:`per_query_values` gives a
+metric query by query (its mean is the metric), so a difference of two pairs scored on the same probe
+queries can be bootstrapped paired by query item (:meth:`PairEvaluator.difference`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from upgrader.compat.metrics import RetrievalMetrics, pair_metrics, restrict, self_test, shared_classes
+from upgrader.compat.item_search import Interval, bootstrap
+from upgrader.compat.metrics import (
+    _QUERY_CHUNK,
+    RetrievalMetrics,
+    _average_precision,
+    as_features,
+    class_templates,
+    pair_metrics,
+    restrict,
+    self_test,
+    shared_classes,
+)
 
 
 def compatibility_matrix(
@@ -90,6 +103,45 @@ def average_multimodel_accuracy(matrix: np.ndarray | Sequence[Sequence[float]]) 
     return float(c[np.tril_indices(c.shape[0])].mean())
 
 
+def per_query_values(
+    query_emb: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_emb: np.ndarray,
+    gallery_labels: np.ndarray,
+    classes: frozenset[int] | None,
+    metric: str,
+) -> np.ndarray:
+    """One metric query by query, over the probe items of ``classes``: float64 ``[Q]``.
+
+    The same computation as :func:`upgrader.compat.metrics.pair_metrics` (re-normalised features,
+    queries whose class has no gallery item left out, ties to the lower index), so the mean of the
+    result is that metric; kept per query so that two pairs scored on the same probe queries can be
+    compared paired by query.
+    """
+    q, ql = restrict(query_emb, query_labels, classes)
+    g, gl = restrict(gallery_emb, gallery_labels, classes)
+    if len(q) == 0 or len(g) == 0:
+        return np.zeros(0)
+    q, g = as_features(q, "query embeddings"), as_features(g, "gallery embeddings")
+    eligible = np.isin(ql, gl)
+    q, ql = q[eligible], np.asarray(ql)[eligible]
+    if metric == "template_top1":
+        ids, templates = class_templates(g, gl)
+        return (ids[np.argmax(q @ templates.T, axis=1)] == ql).astype(np.float64)
+    if metric not in ("recall_at_1", "mean_ap"):
+        raise ValueError(f"unknown metric {metric!r}; known metrics: template_top1, recall_at_1, mean_ap")
+    out = np.empty(len(q))
+    for start in range(0, len(q), _QUERY_CHUNK):
+        part = slice(start, start + _QUERY_CHUNK)
+        scores = q[part] @ g.T
+        relevant = np.asarray(gl)[None, :] == ql[part][:, None]
+        if metric == "recall_at_1":
+            out[part] = relevant[np.arange(scores.shape[0]), np.argmax(scores, axis=1)]
+        else:
+            out[part] = _average_precision(scores, relevant)
+    return out
+
+
 class PairEvaluator:
     """Probe embeddings of several generations, and each pair's metrics, evaluated at most once."""
 
@@ -118,6 +170,7 @@ class PairEvaluator:
         # The matrix entries, (query gen, gallery gen) -> metrics on the classes both learnt.
         self.evaluations: dict[tuple[int, int], RetrievalMetrics] = {}
         self._over: dict[tuple[int, int, frozenset[int] | None], RetrievalMetrics] = {}
+        self._per_query: dict[tuple[int, int, frozenset[int] | None, str], np.ndarray] = {}
 
     def shared(self, a: int, b: int) -> frozenset[int] | None:
         """The classes generations ``a`` and ``b`` both learnt (None: every probe class)."""
@@ -152,6 +205,25 @@ class PairEvaluator:
         """M(gen, gen) on the probe items of ``classes`` (:func:`upgrader.compat.metrics.self_test`)."""
         return self.over(gen, gen, classes)
 
+    def per_query(self, q: int, g: int, classes: frozenset[int] | None, metric: str) -> np.ndarray:
+        """M(q, g) on ``classes`` query by query (:func:`per_query_values`), evaluated at most once."""
+        key = (q, g, classes, metric)
+        if key not in self._per_query:
+            qe = _embeddings(q, self._queries, self.ql, "query")
+            ge = _embeddings(g, self._galleries, self.gl, "gallery")
+            self._per_query[key] = per_query_values(qe, self.ql, ge, self.gl, classes, metric)
+        return self._per_query[key]
+
+    def difference(
+        self, a: tuple[int, int], b: tuple[int, int], classes: frozenset[int] | None, metric: str
+    ) -> Interval:
+        """M(a) - M(b) on ``classes`` with a bootstrap 95% interval, paired by probe query item.
+
+        Every generation embeds the same probe items, so on ``classes`` both pairs score the same
+        probe queries in the same order (the same images, embedded by each pair's query generation).
+        """
+        return bootstrap(self.per_query(*a, classes, metric) - self.per_query(*b, classes, metric))
+
 
 def _embeddings(gen: int, table: Mapping[int, np.ndarray], labels: np.ndarray, split: str) -> np.ndarray:
     emb = table.get(gen)
@@ -167,6 +239,7 @@ def _embeddings(gen: int, table: Mapping[int, np.ndarray], labels: np.ndarray, s
 
 __all__ = [
     "PairEvaluator",
+    "per_query_values",
     "average_compatibility",
     "average_multimodel_accuracy",
     "compatibility_matrix",

@@ -12,6 +12,9 @@ taken from the embeddings of the generation that stores most of class ``c`` in t
 (:func:`gallery_owners`), and the candidate's probe queries are scored against it with template top-1
 (the primary protocol of docs/design.md §3, via :func:`upgrader.compat.metrics.template_top1`), next to the
 same queries against the candidate's own probe gallery (what a full re-index would give).
+
+This template estimate is reported (the study plots it) but decides nothing: the gate's rules use the
+item-level search of :mod:`upgrader.compat.served`, the number users get.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import numpy as np
 from upgrader.compat.metrics import restrict, template_top1
 
 
-def gallery_owners(
+def gallery_holders(
     label_counts: Mapping[tuple[int, str | None], int],
     label_map: Mapping[str, int],
     live: Sequence[int],
-) -> dict[int, int]:
-    """For each class vertex, the live generation that wrote most of its gallery items.
+) -> dict[int, dict[int, int]]:
+    """For each class vertex, how many of its real gallery items each live generation stores.
 
     Args:
         label_counts: ``(generation id, label) -> items``, as ``Registry.gallery_label_counts()``.
@@ -38,9 +41,9 @@ def gallery_owners(
         live: the generations with items in the gallery; counts of any other generation are ignored.
 
     Returns:
-        ``vertex -> generation id``. Ties go to the older (lower) id: its items were there first, and
-        which of two equal halves wins the ranking is a coin toss the estimate should not pretend to
-        know. Unlabelled items and labels the label map does not know own nothing.
+        ``vertex -> {generation id: items}`` (the ``holders`` of
+        :func:`upgrader.compat.item_search.compose`). Unlabelled items and labels the label map does
+        not know belong to no class.
     """
     live_ids = {int(g) for g in live}
     per_vertex: dict[int, dict[int, int]] = {}
@@ -49,7 +52,26 @@ def gallery_owners(
             continue
         counts = per_vertex.setdefault(int(label_map[label]), {})
         counts[int(gen)] = counts.get(int(gen), 0) + int(n)
-    return {v: min(counts, key=lambda g: (-counts[g], g)) for v, counts in sorted(per_vertex.items())}
+    return dict(sorted(per_vertex.items()))
+
+
+def owners_of(holders: Mapping[int, Mapping[int, int]]) -> dict[int, int]:
+    """For each class vertex, the generation that stores most of its items.
+
+    Ties go to the older (lower) id: its items were there first, and which of two equal halves wins
+    the ranking is a coin toss the estimate should not pretend to know.
+    """
+    return {int(v): min(c, key=lambda g: (-c[g], g)) for v, c in sorted(holders.items()) if c}
+
+
+def gallery_owners(
+    label_counts: Mapping[tuple[int, str | None], int],
+    label_map: Mapping[str, int],
+    live: Sequence[int],
+) -> dict[int, int]:
+    """For each class vertex, the live generation that wrote most of its gallery items
+    (:func:`owners_of` of :func:`gallery_holders`)."""
+    return owners_of(gallery_holders(label_counts, label_map, live))
 
 
 @dataclass(frozen=True)
@@ -102,11 +124,11 @@ class MixedEstimate:
             noun = "class" if len(vs) == 1 else "classes"
             verb = "stored by" if i == 0 else "by"
             who = f"candidate gen {g}" if g == self.candidate else f"gen {g}"
-            parts.append(f"{noun} {_ranges(vs)} {verb} {who}")
+            parts.append(f"{noun} {ranges(vs)} {verb} {who}")
         return ", ".join(parts)
 
 
-def _ranges(values: Sequence[int]) -> str:
+def ranges(values: Sequence[int]) -> str:
     """``[0, 1, 2, 3, 5, 7, 8]`` -> ``"0-3,5,7,8"``: a hundred classes still fit on a line."""
     out: list[str] = []
     vs = sorted(values)
@@ -184,4 +206,4 @@ def estimate_mixed(
     return MixedEstimate(t, effective, float(mixed), float(reindex), len(counted))
 
 
-__all__ = ["MixedEstimate", "estimate_mixed", "gallery_owners"]
+__all__ = ["MixedEstimate", "estimate_mixed", "gallery_holders", "gallery_owners", "owners_of", "ranges"]

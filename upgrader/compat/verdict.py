@@ -12,11 +12,14 @@ from typing import Any, Literal
 import numpy as np
 
 from upgrader.compat.formal import FormalCheck
+from upgrader.compat.item_search import Interval
 from upgrader.compat.matrix import matrix_from_pairs
 from upgrader.compat.metrics import METRIC_NAMES, RetrievalMetrics, json_float
 from upgrader.compat.mixed import MixedEstimate
+from upgrader.compat.score_calibration import Calibration
+from upgrader.compat.served import ServedEstimate
 
-CheckKind = Literal["compatibility", "improvement", "rollback", "mixed"]
+CheckKind = Literal["compatibility", "improvement", "rollback", "mixed", "regression"]
 VerdictKind = Literal["promote", "rollback"]
 
 
@@ -25,14 +28,37 @@ class GateCheck:
     """One comparison the gate made."""
 
     kind: CheckKind  # "compatibility" (t vs live j), "improvement" (t vs production), "rollback",
-    # or "mixed" (t's mixed-gallery estimate vs its re-index, template top-1)
+    # "mixed" (t's item-level search after the move vs a re-index) or "regression" (vs production now)
     query_gen: int  # generation whose probe queries were used for ``value``
-    gallery_gen: int  # generation whose probe gallery was used for ``value``
-    value: float  # M(query_gen, gallery_gen) in the primary metric
-    threshold: float  # what ``value`` was compared with, margin included
+    gallery_gen: int  # generation whose probe gallery was used for ``value`` (the candidate's for the
+    # item-level checks, whose gallery is the composed one)
+    value: float  # M(query_gen, gallery_gen) in ``metric``
+    threshold: float  # what ``value`` was compared with, margin (or tolerance) included
     passed: bool
-    reference_gen: int  # the generation whose self-test M(r, r) the threshold comes from
+    reference_gen: int  # the generation the threshold comes from (its self-test; production's estimate)
     comparison: str  # ">" (strict: ties fail) or ">="
+    metric: str | None = None  # None: the verdict's primary metric; else "recall_at_1" or "map" (item level)
+    # Bootstrap 95% interval of the paired per-query difference behind the check (value minus the
+    # reference side, margin or tolerance not included): M(t, j) - M(j, j), t's estimate - production's...
+    interval: Interval | None = None
+
+    def undecided_line(self) -> str | None:
+        """The line saying the probe set cannot tell the two sides apart (the interval spans 0), or None."""
+        iv = self.interval
+        if iv is None or iv.excludes_zero() or iv.low != iv.low:  # NaN: nothing was scored
+            return None
+        q, g, r = self.query_gen, self.gallery_gen, self.reference_gen
+        what = {
+            "compatibility": f"M({q}, {g}) vs M({g}, {g})",
+            "rollback": f"M({q}, {g}) vs M({g}, {g})",
+            "improvement": f"gen {q} self-test vs production gen {r}'s",
+            "mixed": f"gen {q} after the move vs a re-index",
+            "regression": f"gen {q} after the move vs production gen {r} now",
+        }[self.kind]
+        return (
+            f"{what}: the probe set is too small to tell them apart (difference {100 * iv.value:+.1f} points, "
+            f"95% interval {100 * iv.low:+.1f} to {100 * iv.high:+.1f})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -45,6 +71,8 @@ class GateCheck:
             "passed": self.passed,
             "reference_gen": self.reference_gen,
             "comparison": self.comparison,
+            "metric": self.metric,
+            "difference": self.interval.to_dict() if self.interval is not None else None,
         }
 
 
@@ -68,8 +96,11 @@ class GateVerdict:
     require_improvement: bool
     check_formal: bool
     notes: tuple[str, ...] = ()  # informative lines that did not decide anything (skipped checks)
-    mixed: MixedEstimate | None = None  # the mixed-gallery estimate (promotion only)
-    mixed_tolerance: float | None = None  # GateConfig.mixed_tolerance; None: the estimate only reported
+    mixed: MixedEstimate | None = None  # the template mixed-gallery estimate (reported, decides nothing)
+    mixed_tolerance: float | None = None  # GateConfig.mixed_tolerance; None: the gap to a re-index only reported
+    served: ServedEstimate | None = None  # item-level search on the gallery after the move (the rules' numbers)
+    allow_regression: bool = False  # GateConfig.allow_regression: the no-regression rule was waived
+    calibration: Calibration | None = None  # what serving applies once the candidate serves (stored with the report)
 
     @property
     def failing_checks(self) -> tuple[GateCheck, ...]:
@@ -108,7 +139,10 @@ class GateVerdict:
             "require_improvement": self.require_improvement,
             "check_formal": self.check_formal,
             "mixed_tolerance": self.mixed_tolerance,
+            "allow_regression": self.allow_regression,
             "mixed": self.mixed.to_dict() if self.mixed is not None else None,
+            "served": self.served.to_dict() if self.served is not None else None,
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
             "artifact_sha256": self.artifact_sha256,
             "artifact_ok": self.artifact_ok,
             "reasons": list(self.reasons),
@@ -140,8 +174,8 @@ class GateVerdict:
         if self.passed:
             n = len(self.checks)
             body = f"all {n} check{'s' if n != 1 else ''} passed" if n else "no generation to check against"
-            if self.mixed is not None and self.live:
-                body += f"; {self.mixed.summary()}"
+            if self.served is not None and self.live:
+                body += f"; {self.served.summary()}"
             return f"{head}: {body}."
         return f"{head}: " + "; ".join(self.reasons) + "."
 

@@ -17,3 +17,7 @@ REQUIRED_METADATA: tuple[str, ...] = ("embedding_dim", "num_classes", "input_sha
 #: Optional metadata key: JSON ``{class name: vertex}`` of every class the generation learnt, so a
 #: workspace importing the artifact knows which classes its embeddings carry a promise for.
 CLASSES_KEY = "classes"
+#: Metadata key: the version of upgrader that exported the artifact (``upgrader --version``), so an
+#: artifact found on disk or in the registry says which release produced it. Absent from artifacts
+#: made elsewhere; the exporter always writes its own and a caller's metadata cannot override it.
+VERSION_KEY = "upgrader_version"

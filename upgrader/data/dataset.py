@@ -199,6 +199,16 @@ def probe_splits(
     return train, query, gallery
 
 
+def steps_per_epoch(n_new: int, batch_size: int, with_memory: bool) -> int:
+    """Optimiser steps of one pass over ``n_new`` new images: batches of ``batch_size`` (half of it new
+    data when a rehearsal memory fills the other half), the incomplete last batch dropped.
+
+    The one rule both the training loop (``upgrader.training.batches``) and the training plan follow.
+    """
+    per_batch = max(1, batch_size // 2 if with_memory else batch_size)
+    return max(1, n_new // per_batch)
+
+
 @dataclass
 class RehearsalMemory:
     """Images kept from earlier classes for fine-tuning (labels are vertex indices).

@@ -267,6 +267,46 @@ def save_npz(path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarra
     np.savez(path, **arrays)
 
 
+def dataset_classes(spec: str | os.PathLike[str]) -> list[str]:
+    """The class names ``load_dataset(spec)`` would give, read cheaply: no image is decoded.
+
+    Why: a front end checks the classes a user typed (a form, a flag) before any work starts, and
+    loading a whole dataset for that would make the check as slow as the run.
+
+    Raises:
+        InvalidRequest: the spec names no file or folder. DataError: what it names is unusable.
+    """
+    s = str(spec)
+    if s.lower() in FASHION_ALIASES:
+        return list(FASHION_MNIST_CLASSES)
+    p = Path(s)
+    if p.suffix == ".npz":
+        if not p.is_file():
+            raise InvalidRequest(f"{p}: no such file; give an existing .npz", subject="dataset")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "classes" in z.files:
+                    return [str(c) for c in z["classes"]]
+                labels = np.array(z["labels"]) if "labels" in z.files else None
+        except Exception as exc:  # zipfile/pickle/value errors: the file is not a usable npz
+            raise DataError(f"{p}: not a readable .npz ({exc.__class__.__name__}); re-save it with numpy.savez") from None
+        if labels is None or not len(labels):
+            return load_npz(p).classes  # the full reader says what is wrong
+        return [str(i) for i in range(int(labels.max()) + 1)]
+    if not p.exists():
+        raise InvalidRequest(f"{p}: no such file or folder; give 'fashion-mnist', an IDX folder, an image folder or an .npz",
+                             subject="dataset")
+    if p.is_dir() and is_idx_folder(p):
+        labels = read_idx(_find_idx(p, "train", "labels"))
+        n = int(labels.max()) + 1 if len(labels) else 0
+        if "fashion" in p.resolve().name.lower() and n <= len(FASHION_MNIST_CLASSES):
+            return list(FASHION_MNIST_CLASSES)
+        return [str(i) for i in range(max(n, 10))]
+    if p.is_dir():
+        return sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    raise DataError(f"{p}: unsupported dataset file; use an .npz, an IDX folder or an image folder")
+
+
 def load_dataset(
     spec: str | os.PathLike[str],
     split: str = "train",

@@ -1,58 +1,64 @@
-"""Top-k search over the mixed-generation gallery with FAISS.
+"""Top-k search over the mixed-generation gallery with FAISS, optionally with per-generation score maps.
 
 A gallery holds embeddings written by several generations; compatible generations share one space,
-so a single inner-product index over all of them serves queries from the production generation. Every
-row keeps its metadata (external id, generation id, label, registry row id) so a hit says which
-generation wrote it. Vectors are L2-normalised on the way in (queries too), so inner product is cosine
-similarity. The FAISS structure of each index kind, and the kernel exact search picks per batch size,
-are in :mod:`upgrader.runtime.kernels`.
+so queries from the production generation are compared with every item. Every row keeps its metadata
+(external id, generation id, label, registry row id) so a hit says which generation wrote it. Vectors
+are L2-normalised on the way in (queries too), so inner product is cosine similarity.
 
-IVF needs training: it trains on the first :meth:`GallerySearch.add` (or an explicit
+Rows live in one FAISS shard per generation (:mod:`upgrader.runtime.kernels` has the structures, the
+kernel exact search picks per batch size, and why shards). A search may pass ``score_maps``
+(generation -> ``(scale, shift)``, scale > 0): each shard's scores are mapped before the shards'
+top-k lists are merged, so a query generation's bias toward its own items is corrected while the
+order within a generation never changes. Without maps, results are ranked by raw cosine, as one
+index over all rows would rank them.
+
+IVF needs training: its quantizer trains on the first :meth:`GallerySearch.add` (or an explicit
 :meth:`GallerySearch.train`); later adds only assign to lists, so the first batch should be
 representative.
 
-Removal: flat and IVF remove in place (``remove_ids``; flat is wrapped in ``IndexIDMap2``, which
-compacts the storage, O(n)). FAISS's HNSW cannot delete, so for ``"hnsw"`` :meth:`remove` rebuilds the
-graph from the stored vectors — correct but as slow as the original build; batch your removals.
-
 Thread safety: a readers-writer lock lets any number of searches run at once (FAISS's search is
 const; the HNSW/IVF recall knobs travel as per-call ``SearchParameters``, never as index state), while
-:meth:`add` and :meth:`remove` run alone. An add holds the write lock for its whole FAISS insertion
-(seconds per million rows for flat, minutes for HNSW), so a server adds large backlogs in chunks to
-keep search latency bounded.
+:meth:`add`, :meth:`remove` and :meth:`apply_changes` run alone. A write holds the lock for its whole
+FAISS insertion (seconds per million rows for flat, minutes for HNSW), so a server adds large backlogs
+in chunks to keep search latency bounded. :meth:`apply_changes` removes a re-embedded row's old
+vector and adds its new one in the same hold: a search sees one or the other, never neither. A slot
+(the id FAISS stores) is never reused, so its metadata never changes and :meth:`hits_from` may read it
+after the lock is released.
 
-Threads: OpenMP's thread count is a *per-thread* setting (``omp_set_num_threads`` in one thread does
-not reach threads created later, such as a web server's worker pool), so ``threads=`` is applied in the
-calling thread at every search and add. The default is 1: a server gets its parallelism from
-concurrent requests, and a second OpenMP thread on a busy machine mostly spins in barriers (single
-query latency got several times worse under load with 2 threads on 2 cores).
-
-Incremental sync with the registry::
-
-    gs.add_gallery(reg.load_gallery(after_row_id=gs.last_row_id))
+Threads and removal: see :mod:`upgrader.runtime.kernels`. Following the registry's change sequence
+with :meth:`GallerySearch.apply_changes`: see :mod:`upgrader.serving.following`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
 
 from upgrader.runtime.kernels import (
-    INDEX_KINDS,
+    Batch,
     FaissIndex,
     IndexKind,
+    check_batch,
+    check_parameters,
+    check_score_maps,
+    hnsw_without,
+    ivf_shard,
+    merge_topk,
     new_index,
     normalise_rows,
-    numpy_topk,
-    search_parameters,
     set_blas_threshold,
-    train_ivf,
+    shard_topk,
+    train_quantizer,
 )
 from upgrader.runtime.rwlock import ReadWriteLock
+
+#: Gallery generation -> ``(scale, shift)``: a score ``s`` of that generation's items ranks as
+#: ``scale * s + shift`` (generations left out keep raw scores).
+ScoreMaps = Mapping[int, tuple[float, float]]
 
 
 class _GalleryLike(Protocol):
@@ -70,7 +76,7 @@ class Hit:
     """One search result."""
 
     external_id: str  # the caller's id of the gallery item
-    score: float  # cosine similarity, higher is nearer
+    score: float  # what results are ranked by: cosine similarity, mapped by its generation's score map if any
     generation_id: int  # generation whose model wrote this embedding
     label: str | None  # the item's label, if it has one
     row_id: int  # registry row id of the gallery item
@@ -86,7 +92,7 @@ class GallerySearch:
         ef_construction: HNSW build-time beam width.
         ef_search: HNSW query-time beam width (>= k is enforced per search); the recall knob.
         nlist: IVF list count; None = ``int(4 * sqrt(n))`` of the training batch (at least 1).
-        nprobe: IVF lists visited per query; the recall knob.
+        nprobe: IVF lists visited per query and shard; the recall knob.
         train_size: IVF trains on at most this many rows of the first batch (a random sample).
         threads: FAISS OpenMP threads per search / add, applied in the calling thread (default 1, see
             the module docstring); None leaves the calling thread's OpenMP setting alone.
@@ -115,20 +121,8 @@ class GallerySearch:
         seed: int = 0,
         blas_min_queries: int = 16,
     ) -> None:
-        if not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if index not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {index!r}; choose one of {', '.join(INDEX_KINDS)}")
-        for name, value in (("hnsw_m", hnsw_m), ("ef_construction", ef_construction),
-                            ("ef_search", ef_search), ("nprobe", nprobe), ("train_size", train_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if nlist is not None and nlist < 1:
-            raise ValueError(f"nlist must be >= 1, got {nlist}")
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        if blas_min_queries < 0:
-            raise ValueError(f"blas_min_queries must be >= 0, got {blas_min_queries}")
+        check_parameters(dim, index, nlist=nlist, threads=threads, blas_min_queries=blas_min_queries, hnsw_m=hnsw_m,
+                         ef_construction=ef_construction, ef_search=ef_search, nprobe=nprobe, train_size=train_size)
         if blas_min_queries:
             set_blas_threshold(blas_min_queries, dim)
         self.threads = None if threads is None else int(threads)
@@ -152,7 +146,8 @@ class GallerySearch:
         self._alive = np.empty(0, dtype=bool)
         self._slot_of: dict[str, int] = {}  # live external id -> slot
         self._last_row_id = 0
-        self._faiss: FaissIndex | None = self._new_index()
+        self._shards: dict[int, FaissIndex] = {}  # generation id -> the FAISS index of its rows
+        self._quantizer: Any = None  # IVF: the trained coarse quantizer every shard shares
 
     # ------------------------------------------------------------------ construction
 
@@ -161,14 +156,19 @@ class GallerySearch:
         if self.threads is not None:
             faiss.omp_set_num_threads(self.threads)
 
-    def _new_index(self) -> FaissIndex | None:
-        return new_index(self.kind, self.dim, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
-                         ef_search=self.ef_search)
+    def _new_shard(self) -> FaissIndex:
+        if self.kind == "ivf":
+            assert self._quantizer is not None and self.nlist is not None  # trained before any add
+            return ivf_shard(self._quantizer, self.dim, self.nlist, self.nprobe)
+        shard = new_index(self.kind, self.dim, hnsw_m=self.hnsw_m, ef_construction=self.ef_construction,
+                          ef_search=self.ef_search)
+        assert shard is not None
+        return shard
 
     @property
     def is_trained(self) -> bool:
         """False only for an IVF index that has not seen its training batch yet."""
-        return self._faiss is not None and bool(self._faiss.index.is_trained)
+        return self.kind != "ivf" or self._quantizer is not None
 
     def train(self, sample: np.ndarray) -> None:
         """Train an IVF index on ``sample`` (a no-op for flat and HNSW, and once trained).
@@ -176,16 +176,15 @@ class GallerySearch:
         Raises:
             ValueError: fewer rows than lists, or bad shape / values.
         """
+        x = normalise_rows(sample, self.dim, "training sample")
         self._apply_threads()
         with self._lock.write():
-            if self.kind != "ivf" or self._faiss is not None:
-                return
-            self._train_ivf(normalise_rows(sample, self.dim, "training sample"))
+            if not self.is_trained:
+                self._train_ivf(x)
 
-    def _train_ivf(self, x: np.ndarray) -> FaissIndex:
-        self._faiss, self.nlist = train_ivf(x, self.dim, nlist=self.nlist, nprobe=self.nprobe,
-                                            train_size=self.train_size, seed=self.seed)
-        return self._faiss
+    def _train_ivf(self, x: np.ndarray) -> None:
+        self._quantizer, self.nlist = train_quantizer(x, self.dim, nlist=self.nlist, train_size=self.train_size,
+                                                      seed=self.seed)
 
     # ------------------------------------------------------------------ size and cursor
 
@@ -199,17 +198,13 @@ class GallerySearch:
 
     @property
     def last_row_id(self) -> int:
-        """Highest registry row id ever added (0 when none): the cursor for ``load_gallery(after_row_id=)``.
-
-        Removing rows does not lower it, so a sync never re-adds what was removed.
-        """
+        """Highest registry row id ever added (0 when none). Removing rows does not lower it."""
         return self._last_row_id
 
     def generation_counts(self) -> dict[int, int]:
         """Generation id -> number of rows currently in the index."""
         with self._lock.read():
-            gens, counts = np.unique(self._gen_ids[self._alive], return_counts=True)
-            return {int(g): int(c) for g, c in zip(gens, counts)}
+            return {g: int(shard.index.ntotal) for g, shard in sorted(self._shards.items()) if shard.index.ntotal}
 
     # ------------------------------------------------------------------ add / remove
 
@@ -237,119 +232,149 @@ class GallerySearch:
             ValueError: length mismatch, wrong dim, NaN/inf/all-zero rows, duplicate external ids,
                 or (IVF) a first batch too small to train on.
         """
-        x = normalise_rows(matrix, self.dim, "gallery matrix")
-        n = x.shape[0]
-        rows = np.asarray(row_ids, dtype=np.int64).reshape(-1)
-        gens = np.asarray(generation_ids, dtype=np.int64).reshape(-1)
-        ext = [str(e) for e in external_ids]
-        labs: list[str | None] = [None] * n if labels is None else list(labels)
-        for name, length in (("row_ids", rows.size), ("external_ids", len(ext)),
-                             ("generation_ids", gens.size), ("labels", len(labs))):
-            if length != n:
-                raise ValueError(f"{name} has {length} entries for {n} embeddings")
-        if n == 0:
+        batch = check_batch(row_ids, external_ids, generation_ids, labels, matrix, self.dim)
+        if batch is None:
             return 0
-        if len(set(ext)) != n:
-            raise ValueError("external_ids repeat within the batch")
         self._apply_threads()
         with self._lock.write():
-            known = [e for e in ext if e in self._slot_of]
+            known = [e for e in batch.external_ids if e in self._slot_of]
             if known:
                 raise ValueError(f"external id {known[0]!r} is already in the index ({len(known)} known)")
-            index = self._faiss if self._faiss is not None else self._train_ivf(x)  # only IVF starts empty
-            start = self._alive.size
-            slots = np.arange(start, start + n, dtype=np.int64)
-            index.index.add_with_ids(x, slots)
-            self._row_ids = np.concatenate([self._row_ids, rows])
-            self._gen_ids = np.concatenate([self._gen_ids, gens])
-            self._alive = np.concatenate([self._alive, np.ones(n, dtype=bool)])
-            self._external.extend(ext)
-            self._labels.extend(labs)
-            self._slot_of.update(zip(ext, slots.tolist()))
-            self._last_row_id = max(self._last_row_id, int(rows.max()))
-        return n
+            self._insert(batch)
+        return len(batch.external_ids)
 
     def add_gallery(self, gallery: _GalleryLike) -> int:
         """Add a ``registry.entities.GalleryMatrix`` (or anything with the same fields)."""
         return self.add(gallery.row_ids, gallery.external_ids, gallery.generation_ids,
                         gallery.labels, gallery.matrix)
 
+    def apply_changes(self, deleted_row_ids: np.ndarray | Sequence[int], upserts: _GalleryLike) -> tuple[int, int]:
+        """Follow the registry's change sequence: drop deleted rows, then add or replace ``upserts``.
+
+        An upsert whose external id the index holds replaces that row (a re-embedded item arrives
+        with its new generation and embedding; an id deleted and added again arrives as a new row).
+        Everything happens in one hold of the write lock, so a search sees each item before or after
+        the change, never missing. All-or-nothing for bad input (checked before anything changes).
+
+        Returns:
+            (rows removed, rows added).
+
+        Raises:
+            ValueError: as :meth:`add` (external ids repeating within ``upserts``, bad embeddings).
+        """
+        batch = check_batch(upserts.row_ids, upserts.external_ids, upserts.generation_ids,
+                            upserts.labels, upserts.matrix, self.dim)
+        gone = np.asarray(deleted_row_ids, dtype=np.int64).reshape(-1)
+        self._apply_threads()
+        with self._lock.write():
+            if batch is not None and not self.is_trained:
+                self._train_ivf(batch.matrix)  # before anything is removed: a failure changes nothing
+            slots = np.flatnonzero(self._alive & np.isin(self._row_ids, gone)) if gone.size else np.empty(0, np.int64)
+            if batch is not None:
+                replaced = [self._slot_of[e] for e in batch.external_ids if e in self._slot_of]
+                slots = np.union1d(slots, np.asarray(replaced, dtype=np.int64))
+            self._delete_slots(slots.astype(np.int64))
+            if batch is not None:
+                self._insert(batch)
+        return int(slots.size), 0 if batch is None else len(batch.external_ids)
+
     def remove(self, external_ids: Sequence[str]) -> int:
         """Remove rows by external id; unknown ids are ignored. Returns how many were removed.
 
-        Flat and IVF remove in place; HNSW rebuilds its graph from the stored vectors (slow: it costs
-        a full build).
+        Flat and IVF remove in place; HNSW rebuilds the graph of each generation it removes from.
         """
         self._apply_threads()
         with self._lock.write():
-            slots = np.array([self._slot_of[e] for e in set(external_ids) if e in self._slot_of],
-                             dtype=np.int64)
-            if slots.size == 0:
-                return 0
-            if self.kind == "hnsw":
-                self._rebuild_hnsw_without(slots)
-            else:
-                removed = self._faiss.index.remove_ids(slots)  # type: ignore[union-attr]
-                if removed != slots.size:  # pragma: no cover - FAISS contract
-                    raise RuntimeError(f"FAISS removed {removed} of {slots.size} rows")
-            self._alive[slots] = False
-            for s in slots.tolist():
-                del self._slot_of[self._external[s]]
+            slots = np.array([self._slot_of[e] for e in set(external_ids) if e in self._slot_of], dtype=np.int64)
+            self._delete_slots(slots)
             return int(slots.size)
 
-    def _rebuild_hnsw_without(self, slots: np.ndarray) -> None:
-        old = self._faiss.index  # type: ignore[union-attr]
-        ids = faiss.vector_to_array(old.id_map).astype(np.int64)
-        vectors = old.index.reconstruct_n(0, old.ntotal)
-        keep = ~np.isin(ids, slots)
-        fresh = self._new_index()
-        assert fresh is not None  # HNSW is built empty, never trained
-        if keep.any():
-            fresh.index.add_with_ids(np.ascontiguousarray(vectors[keep]), ids[keep])
-        self._faiss = fresh
+    def _insert(self, batch: Batch) -> None:
+        """Add a checked batch to the shards of its generations (write lock held)."""
+        rows, ext, gens, x = batch.row_ids, batch.external_ids, batch.generation_ids, batch.matrix
+        if not self.is_trained:
+            self._train_ivf(x)  # only IVF starts untrained; a too-small batch raises before any change
+        start = self._alive.size
+        slots = np.arange(start, start + len(ext), dtype=np.int64)
+        for g in np.unique(gens).tolist():
+            sel = gens == g
+            shard = self._shards.get(g)
+            if shard is None:
+                shard = self._shards[g] = self._new_shard()
+            shard.index.add_with_ids(np.ascontiguousarray(x[sel]), slots[sel])
+        self._row_ids = np.concatenate([self._row_ids, rows])
+        self._gen_ids = np.concatenate([self._gen_ids, gens])
+        self._alive = np.concatenate([self._alive, np.ones(len(ext), dtype=bool)])
+        self._external.extend(ext)
+        self._labels.extend(batch.labels)
+        self._slot_of.update(zip(ext, slots.tolist()))
+        self._last_row_id = max(self._last_row_id, int(rows.max()))
+
+    def _delete_slots(self, slots: np.ndarray) -> None:
+        """Remove live slots from their shards (write lock held); an emptied shard is dropped."""
+        if slots.size == 0:
+            return
+        gens = self._gen_ids[slots]
+        for g in np.unique(gens).tolist():
+            mine = slots[gens == g]
+            shard = self._shards[g]
+            if self.kind == "hnsw":
+                shard = self._shards[g] = hnsw_without(shard, mine, self._new_shard())
+            else:
+                removed = shard.index.remove_ids(mine)
+                if removed != mine.size:  # pragma: no cover - FAISS contract
+                    raise RuntimeError(f"FAISS removed {removed} of {mine.size} rows")
+            if shard.index.ntotal == 0:
+                del self._shards[g]
+        self._alive[slots] = False
+        for s in slots.tolist():
+            del self._slot_of[self._external[s]]
 
     # ------------------------------------------------------------------ search
 
-    def search_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_arrays(self, queries: np.ndarray, k: int,
+                      score_maps: ScoreMaps | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Batch search returning arrays.
 
         Args:
             queries: float [N, dim] (or [dim] for one query); L2-normalised here.
             k: results per query (>= 1); fewer rows in the index leave ``-1`` positions.
+            score_maps: generation -> ``(scale, shift)`` applied to that generation's cosine scores
+                before the generations' results are merged (None or missing: raw scores).
 
         Returns:
-            (scores float32 [N, k], descending; positions int64 [N, k], -1 where there is no result).
-            A position is the row's slot: :meth:`row_ids_at`, :meth:`generation_ids_at` and
-            :meth:`hits_from` turn positions into metadata.
+            (scores float32 [N, k], descending, mapped where a map applies; positions int64 [N, k],
+            -1 where there is no result). A position is the row's slot: :meth:`row_ids_at`,
+            :meth:`generation_ids_at` and :meth:`hits_from` turn positions into metadata.
 
         Raises:
-            ValueError: bad k, wrong dim, NaN/inf/all-zero queries.
+            ValueError: bad k, wrong dim, NaN/inf/all-zero queries, a scale that is not positive.
         """
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
+        maps = check_score_maps(score_maps) if score_maps else {}
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
         q = normalise_rows(q, self.dim, "queries")
+        k = int(k)
         self._apply_threads()
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
         with self._lock.read():
-            fi = self._faiss
-            if fi is None or fi.index.ntotal == 0:
-                return (np.full((q.shape[0], k), -np.inf, dtype=np.float32),
-                        np.full((q.shape[0], k), -1, dtype=np.int64))
-            if self.kind == "flat" and 2 <= q.shape[0] < self.blas_min_queries:
-                return numpy_topk(q, fi, int(k))
-            # The recall knobs are read at every search (a caller may tune them on a live index) and
-            # passed per call, so concurrent searches never write shared index state.
-            params = search_parameters(self.kind, fi.index, int(k), ef_search=self.ef_search, nprobe=self.nprobe)
-            scores, positions = fi.index.search(q, int(k), params=params)
-        scores = scores.astype(np.float32, copy=False)
-        scores[positions < 0] = -np.inf
-        return scores, positions.astype(np.int64, copy=False)
+            for g, shard in self._shards.items():
+                scores, slots = shard_topk(self.kind, shard, q, k, ef_search=self.ef_search, nprobe=self.nprobe,
+                                           blas_min_queries=self.blas_min_queries)
+                if g in maps:
+                    scale, shift = maps[g]
+                    scores = scores * scale + shift  # -inf (no result) stays -inf: scale > 0
+                parts.append((scores, slots))
+        if not parts:
+            return np.full((q.shape[0], k), -np.inf, dtype=np.float32), np.full((q.shape[0], k), -1, dtype=np.int64)
+        return merge_topk(parts, k)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int, score_maps: ScoreMaps | None = None) -> list[list[Hit]]:
         """Top-k hits per query, nearest first (see :meth:`search_arrays` for arguments)."""
-        scores, positions = self.search_arrays(queries, k)
+        scores, positions = self.search_arrays(queries, k, score_maps)
         return self.hits_from(scores, positions)
 
     def hits_from(self, scores: np.ndarray, positions: np.ndarray) -> list[list[Hit]]:
@@ -379,4 +404,4 @@ class GallerySearch:
                 for row in np.asarray(positions, dtype=np.int64).tolist()]
 
 
-__all__ = ["GallerySearch", "Hit"]
+__all__ = ["GallerySearch", "Hit", "ScoreMaps"]

@@ -30,7 +30,15 @@ from upgrader.services.promotion import (
     rollback_target,
 )
 from upgrader.services.status import GenerationSummary, generation_rows
-from upgrader.services.training_plan import TrainRequest, anchor_generation, validate_request
+from upgrader.services.training_plan import (
+    DEFAULT_STEPS,
+    TrainRequest,
+    TrainWarning,
+    anchor_generation,
+    augmentation,
+    request_warnings,
+    validate_request,
+)
 from upgrader.services.workspace import Workspace
 
 #: The kinds in the order the training form offers them (the common case first).
@@ -173,10 +181,12 @@ class TrainForm:
     classes: str  # "4-6", "4,5" or class names, comma separated
     dataset: str = ""  # "" -> the workspace's dataset
     arch: str = ""  # "" -> the parent's (finetune) / small_cnn (initial)
-    epochs: int = 3
+    epochs: int | None = None  # passes over the new data; given, it overrides ``steps``
     method: str = "hoc"
     per_class: int | None = None  # at most this many training images per class
     name: str = ""  # "" -> the default g<N>-<kind>-<arch>-<method>
+    steps: int | None = None  # optimiser steps; None (and no epochs) -> DEFAULT_STEPS
+    augment: str = ""  # "" -> crop+flip for Fashion-MNIST, crop otherwise; else one of AUGMENTS
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,7 @@ class TrainingPlan:
     anchored: bool  # trains with a compatibility term against ``parent``
     dataset: str
     classes: tuple[str, ...]
+    warnings: tuple[TrainWarning, ...] = ()  # what to know before it runs (classes the parent knows)
 
     def describe(self) -> list[Text]:
         """The lines the confirmation modal shows: exactly what the run does.
@@ -207,7 +218,12 @@ class TrainingPlan:
         elif req.kind != "initial":
             lines.append(Text("no anchor: nothing keeps it compatible with earlier generations"))
         per = f", at most {req.per_class} images per class" if req.per_class else ""
-        lines.append(styled("data: classes {} of {}{}; {} epoch(s)", ", ".join(self.classes), self.dataset, per, req.epochs))
+        length = f"{req.epochs} epoch(s)" if req.epochs else f"{req.steps or DEFAULT_STEPS} optimiser steps"
+        augment, _ = augmentation(req, self.dataset)
+        lines.append(styled("data: classes {} of {}{}; {}, augmentation {}", ", ".join(self.classes), self.dataset, per,
+                            length, augment))
+        for warning in self.warnings:
+            lines.append(styled("[yellow]warning:[/] {}", warning.message))
         lines.append(styled("then: export to ONNX, embed the probe set, register as a [b]candidate[/b]"))
         lines.append(Text("production does not move; verify and promote it afterwards"))
         return lines
@@ -236,25 +252,26 @@ def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
         arch=form.arch or None,
         method=form.method,
         epochs=form.epochs,
+        steps=form.steps,
+        augment=form.augment or None,
         per_class=form.per_class,
         name=form.name or None,
     )
-    parent, arch, name = validate_request(ws, req)
+    parent, arch, name = validate_request(ws, req)  # classes checked against the dataset's, too
     # the anchor is loaded from its checkpoint: an imported artifact has none and anchors nothing
     anchor = anchor_generation(req, parent)
     anchored = anchor is not None and bool(anchor.checkpoint_path)
+    warnings = tuple(request_warnings(ws, req, parent))
     req = replace(req, name=name)
-    return TrainingPlan(req, name, arch, parent, anchored, form.dataset or ws.config.dataset, classes)
+    return TrainingPlan(req, name, arch, parent, anchored, form.dataset or ws.config.dataset, classes, warnings)
 
 
 def matrix_view(ws: Workspace, *, live_only: bool, metric: str, margin: float = 0.0) -> MatrixView:
-    """The compatibility matrix over the live generations, or over every generation (rejected ones
-    included, unlike the CLI's default, so a person can see why the gate refused them); each cell
-    carries the gate's verdict at ``margin``."""
-    if live_only:
-        return compatibility_matrix(ws, live_only=True, metric=metric, margin=margin)
-    ids = [g.id for g in ws.registry.list_generations()]
-    return compatibility_matrix(ws, ids or None, metric=metric, margin=margin)
+    """The compatibility matrix over the live generations, or over the set ``upgrader matrix`` shows by
+    default (the same call, so the dashboard and the CLI print the same AC and AM for a workspace);
+    each cell carries the gate's verdict at ``margin``. Why a generation was refused is in its gate
+    reports (the Generations view)."""
+    return compatibility_matrix(ws, live_only=live_only, metric=metric, margin=margin)
 
 
 @dataclass(frozen=True)

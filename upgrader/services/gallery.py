@@ -6,22 +6,25 @@ No torch: ``gallery add`` embeds through the production generation's ONNX artifa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from registry import Generation
+from registry import Generation, Registry
 
 from upgrader.compat.metrics import class_templates
+from upgrader.compat.score_calibration import Calibration
 from upgrader.core.faults import fault_point
-from upgrader.data.items import item_uris, load_items, parse_classes, probe_mask
+from upgrader.data.items import item_uris, load_items, parse_classes
 from upgrader.runtime.embedder import Embedder
 from upgrader.runtime.images import load_image
-from upgrader.core.errors import InvalidRequest, NoProduction
+from upgrader.core.errors import DataError, InvalidRequest, NoProduction
 from upgrader.services.registration import open_embedder
-from upgrader.services.workspace_init import probe_pixels
+from upgrader.services.workspace_init import check_gallery_split, gallery_pool, probe_pixels
 from upgrader.runtime.index import GallerySearch, Hit
+from upgrader.runtime.kernels import check_score_maps
 from upgrader.services.workspace import Workspace
 
 
@@ -61,6 +64,8 @@ class GalleryAdd:
     added: int  # embedded by production and stored now
     skipped: int  # already in the gallery (a resumed add): left as they are
     skipped_other: int = 0  # of those, embedded by a generation other than production (kept only when asked)
+    notes: tuple[str, ...] = ()  # where the items came from, and what a per-class cap could not get
+    shortfall: dict[str, int] | None = None  # class -> items it had, for the classes below a per-class cap
 
 
 class ItemsExist(InvalidRequest):
@@ -184,24 +189,31 @@ def add_dataset(
     (``skip_existing``, the default; see :func:`add_images`). An item with the pixels of a probe
     item is never added, whatever its name or position.
     """
+    check_gallery_split(split)
     probe = probe_pixels(ws)  # uint8 [P, H, W, C]: never gallery items; their shape is the workspace's
     ds = load_items(spec, split, image_shape=probe.shape[1:])
     names = parse_classes(classes, ds.classes)
-    wanted = np.flatnonzero(np.isin(ds.labels, [ds.classes.index(n) for n in names]))
-    wanted = wanted[~probe_mask(ds.take(wanted), probe)]
+    pool = gallery_pool(ws, spec, split, ds)  # the split's items, probe items left out
+    wanted = np.flatnonzero(np.isin(ds.labels, [ds.classes.index(n) for n in names]) & pool.mask)
+    notes, short = list(pool.notes), None
     if per_class is not None:
         rng = np.random.default_rng(seed)
         keep = []
         for c in np.unique(ds.labels[wanted]):
             idx = wanted[ds.labels[wanted] == c]
             keep.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        short = {n: int((ds.labels[wanted] == ds.classes.index(n)).sum()) for n in names}
+        short = {n: k for n, k in short.items() if k < per_class}
         wanted = np.sort(np.concatenate(keep)) if keep else wanted[:0]
+        if short:
+            notes.append(f"{len(wanted)} of the {per_class * len(names)} items asked for ({len(names)} classes x "
+                         f"{per_class}): " + ", ".join(f"class {n!r} has only {k} {pool.words}items" for n, k in short.items()))
     if len(wanted) == 0:
-        raise InvalidRequest(f"no items of classes {list(names)} in {spec} ({split}) outside the probe set")
-    prefix = id_prefix if id_prefix is not None else f"{split}-"
+        raise InvalidRequest(f"no {pool.words}items of classes {list(names)} in {spec} ({split}) outside the probe set")
+    prefix = id_prefix if id_prefix is not None else pool.prefix
     part = ds.take(wanted)
     where = part.item_names if part.item_names is not None else [str(i) for i in wanted]
-    return add_images(
+    added = add_images(
         ws,
         part.images,
         [f"{prefix}{w}" for w in where],
@@ -212,6 +224,7 @@ def add_dataset(
         skip_existing=skip_existing,
         skip_other_generations=skip_other_generations,
     )
+    return replace(added, notes=tuple(notes), shortfall=short)
 
 
 @dataclass(frozen=True)
@@ -263,14 +276,82 @@ def load_search(ws: Workspace) -> GallerySearch:
     return index
 
 
-def search_images(ws: Workspace, images: np.ndarray, k: int = 5) -> tuple[Generation, list[list[Hit]]]:
+class CalibrationUnusable(DataError):
+    """The score calibration stored for production cannot be applied: unreadable, a scale that is not
+    positive, or fitted for another generation's queries."""
+
+
+#: How often the alias is read again when a promotion commits between the reads of one snapshot.
+_CONSISTENT_READS = 5
+
+
+def serving_calibration(registry: Registry) -> tuple[int | None, Calibration | None]:
+    """Production's generation id and the score calibration its queries are ranked with, read together.
+
+    The alias is read before and after the calibration (one registry snapshot each), again until the
+    two reads agree, so a promotion committed meanwhile never pairs one generation's embedder with
+    another's calibration. ``(None, None)`` when nothing is in production; the calibration is None
+    when the move that made production cited no report with one (a forced move, an older gate).
+
+    Raises:
+        CalibrationUnusable: the stored calibration cannot be applied to production's queries.
+        AliasTampered: the alias disagrees with its history.
+    """
+    for _ in range(_CONSISTENT_READS):
+        before = registry.get_alias()
+        stored = registry.serving_calibration()
+        if registry.get_alias() == before:
+            break
+    if before is None or stored is None:
+        return before, None
+    try:
+        cal = Calibration.from_dict(stored)
+        check_score_maps(score_maps(cal) or {})
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise CalibrationUnusable(
+            f"the score calibration stored with production's gate report cannot be applied ({exc}); "
+            "re-run the promotion to store a new one, or search without calibration"
+        ) from None
+    if cal.query_gen != before:
+        raise CalibrationUnusable(
+            f"the score calibration stored for production (generation {before}) was fitted for queries of "
+            f"generation {cal.query_gen}; re-run the promotion to store a new one, or search without calibration"
+        )
+    return before, cal
+
+
+def score_maps(calibration: Calibration | None) -> dict[int, tuple[float, float]] | None:
+    """The calibration as ``GallerySearch`` score maps (gallery generation -> (scale, shift)); None for none."""
+    if calibration is None or calibration.is_identity:
+        return None
+    return {g: (m.scale, m.shift) for g, m in calibration.maps.items()}
+
+
+class ImageSearch(NamedTuple):
+    """What :func:`search_images` found, and how it ranked."""
+
+    generation: Generation  # production: the generation that embedded the queries
+    hits: list[list[Hit]]  # per query, best first
+    calibration: Calibration | None  # the score maps applied (None: raw cosine similarity)
+
+
+def search_images(ws: Workspace, images: np.ndarray, k: int = 5, *, calibrate: bool = True) -> ImageSearch:
     """Embed query images with production and search the whole mixed gallery for the ``k`` nearest.
+
+    With ``calibrate`` (the default) each item's score is mapped by its generation's score map from
+    the calibration stored with production's gate report before the top-k is taken, as ``upgrader
+    serve`` ranks; results of one generation keep their order either way.
 
     Raises:
         InvalidRequest: ``k`` below 1 or above the gallery's size, or an empty gallery.
+        NoProduction: nothing promoted. CalibrationUnusable: the stored calibration cannot be applied.
     """
     check_k(k)
-    gen, embedder = production_embedder(ws)
+    prod, cal = serving_calibration(ws.registry)
+    if prod is None:
+        raise NoProduction("no production generation; promote one first", subject="production")
+    gen = ws.registry.get_generation(prod)
+    embedder = open_embedder(ws, gen)
     index = load_search(ws)
     if len(index) == 0:
         raise InvalidRequest("the gallery is empty; add items first", subject="gallery")
@@ -278,7 +359,8 @@ def search_images(ws: Workspace, images: np.ndarray, k: int = 5) -> tuple[Genera
         raise InvalidRequest(
             f"asked for {k} results per query but the gallery holds {len(index)} items; ask for at most {len(index)}"
         )
-    return gen, index.search(embedder.embed(images), k)
+    applied = cal if calibrate else None
+    return ImageSearch(gen, index.search(embedder.embed(images), k, score_maps(applied)), applied)
 
 
 def check_k(k: int) -> None:

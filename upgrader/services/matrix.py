@@ -126,7 +126,7 @@ def compatibility_matrix(
     ev = PairEvaluator(q_labels, g_labels, queries, galleries, class_sets(ws, ids))
     values = {(t, j): ev.metrics(t, j).get(metric) for t in ids for j in ids}
     passes = [
-        [compatibility_check(ev, t, j, cfg)[0].passed if c < r else None for c, j in enumerate(ids)]
+        [compatibility_check(ev, t, j, cfg, interval=False)[0].passed if c < r else None for c, j in enumerate(ids)]
         for r, t in enumerate(ids)
     ]
     reg.record_evaluations((q, g, m.as_dict()) for (q, g), m in ev.evaluations.items())

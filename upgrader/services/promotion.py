@@ -1,8 +1,9 @@
 """Verify, promote and roll back: the gate applied to the registry.
 
 ``upgrader.compat.gate`` decides from numbers; this module loads those numbers from the registry (probe
-embeddings of each generation, the live generations, production), stores the verdict as a gate
-report and moves the ``production`` alias. No torch: a CPU server can promote.
+embeddings of each generation, the live generations, production, who holds which class in the
+gallery), stores the verdict as a gate report with the score calibration serving applies once the
+report's generation serves, and moves the ``production`` alias. No torch: a CPU server can promote.
 
 This is the one place the rules of a move live; the CLI, the dashboard and Python callers all come
 through :func:`promote` and :func:`rollback`:
@@ -26,10 +27,12 @@ from typing import Any, Literal
 from registry import AliasMove, GateReport, Generation
 
 from upgrader.compat.gate import GateConfig, GateInputs, evaluate_candidate, evaluate_rollback
-from upgrader.compat.mixed import gallery_owners
+from upgrader.compat.mixed import gallery_holders
+from upgrader.compat.served import composition_after, composition_dict
 from upgrader.compat.verdict import GateVerdict
 from upgrader.core.errors import GateRefused, InvalidRequest, NoProduction
 from upgrader.core.files import sha256_file
+from upgrader.core.version import VERSION
 from upgrader.services.matrix import class_sets, load_probe, probe_labels
 from upgrader.services.registration import check_artifact
 from upgrader.services.workspace import Workspace
@@ -129,14 +132,14 @@ def _inputs(ws: Workspace, gen: Generation, gens: Iterable[int]) -> GateInputs:
         registered_sha256=gen.onnx_sha256,
         artifact_sha256=_current_sha(ws, gen),
         classes=class_sets(ws, [gen.id, *needed]),
-        gallery_owners=_owners(ws, live),
+        gallery_holders=_holders(ws, live),
     )
 
 
-def _owners(ws: Workspace, live: Sequence[int]) -> dict[int, int]:
-    """Class vertex -> the live generation storing most of its gallery items (one GROUP BY)."""
+def _holders(ws: Workspace, live: Sequence[int]) -> dict[int, dict[int, int]]:
+    """Class vertex -> {live generation: its gallery items of that class} (one GROUP BY)."""
     reg = ws.registry
-    return gallery_owners(reg.gallery_label_counts(), reg.interface().label_map, live)
+    return gallery_holders(reg.gallery_label_counts(), reg.interface().label_map, live)
 
 
 def _store(
@@ -144,9 +147,10 @@ def _store(
 ) -> Verification:
     reg = ws.registry
     reg.record_evaluations((q, g, m.as_dict()) for (q, g), m in verdict.evaluations.items())
-    report = reg.add_gate_report(
-        gen.id, gen.onnx_sha256, verdict.passed, verdict.kind, body if body is not None else verdict.to_dict()
-    )
+    # The calibration goes with the report: serving applies it once a move cites this report.
+    calibration = verdict.calibration.to_dict() if verdict.calibration is not None else None
+    stored = {**(body if body is not None else verdict.to_dict()), "upgrader_version": VERSION}
+    report = reg.add_gate_report(gen.id, gen.onnx_sha256, verdict.passed, verdict.kind, stored, calibration=calibration)
     if set_status and gen.status not in ("production", "retired"):
         gen = reg.set_status(gen.id, "verified" if verdict.passed else "rejected")
     return Verification(reg.get_generation(gen.id), report, verdict)
@@ -171,13 +175,14 @@ def verify(ws: Workspace, ref: str | int, config: GateConfig | None = None) -> V
 
 def _reusable(ws: Workspace, gen: Generation, kind: str, config: GateConfig) -> GateReport | None:
     """The newest passing report that still describes the present: same artifact, same production,
-    same live generations, same margin, metric and mixed tolerance (and, when that tolerance decides, the
-    same generations storing each class); else None (the gate must run again)."""
+    same live generations, same margin, metric, improvement, tolerance and no-regression settings, a
+    stored calibration, and a gallery that composes the same probe gallery after the move (so its
+    item-level numbers are the ones the gate would compute now); else None (the gate must run again)."""
     reg = ws.registry
     live = sorted(reg.live_generations())
     production = reg.get_alias()
     actual = _current_sha(ws, gen)
-    owners: dict[int, int] | None = None  # one GROUP BY, only once a report needs it
+    now: tuple[dict[str, dict[str, int]], list[int]] | None = None  # computed once a report needs it
     for report in reg.gate_reports(gen.id):
         body = report.report
         if not (
@@ -190,24 +195,25 @@ def _reusable(ws: Workspace, gen: Generation, kind: str, config: GateConfig) -> 
             and body.get("primary_metric") == config.primary_metric
             and body.get("require_improvement", True) == config.require_improvement
             and body.get("mixed_tolerance") == config.mixed_tolerance
+            and body.get("allow_regression", False) == config.allow_regression
+            and report.calibration is not None
         ):
             continue
-        if config.mixed_tolerance is not None:
-            owners = _owners(ws, live) if owners is None else owners
-            if not _same_owners(body, owners):
-                continue
+        now = _composition_now(ws, gen, live) if now is None else now
+        served = body.get("served")
+        if not isinstance(served, dict) or (served.get("composition"), served.get("new_classes")) != now:
+            continue  # items added or removed since recompose the gallery: its numbers would differ
         return report
     return None
 
 
-def _same_owners(body: dict[str, Any], owners: dict[int, int]) -> bool:
-    """A report's mixed check still holds only if each class it counted is stored by the same generation:
-    items added since (with the live set unchanged) can hand a class to another generation."""
-    mixed = body.get("mixed")
-    if not isinstance(mixed, dict):
-        return False
-    candidate = mixed.get("candidate")
-    return all(owners.get(int(v), candidate) == g for v, g in mixed.get("owners", {}).items())
+def _composition_now(
+    ws: Workspace, gen: Generation, live: Sequence[int]
+) -> tuple[dict[str, dict[str, int]], list[int]]:
+    """The probe gallery's composition after promoting ``gen`` today, as a report stores it."""
+    composition, new = composition_after(gen.id, probe_labels(ws)[1], _holders(ws, live),
+                                         class_sets(ws, [gen.id]).get(gen.id))
+    return composition_dict(composition), list(new)
 
 
 def promote(
@@ -316,7 +322,8 @@ def judge_rollback(ws: Workspace, target: Generation, config: GateConfig | None 
             held,
         )
         return replace(upper, notes=(ground.line, *upper.notes)), ground
-    compat = evaluate_candidate(inputs, replace(config, require_improvement=False))
+    # A rollback may be worse: neither the improvement nor the no-regression rule applies.
+    compat = evaluate_candidate(inputs, replace(config, require_improvement=False, allow_regression=True))
     never = f"{target.name} never held production through an unforced move"
     ground = (
         RollbackGround("compatible-now", f"{never}; it passes the gate's compatibility checks now")
@@ -333,6 +340,7 @@ def judge_rollback(ws: Workspace, target: Generation, config: GateConfig | None 
         notes=(ground.line, *compat.notes, *upper.notes),
         mixed=compat.mixed,
         mixed_tolerance=compat.mixed_tolerance,
+        served=compat.served,
     )
     return merged, ground
 

@@ -14,6 +14,7 @@ from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, RetrievalMetrics, se
 from upgrader.services.matrix import probe_labels
 from upgrader.services.registration import known_classes
 from upgrader.services.workspace import Workspace
+from upgrader.services.workspace_init import read_splits
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class WorkspaceStatus:
     gallery_total: int
     gallery_by_generation: dict[int, int]
     last_move: AliasMove | None
+    probe_sizing: str | None = None  # how init sized the probe set (None: not recorded, an older workspace)
+    gallery_split: str = ""  # where `gallery add` takes items from: a test split, a held-out split, or none
+    gallery_split_kind: str = ""  # "test" | "held-out" | "none"
 
 
 def probe_self_test(
@@ -126,6 +130,7 @@ def workspace_status(ws: Workspace) -> WorkspaceStatus:
     prod = reg.get_alias()
     counts = reg.gallery_counts()
     history = reg.alias_history()
+    splits = read_splits(ws)
     return WorkspaceStatus(
         home=str(ws.home),
         registry_url=reg.url,
@@ -140,4 +145,7 @@ def workspace_status(ws: Workspace) -> WorkspaceStatus:
         gallery_total=sum(counts.values()),
         gallery_by_generation=counts,
         last_move=history[-1] if history else None,
+        probe_sizing=splits.probe.describe() if splits.probe else None,
+        gallery_split=splits.gallery.describe(),
+        gallery_split_kind=splits.gallery.kind,
     )

@@ -19,9 +19,9 @@ class ServingConfig:
     index: IndexKind = "flat"  # gallery index kind: "flat" (exact), "hnsw" or "ivf" (approximate)
     search_threads: int = 1  # FAISS threads per search call; parallelism comes from concurrent requests
     embed_threads: int = 1  # ONNX Runtime intra-op threads per embed call, for the same reason
-    poll_seconds: float = 1.0  # watcher period (alias + new gallery rows); 0 = no watcher, call refresh()
-    recount_seconds: float = 30.0  # compare registry item count with the index (deletions); 0 = never
-    sync_on_search: bool = False  # pull new gallery rows before every search (read-your-writes across processes)
+    poll_seconds: float = 1.0  # watcher period (alias + gallery changes); 0 = no watcher, call refresh()
+    sync_on_search: bool = False  # pull gallery changes before every search (read-your-writes across processes)
+    calibrate: bool = True  # rank by the score calibration stored for production (False: raw cosine)
     max_images: int = 64  # images per call (search / embed / add)
     max_k: int = 1000  # largest k a search may ask for
     max_side: int = 4096  # largest width or height of an encoded image, before resizing
@@ -38,5 +38,5 @@ class ServingConfig:
                      "max_request_pixels", "max_id_length", "max_label_length", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise InvalidRequest(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.poll_seconds < 0 or self.recount_seconds < 0:
-            raise InvalidRequest("poll_seconds and recount_seconds must be >= 0")
+        if self.poll_seconds < 0:
+            raise InvalidRequest(f"poll_seconds must be >= 0, got {self.poll_seconds}")

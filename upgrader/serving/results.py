@@ -9,17 +9,21 @@ import numpy as np
 
 from registry import Generation
 
+from upgrader.compat.score_calibration import Calibration
 from upgrader.runtime.embedder import Embedder
-from upgrader.runtime.index import Hit
+from upgrader.runtime.index import Hit, ScoreMaps
 
 
 @dataclass(frozen=True)
 class ModelSnapshot:
-    """What one request uses from start to finish: a generation and its loaded artifact."""
+    """What one request uses from start to finish: a generation, its loaded artifact, and the score
+    calibration fitted for its queries (swapped together, so they always belong to each other)."""
 
     generation: Generation
     embedder: Embedder
     loaded_at: datetime
+    calibration: Calibration | None = None  # None: results ranked by raw cosine
+    score_maps: ScoreMaps | None = None  # the calibration as the index takes it (None: none, or identity)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -33,6 +37,7 @@ class SearchResult:
 
     generation: Generation
     hits: list[list[Hit]]  # one list per query, nearest first; each Hit names the generation that wrote it
+    calibration: Calibration | None = None  # the score maps the ranking applied (None: raw cosine)
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,6 @@ class ServiceStatus:
     watching: bool
     refused: str | None = None  # why no request is answered (the alias disagrees with its history), or None
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    gallery_version: int = 0  # the registry gallery version the index reflects
+    calibrate: bool = True  # whether the service applies stored calibrations (ServingConfig.calibrate)
+    calibration: Calibration | None = None  # what ranks searches now (None: raw cosine)

@@ -5,9 +5,10 @@ searches the whole stored gallery — items written by any number of generations
 :class:`~upgrader.runtime.index.GallerySearch` index. It follows the registry while it runs:
 
 * **Promotion without a restart.** A watcher thread polls the ``production`` alias every
-  ``poll_seconds`` (one indexed single-row query). When it moves, the new artifact is loaded and
-  warmed up *beside* the old one, then a single reference — an immutable :class:`ModelSnapshot`
-  (generation, embedder) — is swapped. Every request reads that reference once and uses it from
+  ``poll_seconds`` (the alias, the calibration its newest move cites, the alias again: three small
+  indexed reads). When it moves, the new artifact is loaded and warmed up *beside* the old one, then
+  a single reference — an immutable :class:`ModelSnapshot` (generation, embedder, calibration) — is
+  swapped. Every request reads that reference once and uses it from
   decoding to the reply, so requests in flight finish on the generation they started with and new
   requests get the new one; nothing is dropped and the gallery is never re-embedded (compatible
   generations share one embedding space: that is what the gate proved before the alias moved). If
@@ -16,16 +17,20 @@ searches the whole stored gallery — items written by any number of generations
   its append-only history (``AliasTampered``: the database was edited outside the registry), it is
   not followed and every request is refused (:class:`~upgrader.serving.errors.ServingRefused`)
   until the two agree again.
-* **Gallery sync, incremental.** New gallery rows — added through :meth:`QueryService.add` or by
-  another process (``upgrader gallery add``) — are pulled with
-  ``registry.load_gallery(after_row_id=index.last_row_id)`` on each tick (and after each ``add``, so
-  a caller reads its own writes; ``sync_on_search=True`` also pulls before every search). Row ids
-  grow in commit order on SQLite (writers are serialised), so the cursor never skips a row there.
-* **Deletions** (``registry.delete_gallery_items``) are not visible to a cursor. Every
-  ``recount_seconds`` the tick compares the registry's item count with the index and, when they
-  differ, rebuilds the index from the registry off to the side and swaps it in (searches keep using
-  the old index until then). The same recount repairs rows a cursor could miss on PostgreSQL, where
-  concurrent transactions may commit out of row-id order. :meth:`QueryService.rebuild` forces one.
+* **Score calibration, with the generation.** A generation's queries score its own items higher than
+  equally good items of older generations; the gate fits one score map per gallery generation and
+  stores it with the report the promotion cites (``Registry.serving_calibration``). The snapshot
+  holds the calibration with the embedder, read together with the alias
+  (:func:`upgrader.services.gallery.serving_calibration`), so a request never pairs the new
+  embedder with the old calibration. Each search maps every item's score by its generation's map
+  before the top-k is taken (:meth:`GallerySearch.search`); order within a generation never changes.
+  ``ServingConfig(calibrate=False)`` ranks by raw cosine, for comparison.
+* **Gallery sync by the change sequence.** New, re-embedded and deleted gallery rows — written
+  through :meth:`QueryService.add` or by another process (``upgrader gallery add``, a backfill,
+  ``gallery rm``) — are pulled with ``registry.gallery_changes(version)`` on each tick (and after each
+  ``add``, so a caller reads its own writes; ``sync_on_search=True`` also pulls before every search).
+  See :mod:`upgrader.serving.following`: a re-embedded item changes generation in place, a deleted
+  one disappears, and no recount is needed. :meth:`QueryService.rebuild` reloads everything on demand.
 
 Server side: numpy, onnxruntime, Pillow, FAISS and the registry — never torch (docs/design.md §4).
 
@@ -39,10 +44,10 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,24 +56,23 @@ import numpy as np
 
 from registry.errors import AliasTampered
 
+from upgrader.compat.score_calibration import Calibration
 from upgrader.core.errors import InterfaceMismatch, InvalidRequest, NoProduction
 from upgrader.runtime.index import GallerySearch
+from upgrader.services.gallery import score_maps, serving_calibration
 from upgrader.services.registration import open_embedder
 from upgrader.services.workspace import Workspace, open_workspace
 from upgrader.serving.config import ServingConfig
 from upgrader.serving.decoding import prepare_images
 from upgrader.serving.errors import ServingRefused
+from upgrader.serving.following import GalleryMirror
 from upgrader.serving.results import AddResult, EmbedResult, ModelSnapshot, SearchResult, ServiceStatus
 
 log = logging.getLogger("upgrader.serving.service")
 
-#: Gallery rows added to the index per write-lock hold while syncing, so searches are never held
-#: back for long by a large backlog (FAISS flat adds ~1M rows/s; HNSW far fewer).
-SYNC_CHUNK = 20_000
-
 
 class QueryService:
-    """Embeds and searches with the production generation, following promotions and gallery growth.
+    """Embeds and searches with the production generation, following promotions and the gallery.
 
     Thread-safe: any number of threads may call :meth:`search`, :meth:`embed` and :meth:`add`
     while the watcher reloads and syncs.
@@ -78,18 +82,18 @@ class QueryService:
             ``workspace`` is given.
         config: limits and behaviour; see :class:`ServingConfig`.
         workspace: an open workspace to use instead of opening ``home`` (the caller closes it).
-        clock: monotonic seconds, read to decide when a recount is due (injectable for tests).
 
     Raises:
         WorkspaceError / RegistryError: no usable workspace. ArtifactError: the production artifact
-        is missing or was modified. A workspace without a production generation is accepted: the
-        service answers :class:`NoProduction` until something is promoted.
+        is missing or was modified. CalibrationUnusable: the calibration stored for production cannot
+        be applied (serve with ``calibrate=False`` to rank by raw cosine). A workspace without a
+        production generation is accepted: the service answers :class:`NoProduction` until something
+        is promoted.
     """
 
     def __init__(self, home: str | Path | None = None, config: ServingConfig | None = None, *,
-                 workspace: Workspace | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 workspace: Workspace | None = None) -> None:
         self.config = config or ServingConfig()
-        self._clock = clock  # when the next recount is due; tests pass a clock they advance by hand
         self._owns_ws = workspace is None
         self._ws = workspace if workspace is not None else open_workspace(home)
         try:
@@ -97,18 +101,15 @@ class QueryService:
             self._snapshot: ModelSnapshot | None = None
             self._production_alias: int | None = None
             self._swap_lock = threading.Lock()  # one artifact load at a time
-            self._sync_lock = threading.Lock()  # one gallery sync / rebuild at a time (cursor consistency)
             self._names: dict[int, str] = {}
             self._reloads = 0
-            self._rebuilds = 0
             self._last_poll_at: datetime | None = None
-            self._last_recount = self._clock()
             self._last_error: str | None = None
             self._refused: str | None = None  # why requests are refused (a tampered alias), else None
             self._started_at = datetime.now(timezone.utc)
-            self._index = self._new_index()
+            self._gallery = GalleryMirror(self._ws.registry, self._new_index)
             self.reload()
-            self.sync()
+            self._gallery.load()
         except BaseException:
             if self._owns_ws:
                 self._ws.close()
@@ -164,10 +165,13 @@ class QueryService:
         return snap
 
     def reload(self) -> bool:
-        """Swap to the generation the ``production`` alias names, if it moved. Returns True on a swap.
+        """Swap to the generation the ``production`` alias names, with its calibration, if either changed.
 
-        The new artifact is loaded (checksum verified) and run once before the swap, so the first
-        request on it pays no session start-up; requests holding the old snapshot finish on it.
+        Returns True on a swap. The new artifact is loaded (checksum verified) and run once before
+        the swap, so the first request on it pays no session start-up; requests holding the old
+        snapshot finish on it. The calibration is read together with the alias and swapped in the
+        same snapshot as the embedder; the same generation promoted again with a new calibration
+        swaps the calibration alone.
 
         An alias that disagrees with its history (edited behind the registry's back) is not followed,
         and until it agrees again every request is refused (:class:`ServingRefused`): the old
@@ -176,11 +180,15 @@ class QueryService:
         Raises:
             AliasTampered: the alias disagrees with its history (at start-up: the service is not built).
             ArtifactError: the new artifact is missing or modified (the old generation keeps serving).
+            CalibrationUnusable: the new calibration cannot be applied (the old snapshot keeps serving).
             InterfaceMismatch: its embedding dimension differs from the workspace's.
         """
         with self._swap_lock:
             try:
-                prod = self._ws.registry.get_alias()
+                if self.config.calibrate:
+                    prod, cal = serving_calibration(self._ws.registry)
+                else:
+                    prod, cal = self._ws.registry.get_alias(), None
             except AliasTampered as exc:
                 self._refused = str(exc)
                 log.error("refusing requests: %s", exc)
@@ -190,8 +198,14 @@ class QueryService:
             self._refused = None
             self._production_alias = prod
             current = self._snapshot
-            if prod is None or (current is not None and current.generation.id == prod):
+            if prod is None:
                 return False
+            if current is not None and current.generation.id == prod:
+                if current.calibration == cal:
+                    return False
+                self._snapshot = dataclasses.replace(current, calibration=cal, score_maps=score_maps(cal))
+                log.info("generation %s: calibration %s", current.generation.name, _describe(cal))
+                return True
             gen = self._ws.registry.get_generation(prod)
             embedder = open_embedder(self._ws, gen, threads=self.config.embed_threads)
             if embedder.embedding_dim != self._dim:
@@ -200,78 +214,36 @@ class QueryService:
                 )
             embedder.embed(np.zeros((1, *embedder.image_shape), dtype=np.uint8))  # warm-up
             self._names[gen.id] = gen.name
-            # One reference assignment: atomic for every reader.
-            self._snapshot = ModelSnapshot(gen, embedder, datetime.now(timezone.utc))
+            # One reference assignment: atomic for every reader; embedder and calibration travel together.
+            self._snapshot = ModelSnapshot(gen, embedder, datetime.now(timezone.utc), cal, score_maps(cal))
             self._reloads += 1 if current is not None else 0
-            log.info("serving generation %s (id %d)%s", gen.name, gen.id,
+            log.info("serving generation %s (id %d), calibration %s%s", gen.name, gen.id, _describe(cal),
                      f", was {current.generation.name}" if current is not None else "")
             return True
 
     def sync(self) -> int:
-        """Add gallery rows written since the last sync (by anyone) to the index. Returns how many.
-
-        Rows whose external id the index already holds (deleted and re-added under the same id)
-        cannot be appended; the index is rebuilt instead.
-        """
-        with self._sync_lock:
-            index = self._index
-            new = self._ws.registry.load_gallery(after_row_id=index.last_row_id)
-            n = len(new)
-            if n == 0:
-                return 0
-            if any(e in index for e in new.external_ids):
-                self._rebuild_locked()
-                return n
-            for s in range(0, n, SYNC_CHUNK):
-                e = min(n, s + SYNC_CHUNK)
-                index.add(new.row_ids[s:e], new.external_ids[s:e], new.generation_ids[s:e],
-                          new.labels[s:e], new.matrix[s:e])
-            return n
+        """Apply the gallery's changes since the last sync (anyone's writes) to the index. Returns how
+        many rows were added, re-embedded or deleted."""
+        return self._gallery.sync()
 
     def rebuild(self) -> int:
-        """Rebuild the index from the whole registry gallery and swap it in. Returns its size.
+        """Reload the whole gallery into a fresh index and swap it in. Returns its size.
 
-        Searches keep using the old index until the swap; syncs and adds wait for it.
+        Searches keep using the old index until the swap; syncs and adds wait for it. Never needed to
+        follow the registry (the change sequence is complete); a repair after the database was
+        edited outside it.
         """
-        with self._sync_lock:
-            return self._rebuild_locked()
+        return self._gallery.rebuild()
 
-    def _rebuild_locked(self) -> int:
-        fresh = self._new_index()
-        gallery = self._ws.registry.load_gallery()
-        for s in range(0, len(gallery), SYNC_CHUNK):
-            e = min(len(gallery), s + SYNC_CHUNK)
-            fresh.add(gallery.row_ids[s:e], gallery.external_ids[s:e], gallery.generation_ids[s:e],
-                      gallery.labels[s:e], gallery.matrix[s:e])
-        self._index = fresh
-        self._rebuilds += 1
-        log.info("gallery index rebuilt: %d items", len(fresh))
-        return len(fresh)
-
-    def refresh(self, *, recount: bool | None = None) -> None:
-        """One watcher tick: follow the alias, pull new gallery rows, and now and then recount.
-
-        Args:
-            recount: True compares the registry's item count with the index now, False skips it,
-                None (the watcher's choice) recounts when ``recount_seconds`` have passed since the
-                last one.
+    def refresh(self) -> None:
+        """One watcher tick: follow the alias (and its calibration), then apply the gallery's changes.
 
         Never raises: a failure is logged and kept in :attr:`ServiceStatus.last_error`, and the
         service keeps serving what it has.
         """
         try:
             self.reload()
-            due = recount if recount is not None else (
-                self.config.recount_seconds > 0 and self._clock() - self._last_recount >= self.config.recount_seconds)
-            # Count before syncing: the sync then sees at least these rows, so after it the index
-            # can only hold fewer (a skipped row) or more (a deletion) when the two really differ.
-            before = sum(self._ws.registry.gallery_counts().values()) if due else 0
             self.sync()
-            if due:
-                self._last_recount = self._clock()
-                if len(self._index) != before:
-                    log.info("gallery count %d differs from the index (%d): rebuilding", before, len(self._index))
-                    self.rebuild()
             self._last_error = None
         except Exception as exc:  # the watcher must survive a bad tick (e.g. a broken artifact)
             self._last_error = f"{exc.__class__.__name__}: {exc}"
@@ -299,7 +271,9 @@ class QueryService:
         if self.config.sync_on_search:
             self._try_sync()
         queries = snap.embedder.embed(batch, self.config.batch_size)  # [N, D]
-        return SearchResult(snap.generation, self._index.search(queries, int(k)))
+        # The snapshot's score maps: the calibration fitted for the generation that embedded these queries.
+        hits = self._gallery.index.search(queries, int(k), snap.score_maps)
+        return SearchResult(snap.generation, hits, snap.calibration)
 
     def embed(self, images: np.ndarray | Sequence[bytes]) -> EmbedResult:
         """Embed images with production (same inputs as :meth:`search`)."""
@@ -337,7 +311,7 @@ class QueryService:
         # if the alias moved meanwhile.
         self._ws.registry.add_gallery_items(snap.generation.id, ids, feats, labels=labels)
         self.sync()
-        return AddResult(snap.generation, n, len(self._index))
+        return AddResult(snap.generation, n, len(self._gallery.index))
 
     # ------------------------------------------------------------------ introspection
 
@@ -351,9 +325,9 @@ class QueryService:
         return name
 
     def status(self) -> ServiceStatus:
-        """What the service serves and how its index stands."""
+        """What the service serves, how it ranks, and how its index stands."""
         snap = self._snapshot
-        index = self._index
+        index = self._gallery.index
         return ServiceStatus(
             serving=snap.generation if snap else None,
             production_alias=self._production_alias,
@@ -363,12 +337,15 @@ class QueryService:
             last_row_id=index.last_row_id,
             index=self.config.index,
             reloads=self._reloads,
-            rebuilds=self._rebuilds,
+            rebuilds=self._gallery.rebuilds,
             last_poll_at=self._last_poll_at,
             last_error=self._last_error,
             watching=self._watcher is not None and self._watcher.is_alive(),
             refused=self._refused,
             started_at=self._started_at,
+            gallery_version=self._gallery.version,
+            calibrate=self.config.calibrate,
+            calibration=snap.calibration if snap else None,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -378,7 +355,7 @@ class QueryService:
 
     def _try_sync(self) -> None:
         # A search never waits behind another thread's sync or rebuild: it serves what is indexed.
-        if self._sync_lock.locked():
+        if self._gallery.busy:
             return
         self.sync()
 
@@ -389,6 +366,13 @@ class QueryService:
     def _prepare(self, images: np.ndarray | Sequence[bytes], snap: ModelSnapshot) -> np.ndarray:
         """Images as uint8 [N, H, W, C] of the snapshot's artifact, within the limits."""
         return prepare_images(images, snap.image_shape, snap.generation.name, self.config)
+
+
+def _describe(cal: Calibration | None) -> str:
+    """A log line's words for a calibration."""
+    if cal is None:
+        return "none (raw cosine)"
+    return f"{len(cal.maps)} score maps for queries of generation {cal.query_gen}"
 
 
 __all__ = ["QueryService"]

@@ -21,7 +21,8 @@ class TrainConfig:
     arch: str = "small_cnn"  # a key of upgrader.training.models.ARCHITECTURES
     kind: str = "initial"  # initial | finetune | replacement
     method: str = "hoc"  # hoc (default) | hoc-paper | ce | er | bct
-    epochs: int = 3  # passes over the new data
+    epochs: int = 3  # passes over the new data (when ``steps`` is None)
+    steps: int | None = None  # optimiser steps of the run; set, it decides (the last pass may stop early)
     batch_size: int = 128  # global batch (split across ranks under torchrun); half memory when fine-tuning
     lr: float = 0.05  # peak SGD learning rate, cosine-decayed to 0 per step
     momentum: float = 0.9  # SGD momentum
@@ -43,9 +44,9 @@ class TrainConfig:
     # least squares) raised every generation's self-test more but lowered AC: older generations gained more.
     calibration: float | None = 3e-4
     memory_per_class: int = 20  # rehearsal images per earlier class (used by callers building memory)
-    augment: bool = True  # random crop with padding + horizontal flip
+    augment: bool = True  # random crop with padding (+ horizontal flip when ``flip``); False: none
     crop_pad: int = 2  # padding of the random crop, pixels
-    flip: bool = True  # random horizontal flips (turn off for digits)
+    flip: bool = True  # random horizontal flips (off for digits, text, anything orientation-bound)
     seed: int = 0  # seeds init, shuffling and augmentation
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads on CPU (None: leave torch's default)
@@ -61,6 +62,8 @@ class TrainConfig:
             raise TrainingError(f"unknown method {self.method!r}; use one of {METHODS}")
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise TrainingError("epochs must be >= 1, batch_size >= 2 and lr > 0")
+        if self.steps is not None and self.steps < 1:
+            raise TrainingError(f"steps must be None or >= 1, got {self.steps}")
         if self.stationarity < 0:
             raise TrainingError(f"stationarity must be >= 0, got {self.stationarity}")
         if self.calibration is not None and not (self.calibration >= 0 and math.isfinite(self.calibration)):
@@ -76,13 +79,23 @@ class TrainConfig:
         return "learnable" if self.method in ("er", "bct") else "simplex"
 
 
+def accuracy_window(total_steps: int, steps_per_epoch: int) -> int:
+    """How many of the last steps the training accuracy is averaged over: a quarter of the run, at most
+    one pass over the data. One figure for the progress bar, the summary and the under-trained check."""
+    return max(1, min(steps_per_epoch, total_steps // 4))
+
+
 @dataclass
 class TrainProgress:
     """One training step, as passed to the progress callback."""
 
     epoch: int  # 1-based epoch
-    epochs: int  # total epochs
+    epochs: int  # total epochs (the last may stop early when the run is sized in steps)
     step: int  # 1-based step within the epoch
     steps: int  # steps per epoch
     loss: float  # this step's loss
-    accuracy: float  # this step's top-1 training accuracy on the batch (0..1)
+    # Top-1 training accuracy (0..1) averaged over the last ``accuracy_window`` steps: the figure the
+    # run reports at its end too (``TrainResult.final_accuracy``), so a progress bar and a summary agree.
+    accuracy: float
+    done: int = 0  # steps done over the whole run, this one included
+    total: int = 0  # steps of the whole run

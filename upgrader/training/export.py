@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upgrader.core.artifact import INPUT_NAME, OUTPUT_NAME
+from upgrader.core.artifact import INPUT_NAME, OUTPUT_NAME, VERSION_KEY
 from upgrader.core.files import replacing, sha256_file
 from upgrader.core.errors import ExportError
+from upgrader.core.version import VERSION
 from upgrader.training.models import Encoder
 
 PARITY_BATCHES = (1, 7)
@@ -201,7 +202,8 @@ def export_onnx(
 def _artifact_metadata(
     encoder: Encoder, shape: tuple[int, int, int], mean: Sequence[float], std: Sequence[float], extra: dict[str, str]
 ) -> dict[str, str]:
-    """The metadata_props of an artifact: the caller's entries, then what the embedder needs (which win)."""
+    """The metadata_props of an artifact: the caller's entries, then what the embedder needs and the
+    producing version (which win)."""
     return {
         "generation_id": "",
         "generation_name": "",
@@ -217,6 +219,7 @@ def _artifact_metadata(
         "arch_kwargs": json.dumps(encoder.arch_kwargs, sort_keys=True),
         "output": OUTPUT_NAME,
         "normalized": "l2",
+        VERSION_KEY: VERSION,
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,12 +20,13 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from upgrader.core.errors import TrainingCancelled, TrainingError
+from upgrader.data.dataset import steps_per_epoch
 from upgrader.training import distributed
 from upgrader.training.anchor import raw_features
 from upgrader.training.batches import augment_batch, batch_indices
 from upgrader.training.calibration import calibrate
 from upgrader.training.checkpoint import CheckpointPath, load_checkpoint
-from upgrader.training.config import TrainConfig, TrainProgress
+from upgrader.training.config import TrainConfig, TrainProgress, accuracy_window
 from upgrader.training.models import Encoder, build_model, rebuild_model
 from upgrader.training.objective import Objective, build_objective
 from upgrader.training.schedule import cosine_lr, set_lr
@@ -38,10 +39,14 @@ class TrainResult:
     """What ``train_generation`` returns."""
 
     model: Encoder  # trained encoder, on the CPU, eval mode
-    history: list[dict[str, float]]  # per epoch: epoch, loss, accuracy, lr, seconds
+    history: list[dict[str, float]]  # per epoch: epoch, loss, accuracy (the epoch's mean), lr, seconds
     seconds: float  # wall time of the training loop
     images_per_second: float  # training throughput over all ranks
     meta: dict[str, Any]  # checkpoint metadata: config, kind, method, vertices, image_shape
+    steps: int = 0  # optimiser steps run
+    final_accuracy: float = float("nan")  # training accuracy over the last ``accuracy_window`` steps
+    previous_accuracy: float | None = None  # over the window before it; None when the run is too short
+    accuracy_window: int = 1
 
 
 @dataclass
@@ -67,9 +72,11 @@ class _Run:
     local_batch: int  # this rank's batch
     steps_per_epoch: int
     total_steps: int
+    epochs: int  # passes the run makes (the last may stop early when it is sized in steps)
     autocast: torch.autocast  # bf16 on CUDA when asked for; disabled otherwise
     step_global: int = 0  # steps done over the whole run (drives the schedule)
     seen: int = 0  # images trained on, over all ranks
+    accuracies: list[float] = field(default_factory=list)  # every step's batch accuracy, in order
 
 
 def train_generation(
@@ -108,7 +115,7 @@ def train_generation(
     run = _setup(config, data, mem, anchor_checkpoint, init_checkpoint, num_classes)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, run.epochs + 1):
         history.append(_train_epoch(run, epoch, progress, cancel))
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
@@ -129,7 +136,12 @@ def train_generation(
         "init": str(init_checkpoint) if init_checkpoint is not None else None,
         "calibration": _calibrate(run, model),
     }
-    return TrainResult(model, history, seconds, run.seen / max(seconds, 1e-9), meta)
+    window = accuracy_window(run.total_steps, run.steps_per_epoch)
+    acc = run.accuracies
+    final = float(np.mean(acc[-window:])) if acc else float("nan")
+    previous = float(np.mean(acc[-2 * window : -window])) if len(acc) >= 2 * window else None
+    meta.update(steps=run.step_global, final_accuracy=final, accuracy_window=window)
+    return TrainResult(model, history, seconds, run.seen / max(seconds, 1e-9), meta, run.step_global, final, previous, window)
 
 
 def _check_request(
@@ -214,14 +226,14 @@ def _setup(
     local_batch = max(2, config.batch_size // world)
     generator = torch.Generator().manual_seed(config.seed + 1000 * distributed.rank())
     sampler = distributed.shard_sampler(len(images_np), config.seed)
-    n_new_per = local_batch // 2 if mem else local_batch
     per_rank = len(images_np) // world if world > 1 else len(images_np)
-    steps_per_epoch = max(1, per_rank // n_new_per)
+    per_epoch = steps_per_epoch(per_rank, local_batch, mem is not None)
+    total_steps = config.steps if config.steps is not None else per_epoch * config.epochs
     return _Run(
         config=config, device=device, memory_format=memory_format, model=model, net=net, data=data, memory=mem,
         images=images, vertices=vertices, mem_images=mem_images, mem_vertices=mem_vertices, active=active,
         objective=objective, optimizer=optimizer, generator=generator, sampler=sampler, local_batch=local_batch,
-        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.epochs,
+        steps_per_epoch=per_epoch, total_steps=total_steps, epochs=-(-total_steps // per_epoch),
         autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and config.amp),
     )
 
@@ -284,15 +296,21 @@ def _train_epoch(
     # batch_indices draws from the generator lazily, between the steps' augmentation draws: the
     # interleaving is part of what makes a seed reproduce a run.
     batches = batch_indices(len(run.data[0]), n_memory, run.local_batch, run.generator, order)
+    window = accuracy_window(run.total_steps, run.steps_per_epoch)
     for step, (new_idx, mem_idx) in enumerate(batches, start=1):
+        if run.step_global >= run.total_steps:
+            break  # a run sized in steps ends inside its last pass
         if cancel is not None and cancel.is_set():
             raise TrainingCancelled(f"training cancelled at epoch {epoch}, step {step}; nothing was saved")
         loss_value, accuracy = _train_step(run, epoch, step, new_idx, mem_idx)
         loss_sum += loss_value
         acc_sum += accuracy
         steps_done += 1
+        run.accuracies.append(accuracy)
         if progress is not None:
-            progress(TrainProgress(epoch, run.config.epochs, step, run.steps_per_epoch, loss_value, accuracy))
+            recent = run.accuracies[-window:]
+            progress(TrainProgress(epoch, run.epochs, step, run.steps_per_epoch, loss_value, sum(recent) / len(recent),
+                                   run.step_global, run.total_steps))
     return {
         "epoch": float(epoch),
         "loss": loss_sum / max(1, steps_done),

@@ -24,7 +24,7 @@ from upgrader.core.errors import ArtifactError, DataError, InvalidRequest
 from upgrader.core.faults import fault_point
 from upgrader.core.files import replacing, sha256_file
 from upgrader.data.dataset import ImageDataset, RehearsalMemory, subsample_per_class
-from upgrader.data.items import load_items, parse_classes, probe_mask
+from upgrader.data.items import load_items, parse_classes
 from upgrader.runtime.embedder import Embedder
 from upgrader.services.registration import (
     artifact_paths,
@@ -35,9 +35,19 @@ from upgrader.services.registration import (
     probe_embeddings,
     register_generation,
 )
-from upgrader.services.training_plan import TrainRequest, anchor_generation, validate_request
+from upgrader.services.training_plan import (
+    TrainingLength,
+    TrainRequest,
+    TrainWarning,
+    anchor_generation,
+    augmentation,
+    plan_length,
+    request_warnings,
+    undertrained_warnings,
+    validate_request,
+)
 from upgrader.services.workspace import Workspace
-from upgrader.services.workspace_init import probe_pixels
+from upgrader.services.workspace_init import excluded_items, probe_pixels
 from upgrader.training.checkpoint import load_checkpoint, save_checkpoint
 from upgrader.training.config import TrainConfig, TrainProgress
 from upgrader.training.export import ExportResult, export_onnx
@@ -53,6 +63,11 @@ class TrainOutcome:
     images_per_second: float  # training throughput
     history: list[dict[str, float]]  # per-epoch loss / accuracy
     export_parity: dict[str, float]  # max_abs_diff and min_cosine of ONNX vs PyTorch
+    length: TrainingLength | None = None  # how long it trained (steps, batch, passes)
+    final_accuracy: float | None = None  # training accuracy over the last ``accuracy_window`` steps
+    accuracy_window: int = 1
+    augment: str = ""  # the augmentation it trained with (none | crop | crop+flip)
+    warnings: tuple[TrainWarning, ...] = ()  # before and after the run: known classes, under-trained
 
 
 def _load_memory(path: Path) -> RehearsalMemory | None:
@@ -125,7 +140,10 @@ class _RunInputs:
     anchor_checkpoint: Path | None  # its checkpoint (None: nothing anchors the run)
     init_checkpoint: Path | None  # the weights training starts from
     config: TrainConfig
+    length: TrainingLength
+    augment: str  # one of AUGMENTS
     probe_items_left_out: int = 0  # training images that were probe items, so never trained on
+    heldout_items_left_out: int = 0  # training images of the held-out gallery split, so never trained on
 
 
 def train_and_register(
@@ -150,6 +168,7 @@ def train_and_register(
         InvalidRequest, NoProduction, DataError: the request cannot run. TrainingCancelled: ``cancel``.
     """
     parent, arch, name = validate_request(ws, req)
+    warnings = request_warnings(ws, req, parent)
     # Weights that changed since they were trained are refused before any work.
     if req.kind == "finetune" and parent is not None:
         checked_checkpoint(ws, parent, "fine-tune from")
@@ -186,13 +205,21 @@ def train_and_register(
     except BaseException:
         shutil.rmtree(gen_dir, ignore_errors=True)
         raise
+    warnings += undertrained_warnings(ws, gen, parent, inputs.length, result.previous_accuracy, result.final_accuracy,
+                                      result.accuracy_window)
     return TrainOutcome(
         generation=gen,
         seconds=result.seconds,
         images_per_second=result.images_per_second,
         history=result.history,
         export_parity={"max_abs_diff": exported.max_abs_diff, "min_cosine": exported.min_cosine},
+        length=inputs.length,
+        final_accuracy=result.final_accuracy,
+        accuracy_window=result.accuracy_window,
+        augment=inputs.augment,
+        warnings=tuple(warnings),
     )
+
 
 
 def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arch: str) -> _RunInputs:
@@ -204,15 +231,17 @@ def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arc
     the probe set's shape, so a file gives the pixels it gave at ``init``)."""
     seed = ws.config.seed if req.seed is None else req.seed
     probe = probe_pixels(ws)
-    pool = load_items(req.dataset or ws.config.dataset, "train", image_shape=probe.shape[1:])
+    dataset = req.dataset or ws.config.dataset
+    pool = load_items(dataset, "train", image_shape=probe.shape[1:])
     classes = parse_classes(list(req.classes), pool.classes)
     new_ds = pool.select(classes)
-    held_out = probe_mask(new_ds, probe)  # bool [N]: images that are probe items
-    new_ds = new_ds.take(np.flatnonzero(~held_out))
+    is_probe, is_heldout = excluded_items(ws, new_ds)  # bool [N]: probe items, held-out gallery items
+    new_ds = new_ds.take(np.flatnonzero(~(is_probe | is_heldout)))
     if req.per_class:
         new_ds = subsample_per_class(new_ds, req.per_class, seed)
     if len(new_ds) < 2:
-        left_out = f" ({int(held_out.sum())} probe items left out)" if held_out.any() else ""
+        left = [f"{int(m.sum())} {what} left out" for m, what in ((is_probe, "probe items"), (is_heldout, "held-out gallery items")) if m.any()]
+        left_out = f" ({', '.join(left)})" if left else ""
         raise DataError(f"only {len(new_ds)} training images for classes {list(classes)}{left_out}; give more data")
     label_map = ws.registry.assign_classes(classes)
     vertices = new_ds.vertices(label_map)
@@ -231,12 +260,17 @@ def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arc
         init_ckpt = ws.resolve(parent.checkpoint_path)
     elif req.init_weights:
         init_ckpt = Path(req.init_weights)
+    length = plan_length(req, len(new_ds), memory is not None and len(memory) > 0)
+    augment, augment_fields = augmentation(req, dataset)
     config = TrainConfig(
-        arch=arch, kind=req.kind, method=req.method, epochs=req.epochs, batch_size=req.batch_size, lr=req.lr,
-        memory_per_class=req.memory_per_class, seed=seed, device=req.device, **req.extra,
+        # Given epochs stay epochs: under torchrun a pass is a rank's shard, shorter than here.
+        arch=arch, kind=req.kind, method=req.method, epochs=req.epochs or -(-length.steps // length.steps_per_epoch),
+        steps=length.steps if length.given == "steps" else None, batch_size=length.batch_size, lr=req.lr,
+        memory_per_class=req.memory_per_class,
+        seed=seed, device=req.device, **{**augment_fields, **req.extra},
     )
-    return _RunInputs(classes, new_ds, vertices, memory, anchor_gen, anchor_ckpt, init_ckpt, config,
-                      int(held_out.sum()))
+    return _RunInputs(classes, new_ds, vertices, memory, anchor_gen, anchor_ckpt, init_ckpt, config, length, augment,
+                      int(is_probe.sum()), int(is_heldout.sum()))
 
 
 def _new_generation(
@@ -264,6 +298,8 @@ def _new_generation(
             "classes": list(inputs.classes),
             "dataset": req.dataset or ws.config.dataset,
             "per_class": req.per_class,
+            "augmentation": inputs.augment,
+            "length_given": inputs.length.given,
             "anchor": inputs.anchor.name if inputs.anchor and inputs.anchor_checkpoint else None,
             "memory_items": len(inputs.memory) if inputs.memory is not None else 0,
             "vertices": result.meta["vertices"],  # classes learnt so far (new + memory)
@@ -276,9 +312,12 @@ def _new_generation(
             "train_seconds": round(result.seconds, 3),
             "images_per_second": round(result.images_per_second, 1),
             "final_loss": history[-1]["loss"] if history else None,
-            "final_accuracy": history[-1]["accuracy"] if history else None,
+            "final_accuracy": result.final_accuracy,  # over the last accuracy_window steps: what the progress showed
+            "accuracy_window": result.accuracy_window,
+            "steps": result.steps,
             "train_images": len(inputs.data),
             "probe_items_left_out": inputs.probe_items_left_out,
+            "heldout_items_left_out": inputs.heldout_items_left_out,
         },
     )
 

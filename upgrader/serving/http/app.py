@@ -28,6 +28,7 @@ from upgrader.serving.http.forms import parse_body
 from upgrader.serving.http.middleware import BodySizeLimit
 from upgrader.serving.http.openapi import auth_doc, body_doc, finish_schema, merge
 from upgrader.serving.http.schemas import (
+    CalibrationOut,
     EmbedResponse,
     ErrorResponse,
     GalleryAddResponse,
@@ -37,6 +38,7 @@ from upgrader.serving.http.schemas import (
     HitOut,
     QueryHits,
     RequestBody,
+    ScoreMapOut,
     SearchResponse,
 )
 from upgrader.serving.http.settings import ServerSettings
@@ -87,7 +89,7 @@ async def search(request: Request) -> SearchResponse:
                                           generation_name=svc.generation_name(h.generation_id), label=h.label,
                                           row_id=h.row_id) for h in row]) for row in result.hits]
         return SearchResponse(generation=GenerationOut.of(result.generation), results=results,
-                              took_ms=(time.perf_counter() - t0) * 1e3)
+                              calibrated=result.calibration is not None, took_ms=(time.perf_counter() - t0) * 1e3)
 
     return await _compute(request, run)
 
@@ -114,7 +116,8 @@ async def health(request: Request) -> JSONResponse:
         state = "no_production" if st.serving is None else ("degraded" if st.last_error else "ok")
     body = HealthResponse(status=state, generation=st.serving.name if st.serving else None,
                           gallery_items=st.gallery_items, last_poll_at=st.last_poll_at, last_error=st.last_error,
-                          refused=st.refused)
+                          refused=st.refused, calibrated=st.calibration is not None,
+                          calibration_maps=len(st.calibration.maps) if st.calibration else 0)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if state in ("ok", "degraded") else 503)
 
 
@@ -122,6 +125,7 @@ async def generation(request: Request) -> GenerationResponse:
     svc = _service(request)
     st = svc.status()
     snap = svc._snapshot  # read once, like a request
+    cal = st.calibration
     return GenerationResponse(
         serving=GenerationOut.of(st.serving) if st.serving else None,
         serving_since=st.serving_since,
@@ -131,6 +135,10 @@ async def generation(request: Request) -> GenerationResponse:
         reloads=st.reloads,
         index=st.index,
         items_by_generation=st.items_by_generation,
+        gallery_version=st.gallery_version,
+        calibration=CalibrationOut(
+            enabled=st.calibrate, applied=cal is not None, query_generation=cal.query_gen if cal else None,
+            maps={g: ScoreMapOut(scale=m.scale, shift=m.shift) for g, m in sorted(cal.maps.items())} if cal else {}),
     )
 
 

@@ -108,7 +108,8 @@ class HitOut(StrictBody):
     """One gallery item found."""
 
     external_id: str
-    score: float = Field(description="Cosine similarity, higher is nearer.")
+    score: float = Field(description="What results are ranked by, higher is nearer: cosine similarity, mapped by "
+                         "the score map of the generation that wrote the item when the search is calibrated.")
     generation_id: int = Field(description="Generation whose model wrote this item's embedding.")
     generation_name: str
     label: str | None
@@ -126,6 +127,8 @@ class SearchResponse(StrictBody):
 
     generation: GenerationOut = Field(description="The generation that embedded the queries.")
     results: list[QueryHits]
+    calibrated: bool = Field(description="Whether the scores were mapped by the calibration stored for this "
+                             "generation (false: raw cosine similarity).")
     took_ms: float
 
 
@@ -156,6 +159,25 @@ class HealthResponse(StrictBody):
     last_error: str | None
     refused: str | None = Field(None, description="Why the service answers no request (the registry's production "
                                 "alias disagrees with its history), or null.")
+    calibrated: bool = Field(False, description="Whether searches are ranked by a stored score calibration now.")
+    calibration_maps: int = Field(0, description="How many gallery generations' scores it maps (0: raw cosine).")
+
+
+class ScoreMapOut(StrictBody):
+    """One gallery generation's score map: ``scale * cosine + shift``."""
+
+    scale: float
+    shift: float
+
+
+class CalibrationOut(StrictBody):
+    """How searches are ranked across gallery generations."""
+
+    enabled: bool = Field(description="Whether the server applies stored calibrations (false: --no-calibration).")
+    applied: bool = Field(description="Whether a calibration ranks searches now (enabled, and one is stored for "
+                          "the serving generation).")
+    query_generation: int | None = Field(description="The generation whose queries it was fitted for, or null.")
+    maps: dict[int, ScoreMapOut] = Field(description="Gallery generation id -> its score map (others: raw cosine).")
 
 
 class GenerationResponse(StrictBody):
@@ -169,6 +191,8 @@ class GenerationResponse(StrictBody):
     reloads: int
     index: str
     items_by_generation: dict[int, int]
+    gallery_version: int = Field(description="The registry gallery version the index reflects.")
+    calibration: CalibrationOut
 
 
 class ErrorResponse(StrictBody):

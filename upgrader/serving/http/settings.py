@@ -26,8 +26,8 @@ class ServerSettings:
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # width * height summed over a request's images
     threads: int = max(1, os.cpu_count() or 1)  # requests embedded / searched at once (worker threads)
     index: str = "flat"  # gallery index: flat (exact), hnsw or ivf (approximate)
-    sync_on_search: bool = False  # pull new gallery rows before every search, not only on the poll tick
-    recount_seconds: float = 30.0  # how often deletions are looked for (a count query; 0 = never)
+    sync_on_search: bool = False  # pull gallery changes before every search, not only on the poll tick
+    calibrate: bool = True  # rank by the score calibration stored for production (False: raw cosine)
     # Bearer tokens (upgrader.serving.http.auth); kept out of repr so they never reach a log.
     token: str | None = field(default=None, repr=False)  # for every endpoint (None: reads are open)
     write_token: str | None = field(default=None, repr=False)  # for POST /gallery only, when separate
@@ -53,7 +53,7 @@ class ServerSettings:
         return ServingConfig(
             index=self.index,  # type: ignore[arg-type]
             poll_seconds=self.poll_seconds,
-            recount_seconds=self.recount_seconds,
+            calibrate=self.calibrate,
             sync_on_search=self.sync_on_search,
             max_images=self.max_images,
             max_k=self.max_k,
