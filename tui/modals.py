@@ -21,7 +21,7 @@ from upgrader.core.errors import UpgraderError
 from upgrader.core.markup import literal
 from upgrader.core.vocabulary import ARCHITECTURES, METHODS
 from upgrader.services.dashboard_model import TRAIN_KINDS, TrainForm, TrainingPlan
-from upgrader.services.training_plan import AUGMENTS, DEFAULT_STEPS
+from upgrader.services.training_plan import AUGMENTS, STEPS_PER_CLASS
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class TrainFormModal(ModalScreen[TrainingPlan | None]):
                 yield Label("architecture")
                 yield Select([("parent's / small_cnn", "")] + [(a, a) for a in ARCHITECTURES], value="small_cnn" if self.kind == "replacement" else "", allow_blank=False, id="arch", compact=True)
                 yield Label("steps")
-                yield Input(value="", placeholder=f"{DEFAULT_STEPS} (optimiser steps)", id="steps", type="integer", compact=True)
+                yield Input(value="", placeholder=f"{STEPS_PER_CLASS} per class trained on (new and rehearsed)", id="steps", type="integer", compact=True)
                 yield Label("epochs")
                 yield Input(value="", placeholder="from steps (given, overrides them)", id="epochs", type="integer", compact=True)
                 yield Label("method")

@@ -140,9 +140,10 @@ async def _fill_training_form(pilot, *, classes: str, epochs: str, per_class: st
     form.query_one("#classes", Input).value = classes
     form.query_one("#epochs", Input).value = epochs
     form.query_one("#per_class", Input).value = per_class
-    await pilot.click("#confirm")
-    await settle(pilot)  # the request is checked in a worker
-    assert isinstance(app.screen, ConfirmModal), notes(app)
+    await pilot.click("#confirm")  # the request is checked in a worker, then the review opens
+    await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal) or text_of(form.query_one("#form-error")).strip()
+                     not in ("", "checking…"), "the form's check")
+    assert isinstance(app.screen, ConfirmModal), text_of(form.query_one("#form-error"))
 
 
 class HeldTraining:
@@ -236,9 +237,11 @@ async def test_service_errors_are_notifications(snapshot_ws: Path) -> None:
         app.screen.query_one("#classes", Input).value = "0-1"
         app.screen.query_one("#arch", Select).value = ""  # a replacement without an architecture
         await pilot.click("#confirm")
+        form = app.screen
+        await wait_until(pilot, lambda: "a replacement needs an architecture" in text_of(form.query_one("#form-error")),
+                         "the refusal on the form")
         await settle(pilot)
-        assert isinstance(app.screen, TrainFormModal)  # refused on the form itself, which stays open
-        assert "a replacement needs an architecture" in text_of(app.screen.query_one("#form-error"))
+        assert app.screen is form  # refused on the form itself, which stays open
         assert app.is_running
     assert production_of(snapshot_ws) == "g2-finetune"
 

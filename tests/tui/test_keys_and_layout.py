@@ -4,10 +4,12 @@ the footer whole, the History view's forced and reason on screen, every column r
 from __future__ import annotations
 
 import contextlib
+import io
 import sqlite3
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from pilot import frozen_time, settle, text_of, wait_until
 from textual.widgets import DataTable, Input, Select
 from textual.widgets._footer import FooterKey
@@ -90,8 +92,13 @@ async def _open_form(pilot, key: str, classes: str, arch: str) -> TrainFormModal
     form = app.screen
     form.query_one("#classes", Input).value = classes
     form.query_one("#arch", Select).value = arch
-    await pilot.click("#confirm")
-    await settle(pilot)  # the form is checked in a worker
+    await pilot.click("#confirm")  # the form is checked in a worker: wait for its answer
+    def answered() -> bool:
+        said = text_of(form.query_one("#form-error")).strip()
+        return app.screen is not form or bool(said) and not said.startswith("checking")
+
+    await wait_until(pilot, answered, "the form's check")
+    await settle(pilot)
     return form
 
 
@@ -112,16 +119,19 @@ async def test_the_training_form_refuses_what_cannot_train_before_the_review(
         form.query_one("#classes", Input).value = "0-1"
         form.query_one("#arch", Select).value = "small_cnn" if key == "n" else ""
         await pilot.click("#confirm")
-        await settle(pilot)
-        assert isinstance(app.screen, ConfirmModal)  # fixed, the same form goes on to the review
-        assert "500 optimiser steps" in text_of(app.screen.query_one("#dialog-text"))
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the review")  # fixed, it goes on
+        assert "200 optimiser steps (100 for each of 2 classes, new and rehearsed)" in " ".join(
+            text_of(app.screen.query_one("#dialog-text")).split())
 
 
 async def test_the_generations_view_at_80x24_keeps_names_and_hashes_whole(long_named_ws: Path) -> None:
     app = DashboardApp(long_named_ws, time_format=frozen_time)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        details = text_of(app.query_one("#details"))
+        panel = app.query_one("#details")
+        shown = Console(width=panel.content_region.width, record=True, file=io.StringIO())
+        shown.print(panel.content)  # as wide as the panel is at 80 columns
+        details = shown.export_text()
         sha = app.snapshot.production.onnx_sha256
         assert sha in details.replace("\n", "").replace(" ", "") and "…" not in details  # folded, not cut
         table = app.query_one("#lineage", DataTable)

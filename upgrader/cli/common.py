@@ -161,8 +161,8 @@ def handle_errors(fn: F) -> F:
         json_out = bool(kwargs.get("json_out"))
         try:
             return fn(*args, **kwargs)
-        except GateRefused as exc:
-            raise _fail(str(exc), EXIT_GATE, json_out, label="refused") from None
+        except GateRefused as exc:  # promote and rollback print their own JSON verdict: no second object
+            raise _fail(str(exc), EXIT_GATE, False, label="refused") from None
         except (InvalidRequest, *USAGE_REGISTRY_ERRORS) as exc:
             hint = did_you_mean(exc, kwargs.get("home")) if isinstance(exc, UnknownGeneration) else ""
             raise _fail(cli_message(exc) + hint, EXIT_USAGE, json_out) from None

@@ -17,7 +17,7 @@ from upgrader.cli.common import (
 )
 from upgrader.core.formatting import pct
 from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
-from upgrader.services.training_plan import AUGMENTS, DEFAULT_STEPS, MAX_BATCH, TrainRequest
+from upgrader.services.training_plan import AUGMENTS, MAX_BATCH, MEMORY_PER_CLASS, STEPS_PER_CLASS, TrainRequest
 
 if TYPE_CHECKING:
     from upgrader.services.workspace import Workspace
@@ -37,13 +37,14 @@ Dataset = Annotated[str | None, typer.Option(help="Dataset (default: the workspa
 Method = Annotated[str, typer.Option(help=f"{METHODS[0]} (compatible, default) or a baseline: {', '.join(METHODS[1:])}.")]
 Epochs = Annotated[int | None, typer.Option(help="Passes over the new data; overrides --steps.", show_default=False)]
 Steps = Annotated[int | None, typer.Option(
-    help=f"Optimiser steps (default {DEFAULT_STEPS}, however many images there are; the last pass may stop early).",
+    help=f"Optimiser steps (default {STEPS_PER_CLASS} per class the run trains on, new and rehearsed, however many "
+         "images there are; the last pass may stop early).",
     show_default=False)]
 Augment = Annotated[str | None, typer.Option(
     help=f"{', '.join(AUGMENTS)} (default: crop+flip for Fashion-MNIST, crop otherwise: flips break digits and text).",
     show_default=False)]
 PerClass = Annotated[int | None, typer.Option(help="At most this many training images per class.")]
-Memory = Annotated[int, typer.Option(help="Rehearsal images kept per class for later generations.")]
+Memory = Annotated[int, typer.Option(help="Rehearsal images kept per class for later generations (all of a smaller class).")]
 Name = Annotated[str | None, typer.Option(help="Generation name (default g<N>-<kind>-<arch>-<method>).")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 BatchSize = Annotated[int | None, typer.Option(
@@ -124,7 +125,7 @@ def train(
     batch_size: BatchSize = None,
     lr: LR = 0.05,
     per_class: PerClass = None,
-    memory_per_class: Memory = 20,
+    memory_per_class: Memory = MEMORY_PER_CLASS,
     augment: Augment = None,
     name: Name = None,
     seed: Seed = None,
@@ -160,7 +161,7 @@ def replace(
     batch_size: BatchSize = None,
     lr: LR = 0.05,
     per_class: PerClass = None,
-    memory_per_class: Memory = 20,
+    memory_per_class: Memory = MEMORY_PER_CLASS,
     augment: Augment = None,
     init_weights: Annotated[Path | None, typer.Option(help="Checkpoint of the new architecture to start from.")] = None,
     no_anchor: Annotated[bool, typer.Option("--no-anchor", help="Train without production as the compatibility anchor.")] = False,

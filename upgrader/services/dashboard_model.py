@@ -31,11 +31,13 @@ from upgrader.services.promotion import (
 )
 from upgrader.services.status import GenerationSummary, generation_rows
 from upgrader.services.training_plan import (
-    DEFAULT_STEPS,
+    STEPS_PER_CLASS,
     TrainRequest,
     TrainWarning,
     anchor_generation,
     augmentation,
+    default_steps,
+    planned_classes,
     request_warnings,
     validate_request,
 )
@@ -185,7 +187,7 @@ class TrainForm:
     method: str = "hoc"
     per_class: int | None = None  # at most this many training images per class
     name: str = ""  # "" -> the default g<N>-<kind>-<arch>-<method>
-    steps: int | None = None  # optimiser steps; None (and no epochs) -> DEFAULT_STEPS
+    steps: int | None = None  # optimiser steps; None (and no epochs) -> STEPS_PER_CLASS per class trained on
     augment: str = ""  # "" -> crop+flip for Fashion-MNIST, crop otherwise; else one of AUGMENTS
 
 
@@ -201,6 +203,7 @@ class TrainingPlan:
     dataset: str
     classes: tuple[str, ...]
     warnings: tuple[TrainWarning, ...] = ()  # what to know before it runs (classes the parent knows)
+    n_classes: int = 0  # classes it trains on, new and rehearsed (what the default length counts)
 
     def describe(self) -> list[Text]:
         """The lines the confirmation modal shows: exactly what the run does.
@@ -218,7 +221,9 @@ class TrainingPlan:
         elif req.kind != "initial":
             lines.append(Text("no anchor: nothing keeps it compatible with earlier generations"))
         per = f", at most {req.per_class} images per class" if req.per_class else ""
-        length = f"{req.epochs} epoch(s)" if req.epochs else f"{req.steps or DEFAULT_STEPS} optimiser steps"
+        length = (f"{req.epochs} epoch(s)" if req.epochs else f"{req.steps} optimiser steps" if req.steps
+                  else f"{default_steps(self.n_classes)} optimiser steps ({STEPS_PER_CLASS} for each of {self.n_classes} "
+                       f"class{'es' if self.n_classes != 1 else ''}, new and rehearsed)")
         augment, _ = augmentation(req, self.dataset)
         lines.append(styled("data: classes {} of {}{}; {}, augmentation {}", ", ".join(self.classes), self.dataset, per,
                             length, augment))
@@ -262,8 +267,9 @@ def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
     anchor = anchor_generation(req, parent)
     anchored = anchor is not None and bool(anchor.checkpoint_path)
     warnings = tuple(request_warnings(ws, req, parent))
+    n_classes = planned_classes(ws, req, parent)
     req = replace(req, name=name)
-    return TrainingPlan(req, name, arch, parent, anchored, form.dataset or ws.config.dataset, classes, warnings)
+    return TrainingPlan(req, name, arch, parent, anchored, form.dataset or ws.config.dataset, classes, warnings, n_classes)
 
 
 def matrix_view(ws: Workspace, *, live_only: bool, metric: str, margin: float = 0.0) -> MatrixView:

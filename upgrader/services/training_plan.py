@@ -6,10 +6,11 @@ Torch-free, so a UI can check a request and show what a run will do without load
 side; ``upgrader.training.pipeline`` runs the request. Refusals are worded for every UI; each carries
 a ``reason`` so a UI with its own controls (the CLI's flags) can word it in their terms.
 
-How long a run trains sizes itself to the data: a budget of optimiser steps (:data:`DEFAULT_STEPS`)
-rather than passes, and a batch no larger than a tenth of the new images (:func:`default_batch_size`),
-so 300 images get as many updates as 24,000 do (a pass over 300 images at batch 128 is two steps).
-Passes (``epochs``), when given, override the budget.
+How long a run trains sizes itself to the data: a budget of optimiser steps per class it trains on
+(:data:`STEPS_PER_CLASS`, new and rehearsed classes alike) rather than passes, and a batch no larger
+than a tenth of the new images (:func:`default_batch_size`), so 300 images get as many updates as
+24,000 do (a pass over 300 images at batch 128 is two steps). Passes (``epochs``), when given,
+override the budget.
 """
 
 from __future__ import annotations
@@ -31,10 +32,17 @@ from upgrader.services.registration import known_classes
 from upgrader.services.status import probe_self_test
 from upgrader.services.workspace import Workspace, check_generation_name
 
-#: Optimiser steps of a run when neither steps nor epochs are given. Fashion-MNIST's four classes at
-#: batch 128 train 2.7 passes (the 3 epochs this replaced, ~65 s on 2 CPU cores); 320 images at batch
-#: 32 train 50 (~15 s), enough for a small CNN to learn them.
-DEFAULT_STEPS = 500
+#: Optimiser steps a run takes for each class it trains on (new and rehearsed) when neither steps nor
+#: epochs are given. Fashion-MNIST's README tour: 400 steps for classes 0-3 (2.1 passes at batch 128),
+#: 600 for the fine-tune on 4,5 (3.2), 800 for the replacement on 6,7 (4.3): 1,800 steps where the 3
+#: epochs it replaced took 1,683. A fine-tune trains its parent's classes again from the rehearsal
+#: memory, so it gets their steps too: on ~330 images of 5 classes, 500 steps learn them and 1,000
+#: let the fine-tune on 5 more beat its parent on the old ones (the gate's condition).
+STEPS_PER_CLASS = 100
+#: Rehearsal images kept per class for later generations (every image of a smaller class). The study
+#: measured it (``upgrader.study.scenario``): with 20 a small CNN forgets its old classes and no
+#: fine-tune beats its parent on them; keeping up to 1,000 a class it does.
+MEMORY_PER_CLASS = 1000
 #: The batch when none is given: the largest power of two from MIN_BATCH to MAX_BATCH that is at most a
 #: tenth of the new images (a batch of half the data is two steps a pass, and barely shuffles).
 MAX_BATCH, MIN_BATCH, BATCH_SHARE = 128, 16, 10
@@ -52,12 +60,12 @@ class TrainRequest:
     arch: str | None = None  # architecture; None: small_cnn (initial), the parent's (finetune)
     method: str = "hoc"  # one of METHODS
     epochs: int | None = None  # passes over the new data; given, it overrides ``steps``
-    steps: int | None = None  # optimiser steps; None (and no epochs): DEFAULT_STEPS
+    steps: int | None = None  # optimiser steps; None (and no epochs): STEPS_PER_CLASS per class trained on
     batch_size: int | None = None  # half memory, half new data when a memory exists; None: default_batch_size
     augment: str | None = None  # one of AUGMENTS; None: crop+flip for Fashion-MNIST, crop otherwise
     lr: float = 0.05  # peak SGD learning rate
     per_class: int | None = None  # at most this many training images per new class (None: all)
-    memory_per_class: int = 20  # rehearsal images kept per class for later generations
+    memory_per_class: int = MEMORY_PER_CLASS  # rehearsal images kept per class for later generations
     parent: str | None = None  # finetune: generation to start from (default production)
     anchor: bool = True  # replacement: use production as the frozen anchor (False: no anchor)
     init_weights: str | None = None  # replacement: a checkpoint of the same architecture to start from
@@ -163,7 +171,7 @@ class TrainingLength:
     steps: int  # optimiser steps of the whole run
     batch_size: int
     steps_per_epoch: int  # steps of one pass over the new data
-    given: str  # "steps" (given or DEFAULT_STEPS) or "epochs": what the length came from
+    given: str  # "steps" (given, or the per-class default) or "epochs": what the length came from
     n_new: int  # new images a pass goes over
 
     @property
@@ -177,14 +185,29 @@ class TrainingLength:
                 f"{self.n_new} new images)")
 
 
-def plan_length(req: TrainRequest, n_new: int, with_memory: bool) -> TrainingLength:
-    """The length of a run of ``req`` on ``n_new`` new images (half of each batch memory when
-    ``with_memory``): its epochs when given, else its steps (DEFAULT_STEPS when not given)."""
+def default_steps(n_classes: int) -> int:
+    """The steps of a run on ``n_classes`` classes (new and rehearsed) when none are given."""
+    return STEPS_PER_CLASS * max(1, n_classes)
+
+
+def plan_length(req: TrainRequest, n_new: int, with_memory: bool, n_classes: int) -> TrainingLength:
+    """The length of a run of ``req`` on ``n_new`` new images and ``n_classes`` classes in all (half of
+    each batch memory when ``with_memory``): its epochs when given, else its steps (by default
+    :func:`default_steps`)."""
     batch = req.batch_size or default_batch_size(n_new)
     per_epoch = steps_per_epoch(n_new, batch, with_memory)
     if req.epochs is not None:
         return TrainingLength(req.epochs * per_epoch, batch, per_epoch, "epochs", n_new)
-    return TrainingLength(req.steps or DEFAULT_STEPS, batch, per_epoch, "steps", n_new)
+    return TrainingLength(req.steps or default_steps(n_classes), batch, per_epoch, "steps", n_new)
+
+
+def planned_classes(ws: Workspace, req: TrainRequest, parent: Generation | None) -> int:
+    """How many classes a run of ``req`` trains on: its new ones and those its parent's rehearsal
+    memory holds (a fine-tune's or a replacement's), as the default length counts them."""
+    label_map = ws.registry.interface().label_map
+    new = {label_map.get(c, c) for c in request_classes(ws, req)}
+    old = set(parent.train_config.get("vertices", [])) if parent is not None and req.kind != "initial" else set()
+    return len(new | old)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from upgrader.core.errors import DataError, InvalidRequest, WorkspaceError
 from upgrader.core.files import write_atomic
 from upgrader.data.dataset import ImageDataset, pixel_digests
 from upgrader.data.items import draw_per_class, has_splits, item_uris, load_items, parse_classes
+from upgrader.data.readers import FASHION_ALIASES
 from upgrader.services.workspace import CONFIG_FILE, Workspace, WorkspaceConfig, create_workspace, resolve_home, save_config
 
 SPLITS_FILE = "splits.json"
@@ -166,6 +167,8 @@ def init_workspace(
         WorkspaceError: a workspace exists at ``home`` already.
         DataError: the dataset cannot be read.
     """
+    if dataset.lower() not in FASHION_ALIASES and Path(dataset).exists():
+        dataset = str(Path(dataset).resolve())  # recorded whole: later commands may run from anywhere
     drawn = _draw(dataset, classes, num_classes, query_per_class, gallery_per_class, seed)
     root = resolve_home(home)
     created_root = not root.exists()
@@ -326,28 +329,35 @@ def check_gallery_split(split: str) -> None:
 def gallery_pool(ws: Workspace, spec: str, split: str, ds: ImageDataset) -> GalleryPool:
     """The items of ``ds`` (``spec``'s ``split`` as loaded) a gallery add may take.
 
-    A dataset with a test split: that split's items, the probe items left out. A dataset without one:
-    ``test`` is the held-out split init drew (``train`` the items outside it, which generations train
-    on); in a workspace made before init drew one, both take the whole dataset, as they did then, and
-    a note says so.
+    A dataset with a test split: that split's items, the probe items left out. The workspace's own
+    dataset without one: ``test`` is the held-out split init drew (``train`` the items outside it, which
+    generations train on); in a workspace made before init drew one, both take the whole dataset, as
+    they did then. Another dataset without a test split: all of its items. A note says which.
 
     Raises:
-        InvalidRequest: an unknown split, or ``test`` of a dataset none of whose items were held out.
+        InvalidRequest: an unknown split.
     """
     check_gallery_split(split)
     probe, held = excluded_items(ws, ds)
     if has_splits(spec):
         return GalleryPool(~probe, f"{split}-split ", f"{split}-")
-    kind = read_splits(ws).gallery.kind
-    if kind != "held-out":
+    record = read_splits(ws).gallery
+    if record.kind == "held-out" and held.any():  # the workspace's dataset (any copy: matched by pixels)
+        if split == "train":
+            note = "these items are outside the held-out gallery split: generations train on them"
+            return GalleryPool(~probe & ~held, "training ", "train-", (note,))
+        return GalleryPool(held & ~probe, "held-out ", "heldout-")
+    if record.kind == "none" and _same_path(spec, ws.config.dataset):
         note = ("this workspace has no held-out gallery split (it was made before init drew one): the items come "
                 "from the whole dataset, the images its generations trained on included; a new workspace draws one")
-        return GalleryPool(~probe, "", f"{split}-", (note,))
-    if split == "train":
-        note = "these items are outside the held-out gallery split: generations train on them"
-        return GalleryPool(~probe & ~held, "training ", "train-", (note,))
-    if not held.any():
-        raise InvalidRequest(
-            f"{spec} has no test split and none of its items is in the held-out gallery split init drew from "
-            f"{ws.config.dataset}; add its items with split train", subject="split")
-    return GalleryPool(held & ~probe, "held-out ", "heldout-")
+    else:
+        note = f"{spec} has no test split and init held none of its items out: all of them are added, probe items left out"
+    return GalleryPool(~probe, "", f"{split}-", (note,))
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two dataset specs name the same file or folder."""
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return a == b

@@ -260,7 +260,9 @@ def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arc
         init_ckpt = ws.resolve(parent.checkpoint_path)
     elif req.init_weights:
         init_ckpt = Path(req.init_weights)
-    length = plan_length(req, len(new_ds), memory is not None and len(memory) > 0)
+    with_memory = memory is not None and len(memory) > 0
+    classes_trained = set(vertices.tolist()) | (set(memory.vertices.tolist()) if with_memory else set())
+    length = plan_length(req, len(new_ds), with_memory, len(classes_trained))
     augment, augment_fields = augmentation(req, dataset)
     config = TrainConfig(
         # Given epochs stay epochs: under torchrun a pass is a rank's shard, shorter than here.
