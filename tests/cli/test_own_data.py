@@ -134,6 +134,9 @@ def test_the_readme_tour_on_own_data_passes_the_gate_with_default_flags(tour: di
 
 
 def test_init_sizes_the_probe_from_the_smallest_class_and_says_how_to_change_it(tour: dict[str, CliResult]) -> None:
+    status = run_cli("status", "--json", home=Path(tour["home"].stdout)).json()
+    assert status["probe_sizing"].startswith("probe set: 9 queries + 9 gallery items per class, chosen from")
+    assert status["gallery_split_kind"] == "held-out"
     out = " ".join(_result(tour, "init").stdout.split())
     assert ("probe set: 9 queries + 9 gallery items per class, chosen from the smallest class ('3', 90 items); "
             "change with --probe-queries/--probe-gallery") in out
@@ -192,11 +195,15 @@ def test_gallery_add_reports_what_a_per_class_cap_could_not_get_and_refuses_an_u
         assert done.notes == ("46 of the 48 items asked for (3 classes x 16): class '3' has only 14 held-out items",)
         train = add_dataset(ws, ws.config.dataset, split="train", classes="5", per_class=3)
         assert train.added == 3 and "generations train on them" in train.notes[0]
+        images, labels = synthetic_images(seed=5)
+        save_npz(home / "new-photos.npz", images[:12], labels[:12])  # images of the same kind, not the workspace's
+        other = add_dataset(ws, str(home / "new-photos.npz"))
+        assert other.added == 12 and "has no test split and init held none of its items out" in other.notes[0]
         with pytest.raises(InvalidRequest, match="unknown split 'validation'") as refused:
             add_dataset(ws, ws.config.dataset, split="validation")
         assert refused.value.subject == "split"
         ids = ws.registry.load_gallery().external_ids
-    assert sum(e.startswith("train-") for e in ids) == 3
+    assert sum(e.startswith("train-") for e in ids) == 3 and sum(e.startswith("test-") for e in ids) == 12
 
 
 def test_a_workspace_made_before_held_out_splits_keeps_working_and_says_it_has_none(home: Path) -> None:

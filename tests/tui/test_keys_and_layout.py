@@ -141,3 +141,21 @@ async def test_the_generations_view_at_80x24_keeps_names_and_hashes_whole(long_n
         await settle(pilot)
         assert table.scroll_x == table.max_scroll_x > 0
 
+
+async def test_the_matrix_and_the_gallery_chart_show_whole_names_at_80x24(long_named_ws: Path) -> None:
+    app = DashboardApp(long_named_ws, time_format=frozen_time)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        await settle(pilot)
+        labels = [row[0].plain for row in (app.query_one("#matrix", DataTable).get_row_at(i) for i in range(2))]
+        assert labels[0].startswith(f"1 {LONG_NAMES['g1-initial']}") and LONG_NAMES["g2-finetune"] in labels[1]
+        await pilot.press("3")
+        await settle(pilot)
+        chart = app.query_one("#gallery-chart")
+        shown = Console(width=chart.content_region.width, record=True, file=io.StringIO())
+        shown.print(chart.content)
+        lines = shown.export_text().splitlines()
+        for name in (LONG_NAMES["g1-initial"], LONG_NAMES["g2-finetune"]):
+            assert any(name in line and "%" in line for line in lines), lines  # name, bar and share on one line
+

@@ -71,7 +71,7 @@ class CompatibilityView(Vertical):
                     mark = "↑"
                 cells.append(Text(f" {pct(v):>5} {mark} ", style=heat_style(v)))
             label = Text.assemble(
-                (f"{gt.id} ", "bold"), gt.name[:18], (" ★" if gt.id == view.production else ""),
+                (f"{gt.id} ", "bold"), gt.name, (" ★" if gt.id == view.production else ""),  # whole: → scrolls
                 (" ●" if gt.id in view.live else "", "cyan"),
             )
             table.add_row(label, *cells, key=str(gt.id))

@@ -12,7 +12,9 @@ from upgrader.services.dashboard_model import GallerySummary
 
 from tui.render import bar, human_bytes
 
-BAR_WIDTH = 36
+#: Narrow enough that a default generation name ("g2-finetune-small_cnn-hoc"), its bar, count and share
+#: fit 80 columns.
+BAR_WIDTH = 24
 
 
 def render_gallery(summary: GallerySummary) -> Group:
@@ -33,7 +35,7 @@ def render_gallery(summary: GallerySummary) -> Group:
     for gen, n in summary.counts:
         is_prod = gen.id == summary.production
         chart.add_row(
-            Text(f"{gen.id} {gen.name[:20]}{' ★' if is_prod else ''}", style="bold" if is_prod else ""),
+            Text(f"{gen.id} {gen.name}{' ★' if is_prod else ''}", style="bold" if is_prod else ""),  # never cut
             Text(bar(n, biggest, BAR_WIDTH).ljust(BAR_WIDTH), style="green" if is_prod else "yellow"),
             str(n),
             f"{100 * n / summary.total:5.1f} %",

@@ -130,7 +130,11 @@ def print_warning(line: str) -> None:
 
 
 def did_you_mean(exc: Exception, home: Path | None) -> str:
-    """For an unknown generation, the close names the workspace holds (" did you mean a or b?"), or ""."""
+    """For an unknown generation, the close names the workspace holds ("; did you mean a or b?"), or "".
+
+    The reference typed is read from the registry's message (``... alias 'x'; list them``): the
+    registry's errors carry no fields, and its wording is tested with this (tests/cli/test_own_data.py).
+    """
     found = re.search(r"alias ('.*'|\".*\"); list them", str(exc))
     if found is None:
         return ""

@@ -108,7 +108,8 @@ def status(home: HomeOption = None, json_out: JsonOption = False) -> None:
     t.add_row("registry", st.registry_url)
     t.add_row("dataset", st.dataset)
     t.add_row("interface", f"K={st.num_classes}, embedding dim {st.embedding_dim}, {st.classes_assigned} classes assigned")
-    t.add_row("probe set", f"{st.probe_counts.get('query', 0)} queries, {st.probe_counts.get('gallery', 0)} gallery items")
+    sizing = f"; {st.probe_sizing.removeprefix('probe set: ')}" if st.probe_sizing else ""
+    t.add_row("probe set", f"{st.probe_counts.get('query', 0)} queries, {st.probe_counts.get('gallery', 0)} gallery items{sizing}")
     t.add_row("gallery split", st.gallery_split.removeprefix("gallery split: "))
     t.add_row("production", f"{st.production.name} (id {st.production.id})" if st.production else "none yet")
     t.add_row("generations", ", ".join(f"{n} {s}" for s, n in sorted(st.by_status.items())) or "none")
