@@ -25,14 +25,18 @@ vector and adds its new one in the same hold: a search sees one or the other, ne
 (the id FAISS stores) is never reused, so its metadata never changes and :meth:`hits_from` may read it
 after the lock is released.
 
+This module holds the search API, its checks and its lock; the slot -> metadata table and
+:class:`Hit` are in :mod:`upgrader.runtime.rows`, what happens inside the shards (adding, removing,
+score-mapped search and merge, and ``ScoreMaps``) in :mod:`upgrader.runtime.shards`. ``Hit`` and
+``ScoreMaps`` are importable from here as before.
+
 Threads and removal: see :mod:`upgrader.runtime.kernels`. Following the registry's change sequence
 with :meth:`GallerySearch.apply_changes`: see :mod:`upgrader.serving.following`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import faiss
@@ -45,20 +49,15 @@ from upgrader.runtime.kernels import (
     check_batch,
     check_parameters,
     check_score_maps,
-    hnsw_without,
     ivf_shard,
-    merge_topk,
     new_index,
     normalise_rows,
     set_blas_threshold,
-    shard_topk,
     train_quantizer,
 )
+from upgrader.runtime.rows import Hit, RowTable
 from upgrader.runtime.rwlock import ReadWriteLock
-
-#: Gallery generation -> ``(scale, shift)``: a score ``s`` of that generation's items ranks as
-#: ``scale * s + shift`` (generations left out keep raw scores).
-ScoreMaps = Mapping[int, tuple[float, float]]
+from upgrader.runtime.shards import ScoreMaps, Shards, add_to_shards, merge_parts, remove_from_shards, search_shards
 
 
 class _GalleryLike(Protocol):
@@ -69,17 +68,6 @@ class _GalleryLike(Protocol):
     generation_ids: np.ndarray
     labels: list[str | None]
     matrix: np.ndarray
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result."""
-
-    external_id: str  # the caller's id of the gallery item
-    score: float  # what results are ranked by: cosine similarity, mapped by its generation's score map if any
-    generation_id: int  # generation whose model wrote this embedding
-    label: str | None  # the item's label, if it has one
-    row_id: int  # registry row id of the gallery item
 
 
 class GallerySearch:
@@ -137,16 +125,10 @@ class GallerySearch:
         self.train_size = int(train_size)
         self.seed = int(seed)
         self._lock = ReadWriteLock()
-        # Row metadata lives in slot arrays: a slot is assigned at add, never reused, and is the id
-        # FAISS stores, so a FAISS result maps to metadata by plain indexing.
-        self._row_ids = np.empty(0, dtype=np.int64)
-        self._gen_ids = np.empty(0, dtype=np.int64)
-        self._external: list[str] = []
-        self._labels: list[str | None] = []
-        self._alive = np.empty(0, dtype=bool)
-        self._slot_of: dict[str, int] = {}  # live external id -> slot
-        self._last_row_id = 0
-        self._shards: dict[int, FaissIndex] = {}  # generation id -> the FAISS index of its rows
+        # Row metadata by slot: a slot is assigned at add, never reused, and is the id FAISS stores,
+        # so a FAISS result maps to metadata by plain indexing (upgrader.runtime.rows).
+        self._rows = RowTable()
+        self._shards: Shards = {}  # generation id -> the FAISS index of its rows (upgrader.runtime.shards)
         self._quantizer: Any = None  # IVF: the trained coarse quantizer every shard shares
 
     # ------------------------------------------------------------------ construction
@@ -190,16 +172,16 @@ class GallerySearch:
 
     def __len__(self) -> int:
         with self._lock.read():
-            return len(self._slot_of)
+            return len(self._rows)
 
     def __contains__(self, external_id: object) -> bool:
         """Whether a row with this external id is in the index (removed rows are not)."""
-        return external_id in self._slot_of
+        return external_id in self._rows
 
     @property
     def last_row_id(self) -> int:
         """Highest registry row id ever added (0 when none). Removing rows does not lower it."""
-        return self._last_row_id
+        return self._rows.last_row_id
 
     def generation_counts(self) -> dict[int, int]:
         """Generation id -> number of rows currently in the index."""
@@ -237,7 +219,7 @@ class GallerySearch:
             return 0
         self._apply_threads()
         with self._lock.write():
-            known = [e for e in batch.external_ids if e in self._slot_of]
+            known = self._rows.known(batch.external_ids)
             if known:
                 raise ValueError(f"external id {known[0]!r} is already in the index ({len(known)} known)")
             self._insert(batch)
@@ -269,10 +251,9 @@ class GallerySearch:
         with self._lock.write():
             if batch is not None and not self.is_trained:
                 self._train_ivf(batch.matrix)  # before anything is removed: a failure changes nothing
-            slots = np.flatnonzero(self._alive & np.isin(self._row_ids, gone)) if gone.size else np.empty(0, np.int64)
+            slots = self._rows.live_slots_of_rows(gone) if gone.size else np.empty(0, np.int64)
             if batch is not None:
-                replaced = [self._slot_of[e] for e in batch.external_ids if e in self._slot_of]
-                slots = np.union1d(slots, np.asarray(replaced, dtype=np.int64))
+                slots = np.union1d(slots, self._rows.slots_of(batch.external_ids))
             self._delete_slots(slots.astype(np.int64))
             if batch is not None:
                 self._insert(batch)
@@ -285,50 +266,24 @@ class GallerySearch:
         """
         self._apply_threads()
         with self._lock.write():
-            slots = np.array([self._slot_of[e] for e in set(external_ids) if e in self._slot_of], dtype=np.int64)
+            slots = self._rows.slots_of(set(external_ids))
             self._delete_slots(slots)
             return int(slots.size)
 
     def _insert(self, batch: Batch) -> None:
         """Add a checked batch to the shards of its generations (write lock held)."""
-        rows, ext, gens, x = batch.row_ids, batch.external_ids, batch.generation_ids, batch.matrix
+        gens, x = batch.generation_ids, batch.matrix
         if not self.is_trained:
             self._train_ivf(x)  # only IVF starts untrained; a too-small batch raises before any change
-        start = self._alive.size
-        slots = np.arange(start, start + len(ext), dtype=np.int64)
-        for g in np.unique(gens).tolist():
-            sel = gens == g
-            shard = self._shards.get(g)
-            if shard is None:
-                shard = self._shards[g] = self._new_shard()
-            shard.index.add_with_ids(np.ascontiguousarray(x[sel]), slots[sel])
-        self._row_ids = np.concatenate([self._row_ids, rows])
-        self._gen_ids = np.concatenate([self._gen_ids, gens])
-        self._alive = np.concatenate([self._alive, np.ones(len(ext), dtype=bool)])
-        self._external.extend(ext)
-        self._labels.extend(batch.labels)
-        self._slot_of.update(zip(ext, slots.tolist()))
-        self._last_row_id = max(self._last_row_id, int(rows.max()))
+        add_to_shards(self._shards, gens, x, self._rows.next_slots(len(batch.external_ids)), self._new_shard)
+        self._rows.append(batch)
 
     def _delete_slots(self, slots: np.ndarray) -> None:
         """Remove live slots from their shards (write lock held); an emptied shard is dropped."""
         if slots.size == 0:
             return
-        gens = self._gen_ids[slots]
-        for g in np.unique(gens).tolist():
-            mine = slots[gens == g]
-            shard = self._shards[g]
-            if self.kind == "hnsw":
-                shard = self._shards[g] = hnsw_without(shard, mine, self._new_shard())
-            else:
-                removed = shard.index.remove_ids(mine)
-                if removed != mine.size:  # pragma: no cover - FAISS contract
-                    raise RuntimeError(f"FAISS removed {removed} of {mine.size} rows")
-            if shard.index.ntotal == 0:
-                del self._shards[g]
-        self._alive[slots] = False
-        for s in slots.tolist():
-            del self._slot_of[self._external[s]]
+        remove_from_shards(self._shards, self.kind, self._rows.generations_of(slots), slots, self._new_shard)
+        self._rows.kill(slots)
 
     # ------------------------------------------------------------------ search
 
@@ -359,18 +314,10 @@ class GallerySearch:
         q = normalise_rows(q, self.dim, "queries")
         k = int(k)
         self._apply_threads()
-        parts: list[tuple[np.ndarray, np.ndarray]] = []
         with self._lock.read():
-            for g, shard in self._shards.items():
-                scores, slots = shard_topk(self.kind, shard, q, k, ef_search=self.ef_search, nprobe=self.nprobe,
-                                           blas_min_queries=self.blas_min_queries)
-                if g in maps:
-                    scale, shift = maps[g]
-                    scores = scores * scale + shift  # -inf (no result) stays -inf: scale > 0
-                parts.append((scores, slots))
-        if not parts:
-            return np.full((q.shape[0], k), -np.inf, dtype=np.float32), np.full((q.shape[0], k), -1, dtype=np.int64)
-        return merge_topk(parts, k)
+            parts = search_shards(self._shards, self.kind, q, k, maps, ef_search=self.ef_search, nprobe=self.nprobe,
+                                  blas_min_queries=self.blas_min_queries)
+        return merge_parts(parts, q.shape[0], k)
 
     def search(self, queries: np.ndarray, k: int, score_maps: ScoreMaps | None = None) -> list[list[Hit]]:
         """Top-k hits per query, nearest first (see :meth:`search_arrays` for arguments)."""
@@ -379,29 +326,19 @@ class GallerySearch:
 
     def hits_from(self, scores: np.ndarray, positions: np.ndarray) -> list[list[Hit]]:
         """Turn :meth:`search_arrays` output into :class:`Hit` lists (dropping ``-1`` positions)."""
-        out: list[list[Hit]] = []
-        for srow, prow in zip(scores.tolist(), positions.tolist()):
-            out.append([
-                Hit(self._external[p], float(s), int(self._gen_ids[p]), self._labels[p],
-                    int(self._row_ids[p]))
-                for s, p in zip(srow, prow) if p >= 0
-            ])
-        return out
+        return self._rows.hits_from(scores, positions)
 
     def row_ids_at(self, positions: np.ndarray) -> np.ndarray:
         """Registry row ids of positions (``-1`` stays ``-1``)."""
-        p = np.asarray(positions, dtype=np.int64)
-        return np.where(p >= 0, self._row_ids[np.maximum(p, 0)] if self._row_ids.size else -1, -1)
+        return self._rows.row_ids_at(positions)
 
     def generation_ids_at(self, positions: np.ndarray) -> np.ndarray:
         """Generation ids of positions (``-1`` stays ``-1``)."""
-        p = np.asarray(positions, dtype=np.int64)
-        return np.where(p >= 0, self._gen_ids[np.maximum(p, 0)] if self._gen_ids.size else -1, -1)
+        return self._rows.generation_ids_at(positions)
 
     def external_ids_at(self, positions: np.ndarray) -> list[list[str | None]]:
         """External ids of a [N, k] position array (None for ``-1``)."""
-        return [[self._external[p] if p >= 0 else None for p in row]
-                for row in np.asarray(positions, dtype=np.int64).tolist()]
+        return self._rows.external_ids_at(positions)
 
 
 __all__ = ["GallerySearch", "Hit", "ScoreMaps"]
