@@ -15,6 +15,7 @@ from rich.text import Text
 
 from tui.modals import ConfirmModal, Confirmed, TrainFormModal
 from tui.views.training_panel import TrainingPanel
+from upgrader.core.extras import requires_extra
 from upgrader.services import dashboard_model as dashboard
 from upgrader.services.workspace import open_workspace
 
@@ -87,8 +88,10 @@ class TrainingFlow:
 
         def body() -> None:
             try:
-                # torch loads here, once a person starts a run, never with the dashboard
-                from upgrader.training.pipeline import train_and_register
+                # torch loads here, once a person starts a run, never with the dashboard; an install
+                # without the training extra says which extra to add, as the CLI does
+                with requires_extra():
+                    from upgrader.training.pipeline import train_and_register
 
                 with open_workspace(self.home) as ws:
                     gen = train_and_register(ws, plan.request, progress=progress, cancel=cancel).generation

@@ -6,14 +6,16 @@ and its checks are torch-free (``upgrader.services.training_plan``), worded here
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import TaskID
 
 from upgrader.cli.common import (
-    HomeOption, JsonOption, console, handle_errors, print_json, print_warning, progress_bar, styled, warning_line, workspace,
+    HomeOption, JsonOption, console, handle_errors, print_json, print_warning, progress_bar, styled, usage_error,
+    warning_line, workspace,
 )
 from upgrader.core.formatting import pct
 from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
@@ -52,6 +54,35 @@ BatchSize = Annotated[int | None, typer.Option(
     show_default=False)]
 LR = Annotated[float, typer.Option(help="Peak SGD learning rate (cosine schedule).")]
 Seed = Annotated[int | None, typer.Option(help="Training seed (default: the workspace's).")]
+#: How --arch names a backbone: a built-in or the user's own.
+ARCH_FORMS = f"{', '.join(ARCHITECTURES)}, or your own as package.module:function (see README, Bring your own backbone)"
+ArchKwargs = Annotated[str | None, typer.Option(
+    "--arch-kwargs", help='Keyword arguments of the backbone function, as a JSON object, e.g. \'{"width": 64}\'.',
+    show_default=False)]
+InitWeights = Annotated[Path | None, typer.Option(
+    help="Pretrained weights to start from: a state dict of the backbone or of a whole encoder (torch.save, read "
+         "without unpickling objects; .safetensors with the safetensors package), or an upgrader checkpoint.",
+    show_default=False)]
+InitPrefix = Annotated[str | None, typer.Option(
+    help="Map the weights' keys first: OLD strips a prefix (e.g. 'module.'), OLD=NEW replaces it, -OLD drops those "
+         "keys (e.g. '-fc.'); comma separated. With OLD or OLD=NEW, keys matching no entry are left out.",
+    show_default=False)]
+FreezeBackbone = Annotated[bool, typer.Option(
+    "--freeze-backbone", help="Train the projection only: the backbone keeps its weights and batch-norm statistics.")]
+BackboneLrMult = Annotated[float, typer.Option(help="The backbone's learning rate as a multiple of --lr (e.g. 0.1).")]
+
+
+def _arch_kwargs(text: str | None) -> dict[str, Any]:
+    """--arch-kwargs parsed: a JSON object, or a usage error (exit 2)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        usage_error(f"--arch-kwargs is not JSON ({exc.msg} at character {exc.pos}); give an object, e.g. '{{\"width\": 64}}'")
+    if not isinstance(value, dict):
+        usage_error(f"--arch-kwargs must be a JSON object of named arguments, got {type(value).__name__}")
+    return value
 
 
 #: Warnings said before a run starts (the rest come with its result).
@@ -118,7 +149,12 @@ def train(
     finetune: Annotated[bool | None, typer.Option("--finetune/--initial", help="Fine-tune production (default when one exists) or train an initial generation.")] = None,
     parent: Annotated[str | None, typer.Option(help="Fine-tune this generation instead of production.")] = None,
     dataset: Dataset = None,
-    arch: Annotated[str | None, typer.Option(help=f"Architecture of an initial generation ({', '.join(ARCHITECTURES)}).")] = None,
+    arch: Annotated[str | None, typer.Option(help=f"Architecture of an initial generation: {ARCH_FORMS}.")] = None,
+    arch_kwargs: ArchKwargs = None,
+    init_weights: InitWeights = None,
+    init_prefix: InitPrefix = None,
+    freeze_backbone: FreezeBackbone = False,
+    backbone_lr_mult: BackboneLrMult = 1.0,
     method: Method = "hoc",
     steps: Steps = None,
     epochs: Epochs = None,
@@ -136,7 +172,9 @@ def train(
 
     Example: upgrader train --classes 0-3                    (initial)
              upgrader train --classes 4,5 --finetune --steps 1000   (from production, longer)
+             upgrader train --classes 0-3 --arch mynets:tiny --init-weights tiny.pt --freeze-backbone
     """
+    kwargs = _arch_kwargs(arch_kwargs)
     with workspace(home) as ws:
         if finetune is None:
             finetune = ws.registry.get_alias() is not None or parent is not None
@@ -144,6 +182,8 @@ def train(
             kind="finetune" if finetune else "initial", classes=(classes,), dataset=dataset, arch=arch, method=method,
             epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, per_class=per_class,
             memory_per_class=memory_per_class, augment=augment, parent=parent, name=name, seed=seed, device=device,
+            arch_kwargs=kwargs, init_weights=str(init_weights) if init_weights else None, init_prefix=init_prefix,
+            freeze_backbone=freeze_backbone, backbone_lr_mult=backbone_lr_mult,
         )
         out = run_training(ws, req, quiet=json_out)
     _report(out, json_out)
@@ -152,7 +192,7 @@ def train(
 @handle_errors
 def replace(
     classes: Classes,
-    arch: Annotated[str, typer.Option(help=f"The new architecture ({', '.join(ARCHITECTURES)}).")],
+    arch: Annotated[str, typer.Option(help=f"The new architecture: {ARCH_FORMS}.")],
     home: HomeOption = None,
     dataset: Dataset = None,
     method: Method = "hoc",
@@ -163,7 +203,11 @@ def replace(
     per_class: PerClass = None,
     memory_per_class: Memory = MEMORY_PER_CLASS,
     augment: Augment = None,
-    init_weights: Annotated[Path | None, typer.Option(help="Checkpoint of the new architecture to start from.")] = None,
+    arch_kwargs: ArchKwargs = None,
+    init_weights: InitWeights = None,
+    init_prefix: InitPrefix = None,
+    freeze_backbone: FreezeBackbone = False,
+    backbone_lr_mult: BackboneLrMult = 1.0,
     no_anchor: Annotated[bool, typer.Option("--no-anchor", help="Train without production as the compatibility anchor.")] = False,
     name: Name = None,
     seed: Seed = None,
@@ -173,11 +217,14 @@ def replace(
     """Replace the architecture: train a new model on the same interface, anchored on production.
 
     Example: upgrader replace --arch resnet_narrow --classes 6,7 --steps 1000
+             upgrader replace --arch mynets:wide --classes 0-7 --init-weights wide.pt --init-prefix module.
     """
     req = TrainRequest(
         kind="replacement", classes=(classes,), dataset=dataset, arch=arch, method=method, epochs=epochs, steps=steps,
         batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class, augment=augment,
         init_weights=str(init_weights) if init_weights else None, anchor=not no_anchor, name=name, seed=seed, device=device,
+        arch_kwargs=_arch_kwargs(arch_kwargs), init_prefix=init_prefix, freeze_backbone=freeze_backbone,
+        backbone_lr_mult=backbone_lr_mult,
     )
     with workspace(home) as ws:
         out = run_training(ws, req, quiet=json_out)

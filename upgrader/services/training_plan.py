@@ -15,6 +15,7 @@ override the budget.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from registry import Generation
 
 from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC
 from upgrader.core.errors import InvalidRequest, NoProduction, RequestRefused
-from upgrader.core.vocabulary import ANCHORED_METHODS, ARCHITECTURES, KINDS, METHODS
+from upgrader.core.vocabulary import ANCHORED_METHODS, KINDS, METHODS, arch_label, check_backbone_installed
 from upgrader.data.dataset import steps_per_epoch
 from upgrader.data.items import parse_classes
 from upgrader.data.readers import FASHION_ALIASES, dataset_classes
@@ -57,7 +58,8 @@ class TrainRequest:
     kind: str  # initial | finetune | replacement
     classes: tuple[str, ...]  # the new classes to learn (names or indices into the dataset's classes)
     dataset: str | None = None  # dataset spec; None: the workspace's
-    arch: str | None = None  # architecture; None: small_cnn (initial), the parent's (finetune)
+    arch: str | None = None  # built-in name or package.module:function; None: small_cnn (initial), the parent's (finetune)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the backbone (JSON values)
     method: str = "hoc"  # one of METHODS
     epochs: int | None = None  # passes over the new data; given, it overrides ``steps``
     steps: int | None = None  # optimiser steps; None (and no epochs): STEPS_PER_CLASS per class trained on
@@ -68,7 +70,10 @@ class TrainRequest:
     memory_per_class: int = MEMORY_PER_CLASS  # rehearsal images kept per class for later generations
     parent: str | None = None  # finetune: generation to start from (default production)
     anchor: bool = True  # replacement: use production as the frozen anchor (False: no anchor)
-    init_weights: str | None = None  # replacement: a checkpoint of the same architecture to start from
+    init_weights: str | None = None  # initial/replacement: pretrained weights (a backbone's or a whole encoder's)
+    init_prefix: str | None = None  # key mapping OLD[=NEW],... applied to ``init_weights`` (keys matching none left out)
+    freeze_backbone: bool = False  # the backbone does not learn and keeps its batch-norm statistics
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate relative to the projection's
     name: str | None = None  # generation name; default g<N>-<kind>-<arch>-<method>
     seed: int | None = None  # None: the workspace seed
     device: str = "auto"  # auto | cpu | cuda
@@ -83,6 +88,8 @@ def validate_request(ws: Workspace, req: TrainRequest) -> tuple[Generation | Non
             pattern (``RequestRefused``: a taken name, missing weights, no epochs, an architecture a
             fine-tune cannot change).
         NoProduction: a fine-tune with nothing in production.
+        BackboneUnavailable: a user backbone whose package is not installed here (not a usage error:
+            the spec is well formed, the environment lacks it).
     """
     if req.kind not in KINDS:
         raise InvalidRequest(f"unknown kind {req.kind!r}; use one of {', '.join(KINDS)}")
@@ -106,8 +113,8 @@ def validate_request(ws: Workspace, req: TrainRequest) -> tuple[Generation | Non
         arch = req.arch
     else:
         arch = req.arch or "small_cnn"
-    if arch not in ARCHITECTURES:
-        raise InvalidRequest(f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
+    check_backbone_installed(arch)  # a malformed spec is a usage error; a package not installed, a failure
+    _check_backbone_options(req)
     if req.init_weights and not Path(req.init_weights).is_file():
         raise RequestRefused(
             f"initial weights {req.init_weights}: no such file", "init-weights",
@@ -122,6 +129,28 @@ def validate_request(ws: Workspace, req: TrainRequest) -> tuple[Generation | Non
         )
     # A folder of that name without a generation is what a killed run left: training clears and reuses it.
     return parent, arch, name
+
+
+def _check_backbone_options(req: TrainRequest) -> None:
+    """The backbone's arguments, pretrained weights and learning rate, checked before any work."""
+    if not isinstance(req.arch_kwargs, dict) or not all(isinstance(k, str) for k in req.arch_kwargs):
+        raise InvalidRequest("backbone arguments must be a JSON object of named values", subject="arch_kwargs")
+    try:
+        json.dumps(req.arch_kwargs, allow_nan=False)
+    except (TypeError, ValueError):
+        raise InvalidRequest("backbone arguments must be plain JSON values (they are stored with the model)",
+                             subject="arch_kwargs") from None
+    if req.kind == "finetune" and (req.arch_kwargs or req.init_weights):
+        raise InvalidRequest("a fine-tune starts from its parent's weights and keeps its backbone's arguments; "
+                             "train a replacement to start from other weights", subject="init_weights")
+    if req.init_prefix and not req.init_weights:
+        raise InvalidRequest("a key prefix mapping needs initial weights to apply to", subject="init_prefix")
+    if not req.backbone_lr_mult > 0:
+        raise InvalidRequest(f"the backbone's learning-rate multiplier must be > 0, got {req.backbone_lr_mult}; "
+                             "freeze the backbone instead of 0", subject="backbone_lr_mult")
+    if req.freeze_backbone and req.backbone_lr_mult != 1.0:
+        raise InvalidRequest("a frozen backbone has no learning rate; freeze it or give it a multiplier, not both",
+                             subject="backbone_lr_mult")
 
 
 def _check_length(req: TrainRequest) -> None:
@@ -316,4 +345,4 @@ def _resolve_parent(ws: Workspace, req: TrainRequest) -> Generation | None:
 
 def _default_name(ws: Workspace, req: TrainRequest, arch: str) -> str:
     n = len(ws.registry.list_generations()) + 1
-    return f"g{n}-{req.kind}-{arch}-{req.method}"
+    return f"g{n}-{req.kind}-{arch_label(arch)}-{req.method}"

@@ -5,17 +5,22 @@ The JSON config: {"train": {TrainConfig fields}, "data": "new.npz", "memory": "m
 "num_classes": K, "output": "ckpt.pt", "anchor_checkpoint": path | null,
 "init_checkpoint": path | null, "meta": {...}}. The npz files hold "images" (uint8 NHWC) and
 "labels" (vertex indices). Rank 0 writes the checkpoint and prints a JSON summary.
+
+A user backbone (``"arch": "package.module:function"``) is imported again by every rank, so its module
+must be importable there (installed, or its folder on PYTHONPATH); where it is not, or the request
+cannot run, each rank says why in one line on stderr and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from upgrader.core.errors import TrainingError
+from upgrader.core.errors import TrainingError, UpgraderError
 from upgrader.training import distributed
 from upgrader.training.checkpoint import save_checkpoint
 from upgrader.training.config import TrainConfig
@@ -38,8 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         argv: the command line (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status (0).
+        The exit status: 0, or 1 when the request cannot run (said in one line on stderr).
     """
+    try:
+        return _run(argv)
+    except UpgraderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m upgrader.training", description=__doc__)
     parser.add_argument("--config", required=True, help="JSON training config")
     args = parser.parse_args(argv)

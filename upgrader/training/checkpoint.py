@@ -13,6 +13,7 @@ from torch import nn
 from upgrader.core.errors import CheckpointError, ModelError
 from upgrader.core.files import replacing
 from upgrader.core.jsonable import jsonable
+from upgrader.core.vocabulary import BackboneUnavailable
 from upgrader.training.models import Encoder, rebuild_model
 
 CHECKPOINT_FORMAT = "upgrader-checkpoint/1"
@@ -61,7 +62,8 @@ def load_checkpoint(path: CheckpointPath, map_location: str = "cpu") -> tuple[En
         (encoder in eval mode, metadata).
 
     Raises:
-        CheckpointError: missing, corrupt or foreign file.
+        CheckpointError: missing, corrupt or foreign file; a user backbone whose module is not
+            installed here (``BackboneUnavailable``, naming the module).
     """
     p = Path(path)
     if not p.is_file():
@@ -75,6 +77,8 @@ def load_checkpoint(path: CheckpointPath, map_location: str = "cpu") -> tuple[En
     try:
         model = rebuild_model(payload["arch"], dict(payload["kwargs"]))
         model.load_state_dict(payload["state_dict"])
+    except BackboneUnavailable as exc:  # not damage: the backbone's code is missing in this environment
+        raise BackboneUnavailable.at(p, payload["arch"], exc.module) from None
     except (ModelError, RuntimeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{p}: cannot rebuild the model ({exc}); the checkpoint is damaged") from None
     return model.eval(), dict(payload.get("meta") or {})

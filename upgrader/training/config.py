@@ -18,7 +18,7 @@ from upgrader.core.vocabulary import KINDS, METHODS
 class TrainConfig:
     """How to train one generation. Defaults suit a 2-core CPU and 28x28 images."""
 
-    arch: str = "small_cnn"  # a key of upgrader.training.models.ARCHITECTURES
+    arch: str = "small_cnn"  # a built-in name, package.module:function or a registered name (training.backbones)
     kind: str = "initial"  # initial | finetune | replacement
     method: str = "hoc"  # hoc (default) | hoc-paper | ce | er | bct
     epochs: int = 3  # passes over the new data (when ``steps`` is None)
@@ -52,7 +52,15 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU (None: leave torch's default)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # channels_last memory format on CUDA (ignored on CPU)
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra architecture arguments
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # extra architecture arguments (JSON values)
+    # Pretrained weights loaded into a fresh model before training (training.weights): a backbone's or a
+    # whole encoder's state dict, told apart by their keys; ``init_prefix`` maps the keys first (OLD[=NEW],...).
+    init_weights: str | None = None
+    init_prefix: str | None = None
+    # The backbone does not learn and stays in eval mode (batch-norm statistics stay as loaded): only the
+    # projection trains. For large pretrained backbones on little data.
+    freeze_backbone: bool = False
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate relative to ``lr`` (the projection's)
 
     def validate(self) -> None:
         """Raise TrainingError on values that cannot train."""
@@ -70,6 +78,10 @@ class TrainConfig:
             raise TrainingError(f"calibration must be None or a ridge >= 0, got {self.calibration}")
         if not 0.0 <= self.lam <= 1.0:
             raise TrainingError(f"lam must lie in [0, 1], got {self.lam}")
+        if not (self.backbone_lr_mult > 0 and math.isfinite(self.backbone_lr_mult)):
+            raise TrainingError(f"backbone_lr_mult must be > 0, got {self.backbone_lr_mult}; freeze the backbone instead of 0")
+        if self.freeze_backbone and self.backbone_lr_mult != 1.0:
+            raise TrainingError("a frozen backbone has no learning rate; freeze it or give it a multiplier, not both")
         if self.device not in ("auto", "cpu", "cuda"):
             raise TrainingError(f"device must be auto, cpu or cuda, got {self.device!r}")
 

@@ -3,17 +3,21 @@
 The artifact is one file (no external data). Its graph does the preprocessing (cast, /255,
 mean/std, NHWC->NCHW), so a server needs only onnxruntime and numpy. ``export_onnx`` refuses
 (``ExportError``) to write an artifact that fails ``onnx.checker``, the dynamic batch axis, or
-parity with PyTorch at batch 1 and 7.
+parity with PyTorch at batch 1 and 7. Any backbone the exporters can trace goes the same way, a user's
+included; one they cannot is refused in one line that names the op and the module it sits in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
+import re
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +116,7 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: str) -> None:
     finally:
         registration_log.setLevel(previous_level)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stdout_to_stderr():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
@@ -125,7 +129,66 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: str) -> None:
                 dynamo=False,
             )
     except Exception as exc:
-        raise ExportError(f"ONNX export failed (dynamo: {dynamo_error}; legacy: {exc})") from None
+        raise ExportError(_failure(module, example, dynamo_error, exc)) from None
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """The legacy exporter's C++ side prints the whole graph on stdout when it fails: send it to stderr,
+    so a command's JSON on stdout stays clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+#: Where the exporters name the op they could not translate (dynamo's dispatcher, the legacy exporter).
+_OP_PATTERNS = (
+    re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)'"),
+    re.compile(r"target=torch\.ops\.([\w.]+?)(?:\.default)?\]"),
+    re.compile(r"operator with unrecognized namespace ([\w:]+)"),
+    re.compile(r"Exporting the operator '?([\w:.]+)'? to ONNX"),
+)
+
+
+def _failure(module: nn.Module, example: torch.Tensor, dynamo_error: Exception, legacy_error: Exception) -> str:
+    """One line for an export both exporters refused: the op they could not translate and the module
+    that holds it when they say, else the first line of each exporter's reason."""
+    text = f"{dynamo_error}\n{legacy_error}"
+    op = next((m.group(1).replace("::", ".") for pattern in _OP_PATTERNS if (m := pattern.search(text))), None)
+    if op is None:
+        return (f"ONNX export failed (dynamo: {_first_line(dynamo_error)}; legacy: {_first_line(legacy_error)}); "
+                "make the backbone traceable (tensor operations only, no data-dependent Python control flow)")
+    where = _module_of(module, example, op)
+    return (f"ONNX export failed: op {op}{where} has no ONNX translation; replace it in the backbone with standard "
+            "tensor operations, or register an ONNX translation for it")
+
+
+def _first_line(exc: Exception) -> str:
+    """An exporter's reason in one line: the summary line dynamo gives, else its first line."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+    summary = next((ln.partition(">: ")[2] for ln in lines if ln.startswith("<class ") and ">: " in ln), "")
+    return summary or (lines[0] if lines else type(exc).__name__)
+
+
+def _module_of(module: nn.Module, example: torch.Tensor, op: str) -> str:
+    """`` in backbone.block (pkg.Block)``: the innermost module whose forward calls ``op``, read from
+    torch.export's record of the graph (empty when the model does not trace that far)."""
+    try:
+        program = torch.export.export(module, (example,), strict=False)
+    except Exception:  # the trace itself failed: the exporters' words are all there is
+        return ""
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_function" and op in str(node.target) and stack:
+            path, kind = list(stack.values())[-1]
+            path = str(path).removeprefix("encoder.")
+            return f" in {path or 'the model'} ({getattr(kind, '__name__', kind)})"
+    return ""
 
 
 def _parity(path: str, module: nn.Module, image_shape: tuple[int, int, int], seed: int) -> tuple[float, float]:

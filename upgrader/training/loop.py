@@ -30,6 +30,7 @@ from upgrader.training.config import TrainConfig, TrainProgress, accuracy_window
 from upgrader.training.models import Encoder, build_model, rebuild_model
 from upgrader.training.objective import Objective, build_objective
 from upgrader.training.schedule import cosine_lr, set_lr
+from upgrader.training.weights import load_init_weights
 
 ArrayPair = tuple[np.ndarray, np.ndarray]  # (uint8 images [N, H, W, C], int64 vertex labels [N])
 
@@ -99,8 +100,9 @@ def train_generation(
             half new data.
         anchor_checkpoint: frozen anchor generation for the compatibility term (hoc, bct); for
             ``finetune`` it defaults to ``init_checkpoint``.
-        init_checkpoint: weights to start from (required for ``finetune``; optional user weights
-            for ``replacement``, which must match ``config.arch``).
+        init_checkpoint: the generation to start from (required for ``finetune``; optional for
+            ``replacement``, which must match ``config.arch``). Pretrained weights from elsewhere are
+            ``config.init_weights`` instead (a backbone's or a whole encoder's).
         num_classes: K of the interface (embedding dim K-1).
         progress: called after every step with a ``TrainProgress``.
         cancel: when set, training stops at the next step with ``TrainingCancelled``.
@@ -167,6 +169,8 @@ def _check_request(
         raise TrainingError("kind 'finetune' needs init_checkpoint (the generation to start from)")
     if config.kind == "initial" and (init_checkpoint is not None or anchor_checkpoint is not None):
         raise TrainingError("kind 'initial' takes no init or anchor checkpoint; use 'finetune' or 'replacement'")
+    if config.init_weights and init_checkpoint is not None:
+        raise TrainingError("give init_checkpoint or init_weights, not both: a run starts from one set of weights")
     if config.kind == "finetune" and anchor_checkpoint is None:
         anchor_checkpoint = init_checkpoint
     return data, mem, anchor_checkpoint
@@ -221,7 +225,8 @@ def _setup(
     net = distributed.wrap(model, device)
 
     optimizer = torch.optim.SGD(
-        _param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=False
+        _param_groups(model, config.weight_decay, config.backbone_lr_mult), lr=config.lr, momentum=config.momentum,
+        nesterov=False,
     )
     local_batch = max(2, config.batch_size // world)
     generator = torch.Generator().manual_seed(config.seed + 1000 * distributed.rank())
@@ -239,7 +244,16 @@ def _setup(
 
 
 def _init_model(config: TrainConfig, num_classes: int, images: np.ndarray, init_checkpoint: CheckpointPath | None) -> Encoder:
-    """Fresh model (seeded, normalisation from the data) or the init checkpoint's weights."""
+    """The init checkpoint's model, or a fresh one (seeded, normalisation from the data) with the
+    pretrained ``config.init_weights`` loaded when given; its backbone frozen when asked."""
+    model = _start_model(config, num_classes, images, init_checkpoint)
+    if config.init_weights:
+        load_init_weights(model, config.init_weights, config.init_prefix)
+    model.train()
+    return model.freeze_backbone() if config.freeze_backbone else model
+
+
+def _start_model(config: TrainConfig, num_classes: int, images: np.ndarray, init_checkpoint: CheckpointPath | None) -> Encoder:
     _, h, w, c = images.shape
     if init_checkpoint is not None:
         model, _ = load_checkpoint(init_checkpoint)
@@ -275,11 +289,16 @@ def _init_model(config: TrainConfig, num_classes: int, images: np.ndarray, init_
     return model.train()
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(model: Encoder, weight_decay: float, backbone_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     # BatchNorm weights and all biases (1-D tensors) are not decayed: decay would only shrink them.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The backbone's groups carry its learning-rate multiplier (``set_lr`` applies it every step).
+    in_backbone = {id(p) for p in model.backbone.parameters()}
+    groups = []
+    for mult, part in ((backbone_lr_mult, True), (1.0, False)):
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in in_backbone) == part]
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lr_mult": mult},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_mult": mult}]
+    return [g for g in groups if g["params"]]
 
 
 def _train_epoch(
@@ -315,7 +334,7 @@ def _train_epoch(
         "epoch": float(epoch),
         "loss": loss_sum / max(1, steps_done),
         "accuracy": acc_sum / max(1, steps_done),
-        "lr": float(run.optimizer.param_groups[0]["lr"]),
+        "lr": float(run.optimizer.param_groups[-1]["lr"]),  # the projection's (the last group: never the backbone's)
         "seconds": time.perf_counter() - epoch_start,
     }
 

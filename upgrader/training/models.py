@@ -1,6 +1,7 @@
 """Encoders: backbone -> linear projection to K-1 -> features, with a fixed d-Simplex classifier.
 
-Every ``Encoder`` carries its architecture name and construction kwargs (``arch``, ``arch_kwargs``)
+The backbone is a built-in network or one the user brings (``package.module:function``,
+:mod:`upgrader.training.backbones`). Every ``Encoder`` carries its architecture and construction kwargs (``arch``, ``arch_kwargs``)
 so a checkpoint can rebuild it, and its input normalisation (``mean``/``std`` per channel) so the
 ONNX export bakes in exactly what training used.
 """
@@ -14,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upgrader.core.errors import ModelError
+from upgrader.core.errors import InvalidRequest, ModelError
 from upgrader.core.vocabulary import ARCHITECTURES as ARCHITECTURE_NAMES
+from upgrader.core.vocabulary import architecture_kind
+from upgrader.training.backbones import build_backbone, resolve_factory
 from upgrader.training.simplex import d_simplex
 
 MIN_IMAGE_SIZE = 28
@@ -145,11 +148,12 @@ class Encoder(nn.Module):
     """backbone -> linear projection to K-1 (features) -> classifier (logits).
 
     Attributes:
-        arch: architecture name (a key of ``ARCHITECTURES``).
+        arch: architecture: a key of ``ARCHITECTURES``, ``package.module:function`` or a registered name.
         arch_kwargs: the keyword arguments of ``build_model`` that rebuild this model.
         num_classes: K.
         embedding_dim: K-1.
         classifier_kind: "simplex" or "learnable".
+        backbone_frozen: the backbone neither learns nor leaves eval mode (see ``freeze_backbone``).
     """
 
     def __init__(
@@ -180,8 +184,11 @@ class Encoder(nn.Module):
         self.in_channels = int(in_channels)
         self.image_size = int(image_size)
         self.classifier_kind = classifier
-        self.backbone = ARCHITECTURES[arch](in_channels, **backbone_kwargs)
-        self.projection = nn.Linear(self.backbone.out_dim, self.embedding_dim)
+        self.backbone, self.feature_dim = build_backbone(
+            arch, resolve_factory(arch, ARCHITECTURES), int(in_channels), int(image_size), dict(backbone_kwargs)
+        )
+        self.backbone_frozen = False
+        self.projection = nn.Linear(self.feature_dim, self.embedding_dim)
         self.classifier: nn.Module
         if classifier == "simplex":
             self.classifier = SimplexClassifier(num_classes)
@@ -190,6 +197,21 @@ class Encoder(nn.Module):
         # Normalisation constants are part of arch_kwargs, so not persistent in the state_dict.
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
+
+    def freeze_backbone(self) -> Encoder:
+        """Stop the backbone learning: its parameters get no gradients and it stays in eval mode even
+        when the encoder is put in training mode, so its batch-norm statistics stay as loaded."""
+        self.backbone_frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        return self
+
+    def train(self, mode: bool = True) -> Encoder:
+        """``nn.Module.train``, except that a frozen backbone stays in eval mode."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float NCHW, exactly as the ONNX graph does it.
@@ -229,23 +251,29 @@ def build_model(
     """Build an encoder.
 
     Args:
-        arch: one of ``ARCHITECTURES`` (``core.vocabulary.ARCHITECTURES``).
+        arch: one of ``ARCHITECTURES`` (``core.vocabulary.ARCHITECTURES``), a user backbone as
+            ``package.module:function`` (``function(in_channels, image_size, **kwargs) -> nn.Module``
+            mapping [N, C, H, W] to [N, F]), or a name registered in the ``upgrader.backbones`` group.
         num_classes: K, the preallocated class count; features are K-1 dimensional.
         in_channels: 1 or 3.
         image_size: input side in pixels (>= 28); global pooling makes any size work.
         classifier: "simplex" (fixed, the method) or "learnable" (the er / bct baselines).
         mean: per-channel normalisation mean in [0, 1] units (default 0.5).
         std: per-channel normalisation std (default 0.25).
-        backbone_kwargs: extra arguments of the backbone (e.g. widths).
+        backbone_kwargs: extra arguments of the backbone (e.g. widths); plain JSON values, since they
+            are stored with the checkpoint and the artifact.
 
     Returns:
         An ``Encoder`` in training mode, on the CPU.
 
     Raises:
-        ModelError: unknown architecture or classifier, bad channel count or image size.
+        ModelError: unknown architecture or classifier, bad channel count or image size; a user
+            backbone that cannot be built (``BackboneUnavailable``: its module is not installed).
     """
-    if arch not in ARCHITECTURES:
-        raise ModelError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    try:
+        architecture_kind(arch)
+    except InvalidRequest as exc:
+        raise ModelError(str(exc), subject="arch") from None
     if classifier not in ("simplex", "learnable"):
         raise ModelError(f"unknown classifier {classifier!r}; use 'simplex' or 'learnable'")
     if in_channels not in (1, 3):

@@ -13,7 +13,7 @@ import shutil
 import threading
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ from upgrader.training.checkpoint import load_checkpoint, save_checkpoint
 from upgrader.training.config import TrainConfig, TrainProgress
 from upgrader.training.export import ExportResult, export_onnx
 from upgrader.training.loop import TrainResult, train_generation
+from upgrader.training.weights import check_start
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,13 @@ def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arc
         left = [f"{int(m.sum())} {what} left out" for m, what in ((is_probe, "probe items"), (is_heldout, "held-out gallery items")) if m.any()]
         left_out = f" ({', '.join(left)})" if left else ""
         raise DataError(f"only {len(new_ds)} training images for classes {list(classes)}{left_out}; give more data")
+    config = TrainConfig(arch=arch, kind=req.kind, method=req.method, backbone_kwargs=_backbone_kwargs(req, parent),
+                         init_weights=str(Path(req.init_weights).resolve()) if req.init_weights else None,
+                         init_prefix=req.init_prefix, freeze_backbone=req.freeze_backbone,
+                         backbone_lr_mult=req.backbone_lr_mult, seed=seed, device=req.device)
+    if req.kind != "finetune":  # a user backbone or weights that cannot start the run: said before the interface grows
+        check_start(arch, config.backbone_kwargs, config.classifier, ws.registry.interface().num_classes,
+                    new_ds.images.shape[1:], config.init_weights, config.init_prefix)
     label_map = ws.registry.assign_classes(classes)
     vertices = new_ds.vertices(label_map)
 
@@ -258,21 +266,25 @@ def _run_inputs(ws: Workspace, req: TrainRequest, parent: Generation | None, arc
     if req.kind == "finetune":
         assert parent is not None and parent.checkpoint_path
         init_ckpt = ws.resolve(parent.checkpoint_path)
-    elif req.init_weights:
-        init_ckpt = Path(req.init_weights)
     with_memory = memory is not None and len(memory) > 0
     classes_trained = set(vertices.tolist()) | (set(memory.vertices.tolist()) if with_memory else set())
     length = plan_length(req, len(new_ds), with_memory, len(classes_trained))
     augment, augment_fields = augmentation(req, dataset)
-    config = TrainConfig(
+    config = replace(
         # Given epochs stay epochs: under torchrun a pass is a rank's shard, shorter than here.
-        arch=arch, kind=req.kind, method=req.method, epochs=req.epochs or -(-length.steps // length.steps_per_epoch),
+        config, epochs=req.epochs or -(-length.steps // length.steps_per_epoch),
         steps=length.steps if length.given == "steps" else None, batch_size=length.batch_size, lr=req.lr,
-        memory_per_class=req.memory_per_class,
-        seed=seed, device=req.device, **{**augment_fields, **req.extra},
+        memory_per_class=req.memory_per_class, **{**augment_fields, **req.extra},
     )
     return _RunInputs(classes, new_ds, vertices, memory, anchor_gen, anchor_ckpt, init_ckpt, config, length, augment,
                       int(is_probe.sum()), int(is_heldout.sum()))
+
+
+def _backbone_kwargs(req: TrainRequest, parent: Generation | None) -> dict:
+    """The backbone's arguments: the request's, or for a fine-tune its parent's (it keeps the backbone)."""
+    if req.kind == "finetune" and parent is not None:
+        return dict(parent.train_config.get("backbone_kwargs") or {})
+    return dict(req.arch_kwargs)
 
 
 def _new_generation(

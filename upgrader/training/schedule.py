@@ -19,6 +19,7 @@ def cosine_lr(peak: float, step: int, total_steps: int) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate (weight decay stays per group)."""
+    """Set every parameter group's learning rate: ``lr`` times the group's ``lr_mult`` (default 1; a
+    backbone trained slower than its projection has one below 1). Weight decay stays per group."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
