@@ -49,7 +49,8 @@ def test_results_hold_matrix_and_metrics_for_every_method_and_seed(tiny_study) -
 
 def test_figures_are_written_non_empty_pngs(tiny_study) -> None:
     out, data, _ = tiny_study
-    assert set(data["figures"]) == {"matrix_short_hoc.png", "matrix_short_er.png", "self_test_short.png", "gallery_short.png"}
+    assert set(data["figures"]) == {"matrix_short_hoc.png", "matrix_short_er.png", "self_test_short.png", "gallery_short.png",
+                                    "served_short.png", "backfill_short.png"}
     for name in data["figures"]:
         blob = (out / name).read_bytes()
         assert blob[:8] == PNG_MAGIC and len(blob) > 5000, name
@@ -126,3 +127,37 @@ def test_aggregation_mean_std_and_targets() -> None:
     # the mixed gallery is held to the target on both protocols: 2 points below on templates, 32 on items
     assert checks["mixed gallery within 3 points of re-index after the last hoc promotion (short, templates)"] is True
     assert checks["mixed gallery within 3 points of re-index after the last hoc promotion (short, items)"] is False
+
+
+def _served(raw: float, cal: float, reindex: float, gain10: float, random10: float) -> dict:
+    curve = lambda at10: [[0.0, 0, cal], [0.05, 5, (cal + at10) / 2], [0.1, 10, at10], [1.0, 100, reindex]]  # noqa: E731
+    return {"raw": raw, "calibrated": cal, "reindex": reindex,
+            "backfill": {"gain": curve(gain10), "oldest": curve(random10), "random": curve(random10)}}
+
+
+def test_served_figures_aggregate_and_meet_or_miss_their_targets() -> None:
+    def run(seed: int, steps: list[dict]) -> RunRecord:
+        return RunRecord(scenario="short", method="hoc", seed=seed, status="done", workspace=None, ac=1.0, am=0.8,
+                         steps=steps)
+
+    ok = [{"step": 1, "promoted": True, "gate_passed": True, "served": _served(0.8, 0.8, 0.8, 0.8, 0.8),
+           "served_as_stood": None, "served_before": None},
+          {"step": 2, "promoted": True, "gate_passed": True, "served": _served(0.70, 0.79, 0.80, 0.80, 0.78),
+           "served_as_stood": 0.82, "served_before": 0.80}]
+    bad = [dict(ok[0]), {**ok[1], "served": _served(0.60, 0.75, 0.80, 0.785, 0.79), "served_as_stood": 0.78}]
+    runs = [run(0, ok), run(1, bad)]
+    summary = summarise(runs)["short"]["hoc"]
+    by = summary["served_by_step"]
+    assert by["calibrated"][1]["mean"] == pytest.approx(0.77) and by["gap"][1]["mean"] == pytest.approx(-0.03)
+    assert by["gain@0.1"][1]["mean"] == pytest.approx(0.7925) and by["random@0.1"][1]["n"] == 2
+    assert summary["as_stood_change_by_step"][1]["mean"] == pytest.approx(0.0)
+    assert [p["fraction"] for p in summary["backfill_curve"]["gain"]] == [0.0, 0.05, 0.1, 1.0]
+    checks = {c["target"]: c for c in check_targets(runs, summarise(runs))}
+    within = checks["served top-1, calibrated, nothing re-embedded, within 2 points of a re-index after every step (short, hoc)"]
+    assert within["met"] is False and "s1: worst -5.0" in within["measured"]  # seed 1 is 5 points below
+    assert checks["backfill of 10% (gain policy) within 1 point of a re-index after the last step (short, hoc)"]["met"] is False
+    assert checks["the gain policy beats random at 10% (short, hoc)"]["met"] is False  # 78.5 < 79.0 on seed 1
+    regress = checks["no promotion the gate passed lowers served top-1 on the gallery as it stood (short, hoc)"]
+    assert regress["met"] is False and "s1 step 2: -2.0" in regress["measured"]
+    good = {c["target"]: c["met"] for c in check_targets([run(0, ok)], summarise([run(0, ok)]))}
+    assert all(v for k, v in good.items() if "served" in k or "backfill" in k or "gain policy" in k)

@@ -17,12 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from upgrader.compat.metrics import _average_precision
-from upgrader.compat.score_calibration import Calibration, best_score_table, fit_calibration, fit_from_table
+from upgrader.compat.score_calibration import MODES, Calibration, best_score_table, fit_calibration, fit_from_table
+from upgrader.compat.search_calibration import fit_search_shifts
 
 #: Gallery generation marker of a probe gallery item left out of the composed gallery.
 LEFT_OUT = -1
 #: Bootstrap resamples for an interval.
 BOOTSTRAP_SAMPLES = 2000
+#: Calibration fits, the default first: ``search`` (shifts maximising probe Recall@1 on the composed
+#: gallery) beside the moment fits of :mod:`upgrader.compat.score_calibration` it is measured against.
+CALIBRATION_METHODS: tuple[str, ...] = ("search", *MODES)
+DEFAULT_CALIBRATION = CALIBRATION_METHODS[0]
 
 
 def compose(
@@ -167,6 +172,8 @@ def cross_validated(
     seed: int = 0,
     fitter: Callable[..., Calibration] = fit_calibration,
     fit_gens: Sequence[int] | None = None,
+    method: str | None = None,
+    fit_composition: np.ndarray | None = None,
 ) -> SearchScores:
     """Score ``query_gen``'s queries on a composed gallery, calibration fitted on the other folds.
 
@@ -180,13 +187,15 @@ def cross_validated(
         fit_gens: the generations whose maps are fitted (default: those present in the composed
             gallery); pass the ones serving fits for (:func:`fit_galleries`), so the measured
             calibration is fitted exactly as the served one, only on other queries.
+        method: the calibration fit (:data:`CALIBRATION_METHODS`; default :data:`DEFAULT_CALIBRATION`):
+            ``search`` fits shifts that maximise Recall@1 on a composed gallery
+            (:mod:`upgrader.compat.search_calibration`), ``shift``/``affine`` align best-score
+            moments per generation (``fitter``, ``fit_gens``).
+        fit_composition: ``search`` only: the composition ``[N]`` the shifts are fitted on (default
+            ``gallery_gens``): the gallery serving's stored calibration was fitted for, when scoring
+            another (a backfill's).
     """
-    keep = gallery_gens != LEFT_OUT
-    g_labels, g_gens = np.asarray(gallery_labels)[keep], np.asarray(gallery_gens)[keep]
-    gallery = np.empty((int(keep.sum()), np.asarray(queries).shape[1]), dtype=np.float32)
-    for g in np.unique(g_gens):
-        rows = g_gens == g
-        gallery[rows] = np.asarray(embedded[int(g)], dtype=np.float32)[keep][rows]
+    gallery, g_labels, g_gens = composed(embedded, gallery_labels, gallery_gens)
     q_labels = np.asarray(query_labels)
     scored = np.isin(q_labels, g_labels)
     q, q_labels = np.asarray(queries, dtype=np.float32)[scored], q_labels[scored]
@@ -194,9 +203,17 @@ def cross_validated(
     if len(q) == 0:
         return SearchScores(hits, ap, q_labels)
     fold = folds_of(q_labels, folds, seed) if calibrate else np.zeros(len(q), dtype=np.int64)
-    fit = _fold_fitter(calibrate, fitter, query_gen, q, q_labels,
-                       fit_galleries(embedded, known, gallery_labels, g_gens if fit_gens is None else fit_gens)
-                       if calibrate else {})
+    method = method or DEFAULT_CALIBRATION
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
+    if calibrate and method == "search" and fitter is fit_calibration:
+        fit_g, fit_l, fit_gg = composed(embedded, gallery_labels,
+                                        gallery_gens if fit_composition is None else fit_composition)
+        fit = lambda train: fit_search_shifts(query_gen, q[train], q_labels[train], fit_g, fit_l, fit_gg)  # noqa: E731
+    else:
+        fit = _fold_fitter(calibrate, fitter, query_gen, q, q_labels,
+                           fit_galleries(embedded, known, gallery_labels, g_gens if fit_gens is None else fit_gens)
+                           if calibrate else {}, mode=method)
     for f in np.unique(fold):
         test = fold == f
         cal = fit(~test if folds > 1 else test) if calibrate else None
@@ -204,15 +221,31 @@ def cross_validated(
     return SearchScores(hits, ap, q_labels)
 
 
+def composed(
+    embedded: Mapping[int, np.ndarray], gallery_labels: np.ndarray | Sequence[int], gallery_gens: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The composed probe gallery: (embeddings ``[M, D]``, labels ``[M]``, generations ``[M]``) of the
+    items :func:`compose` kept, each embedded by the generation standing in for it."""
+    gens = np.asarray(gallery_gens)
+    keep = gens != LEFT_OUT
+    g_labels, g_gens = np.asarray(gallery_labels)[keep], gens[keep]
+    dim = next(iter(embedded.values())).shape[1] if embedded else 0
+    gallery = np.empty((int(keep.sum()), dim), dtype=np.float32)
+    for g in np.unique(g_gens):
+        rows = g_gens == g
+        gallery[rows] = np.asarray(embedded[int(g)], dtype=np.float32)[keep][rows]
+    return gallery, g_labels, g_gens
+
+
 def _fold_fitter(
     calibrate: bool, fitter: Callable[..., Calibration], query_gen: int, q: np.ndarray, q_labels: np.ndarray,
-    fitting: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    fitting: Mapping[int, tuple[np.ndarray, np.ndarray]], *, mode: str,
 ) -> Callable[[np.ndarray], Calibration]:
-    """``train rows -> calibration``. The default fitter's best scores are computed once for every
+    """``train rows -> calibration``. The moment fits' best scores are computed once for every
     query and each fold takes its rows (the same fit, without a matrix product per fold)."""
     if calibrate and fitter is fit_calibration:
         table = best_score_table(q, q_labels, fitting)
-        return lambda train: fit_from_table(query_gen, table, train)
+        return lambda train: fit_from_table(query_gen, table, train, mode=mode)
     return lambda train: fitter(query_gen, q[train], q_labels[train], fitting)
 
 

@@ -27,6 +27,10 @@ promotion, 5-fold cross-validated; steps 2/3/4): raw 73.3 / 61.3 / 74.1, affine 
 shift 82.5 / 73.8 / 80.3, full re-index 84.5 / 78.4 / 82.8. The affine fit stretches the scores of a
 generation that barely separates right from wrong (up to the 4x clip) and then does worse than no
 calibration on the gallery as it stood (82.0 vs 86.0 raw at step 3); the shift never did.
+
+Serving's default is neither: :mod:`upgrader.compat.search_calibration` fits the shifts to the search
+itself and uses the moment shift only for generations the composed probe gallery lacks. Both moment
+fits stay reachable (``method="shift"|"affine"`` of the estimate and of ``serving_calibration``).
 """
 
 from __future__ import annotations

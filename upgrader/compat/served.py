@@ -31,16 +31,19 @@ from typing import Any
 import numpy as np
 
 from upgrader.compat.item_search import (
+    DEFAULT_CALIBRATION,
     LEFT_OUT,
     Interval,
     SearchScores,
     bootstrap,
     compose,
+    composed,
     cross_validated,
     fit_galleries,
 )
 from upgrader.compat.mixed import ranges
 from upgrader.compat.score_calibration import Calibration, fit_calibration
+from upgrader.compat.search_calibration import fit_search_shifts
 
 #: The item-level metrics, as named in reports: Recall@1 (nearest item right) and mAP.
 ITEM_METRICS: tuple[str, ...] = ("recall_at_1", "map")
@@ -299,10 +302,15 @@ def serving_calibration(
     gallery_embeddings: Mapping[int, np.ndarray],
     classes: Mapping[int, Sequence[int]],
     holders: Mapping[int, Mapping[int, int]],
+    method: str = DEFAULT_CALIBRATION,
 ) -> Calibration:
-    """The calibration serving applies once ``query_gen`` serves: fitted on all its probe queries of the
-    classes the gallery will hold, against each of ``gens`` (every generation that will have items)
-    restricted to the classes it learnt; :func:`estimate_served` measures this fit cross-validated.
+    """The calibration serving applies once ``query_gen`` serves, fitted on all its probe queries of the
+    classes the gallery will hold; :func:`estimate_served` measures this fit cross-validated.
+
+    ``search`` (the default): shifts that maximise those queries' Recall@1 on the probe gallery
+    composed as after the move (:mod:`upgrader.compat.search_calibration`). ``shift``/``affine``:
+    moments against each of ``gens`` (every generation that will have items) restricted to the classes
+    it learnt (:mod:`upgrader.compat.score_calibration`).
     """
     gl = np.asarray(gallery_labels, dtype=np.int64)
     ql = np.asarray(query_labels, dtype=np.int64)
@@ -310,8 +318,12 @@ def serving_calibration(
     fit = sorted({*map(int, gens), t})
     after, _ = gallery_after(t, gl, holders, classes.get(t))
     scored = np.isin(ql, gl[after != LEFT_OUT])
+    q = np.asarray(query_embeddings[t], dtype=np.float32)[scored]
     galleries = fit_galleries(gallery_embeddings, known_classes(classes, fit), gl, fit)
-    return fit_calibration(t, np.asarray(query_embeddings[t], dtype=np.float32)[scored], ql[scored], galleries)
+    if method == "search":  # moment shifts for the generations the composed gallery lacks
+        moments = fit_calibration(t, q, ql[scored], galleries)
+        return fit_search_shifts(t, q, ql[scored], *composed(gallery_embeddings, gl, after), fallback=moments)
+    return fit_calibration(t, q, ql[scored], galleries, mode=method)
 
 
 __all__ = [

@@ -93,7 +93,8 @@ class ProbeEstimate:
     many that round to the same one cost one evaluation.
     """
 
-    def __init__(self, ws: Workspace, production: int, generations: Sequence[int]) -> None:
+    def __init__(self, ws: Workspace, production: int, generations: Sequence[int],
+                 fitted_on: Mapping[int, Mapping[int, int]] | None = None) -> None:
         ids = sorted({int(production), *(int(g) for g in generations)})
         queries, self._galleries = load_probe(ws, ids)
         self.production = int(production)
@@ -102,6 +103,9 @@ class ProbeEstimate:
         known = class_sets(ws, ids)
         self._known = {g: (frozenset(known[g]) if g in known else None) for g in ids}
         self._fit_gens = ids  # fixed: a generation whose last item moves keeps its served map
+        # The stored calibration was fitted for the gallery as it stands; a backfill keeps it, so every
+        # composition is scored with shifts fitted on this one (None: each on its own).
+        self._fit_composition = None if fitted_on is None else compose(self._g_labels, fitted_on)
         self._cache: dict[bytes, float] = {}
 
     def __call__(self, holders: Mapping[int, Mapping[int, int]]) -> float:
@@ -109,7 +113,8 @@ class ProbeEstimate:
         key = gens.tobytes()
         if key not in self._cache:
             scores = cross_validated(self._queries, self._q_labels, self._g_labels, gens, self._galleries,
-                                     self._known, self.production, fit_gens=self._fit_gens)
+                                     self._known, self.production, fit_gens=self._fit_gens,
+                                     fit_composition=self._fit_composition)
             self._cache[key] = float(scores.hits.mean()) if scores.hits.size else float("nan")
         return self._cache[key]
 
@@ -154,7 +159,7 @@ def plan_backfill(ws: Workspace, policy: str = "gain", budget: str | None = None
     total = sum(n for gens in holders.values() for n in gens.values())
     candidates = total - sum(gens.get(prod.id, 0) for gens in holders.values())
     wanted = parse_budget(budget, total, candidates)
-    estimate = ProbeEstimate(ws, prod.id, reg.live_generations())
+    estimate = ProbeEstimate(ws, prod.id, reg.live_generations(), fitted_on=holders)
     groups = order_groups(holders, prod.id, policy, estimate, seed=RANDOM_SEED)
     return BackfillPlan(prod, policy, holders, groups, total, candidates, min(wanted, candidates), estimate)
 

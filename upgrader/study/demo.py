@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from upgrader.core.errors import GateRefused, WorkspaceError
 from upgrader.core.files import write_atomic
+from upgrader.core.jsonable import jsonable
 from upgrader.services.promotion import promote
 from upgrader.services.workspace import CONFIG_FILE, Workspace, resolve_home
 from upgrader.services.workspace_init import init_workspace
+from upgrader.study.aggregation import summarise
+from upgrader.study.records import RunRecord
 from upgrader.study.scenario import Log, ScenarioConfig, ScenarioResult, quick as quick_sizes, run_scenario
 from upgrader.services.training_plan import TrainRequest
 from upgrader.training.pipeline import train_and_register
@@ -36,6 +39,7 @@ class DemoResult:
     baseline_refused: bool = False
     baseline_reasons: list[str] = field(default_factory=list)
     production_after_baseline: str = ""
+    figures: list[str] = field(default_factory=list)  # PNG files written into the workspace folder
     seconds: float = 0.0
 
 
@@ -87,5 +91,20 @@ def run_demo(home: str | Path | None = None, *, quick: bool = False, device: str
         result.production_after_baseline = ws.registry.get_generation(after).name
         if after != before:
             log("the er baseline was promoted: the gate did not refuse it")
+    result.figures = demo_figures(scenario, root)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def demo_figures(scenario: ScenarioResult, out: Path) -> list[str]:
+    """The study's served and backfill figures for the demo's one run, written into ``out``."""
+    from upgrader.study.plots import backfill_figure, served_figure
+
+    record = RunRecord(scenario=scenario.scenario, method=scenario.method, seed=scenario.seed, status="done",
+                       workspace=str(out), steps=[jsonable(asdict(s)) for s in scenario.steps])
+    methods = summarise([record])[scenario.scenario]
+    paths = []
+    for name, draw in (("served.png", served_figure), ("backfill.png", backfill_figure)):
+        draw(scenario.scenario, methods, out / name)
+        paths.append(str(out / name))
+    return paths

@@ -113,6 +113,59 @@ def gallery_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+POLICY_STYLES = {"gain": ("tab:green", "o", "-"), "oldest": ("tab:purple", "s", "--"), "random": ("gray", "^", ":")}
+
+
+def backfill_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
+    """Served top-1 against the fraction of the gallery backfilled, after the last step, per policy."""
+    plt = _plt()
+    shown = {m: s for m, s in methods.items() if s.get("backfill_curve")}
+    n = max(len(shown), 1)
+    fig, axes = plt.subplots(1, n, figsize=(max(3.4 * n, 5.0), 3.6), dpi=110, sharey=True, squeeze=False)
+    for ax, (method, s) in zip(axes[0], shown.items()):
+        for policy, points in s["backfill_curve"].items():
+            colour, marker, ls = POLICY_STYLES.get(policy, ("black", ".", "-"))
+            x = 100 * np.array([p["fraction"] for p in points])
+            y, e = 100 * _arr(points, "mean"), 100 * _arr(points, "std")
+            ax.errorbar(x, y, yerr=e, marker=marker, ls=ls, color=colour, capsize=2, label=policy)
+        ax.set_title(method)
+        ax.set_xlabel("% of the gallery re-embedded")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("served top-1 % (held-out queries)")
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{scenario}: backfill after the last step (calibrated; mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def served_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
+    """Served top-1 after each step: raw, calibrated, 10% backfill and re-index, per method."""
+    plt = _plt()
+    n = len(methods)
+    fig, axes = plt.subplots(1, n, figsize=(max(3.4 * n, 6.5), 3.6), dpi=110, sharey=True, squeeze=False)
+    lines = (("raw", "raw cosine", ":", "x"), ("calibrated", "calibrated", "-", "o"),
+             ("gain@0.1", "+10% backfill", "-.", "^"), ("reindex", "full re-index", "--", "s"))
+    for ax, (method, s) in zip(axes[0], methods.items()):
+        by = s.get("served_by_step", {})
+        colour = METHOD_COLOURS.get(method)
+        for key, label, ls, marker in lines:
+            if key not in by:
+                continue
+            y, e = 100 * _arr(by[key], "mean"), 100 * _arr(by[key], "std")
+            ax.errorbar(np.arange(1, len(y) + 1), y, yerr=e, ls=ls, marker=marker, capsize=2, label=label,
+                        color="gray" if key == "reindex" else colour, alpha=0.6 if key == "raw" else 1.0)
+        ax.set_title(method)
+        ax.set_xlabel("after step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("served top-1 % (held-out queries)")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{scenario}: the search users get on the mixed gallery (mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def write_figures(data: dict[str, Any], out: str | Path) -> list[str]:
     """Write every figure of a results.json content into ``out``; return their file names."""
     out = Path(out)
@@ -126,7 +179,8 @@ def write_figures(data: dict[str, Any], out: str | Path) -> list[str]:
             name = f"matrix_{scenario}_{method}.png"
             matrix_figure(scenario, method, s, out / name)
             names.append(name)
-        for name, draw in ((f"self_test_{scenario}.png", self_test_figure), (f"gallery_{scenario}.png", gallery_figure)):
+        for name, draw in ((f"served_{scenario}.png", served_figure), (f"backfill_{scenario}.png", backfill_figure),
+                           (f"self_test_{scenario}.png", self_test_figure), (f"gallery_{scenario}.png", gallery_figure)):
             draw(scenario, done, out / name)
             names.append(name)
     return names

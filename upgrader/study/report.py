@@ -51,6 +51,39 @@ def _intro(data: dict[str, Any]) -> list[str]:
     ]
 
 
+#: Column heads of the served table, by :func:`upgrader.study.aggregation.served_keys` key.
+SERVED_HEADS = {"raw": "raw", "calibrated": "calibrated", "gain@0.05": "+5% backfill", "gain@0.1": "+10%",
+                "gain@0.2": "+20%", "oldest@0.1": "+10% oldest", "random@0.1": "+10% random", "reindex": "re-index",
+                "gap": "calibrated − re-index"}
+
+
+def _served_table(data: dict[str, Any]) -> list[str]:
+    """The search users get, per scenario, method and step (mean ± std over seeds)."""
+    rows = [(sc, m, s) for sc, methods in data["summary"].items() for m, s in methods.items()
+            if any(st["n"] for st in s.get("served_by_step", {}).get("calibrated", []))]
+    if not rows:
+        return []
+    keys = list(SERVED_HEADS)
+    lines = [
+        "## The search users get",
+        "",
+        "Held-out queries (test images in neither the gallery nor the probe set) embedded by production and searched "
+        "through the served index on the gallery as it stands after each step: nearest-item top-1 %, raw cosine, with "
+        "the stored calibration (what `upgrader serve` answers with), after re-embedding 5/10/20% of the gallery in the "
+        "`gain` policy's order (and 10% oldest-first or at random), and after a full re-index. *as stood* = the new "
+        "production's calibrated top-1 on the gallery before its own items joined, minus the previous production's.",
+        "",
+        "| scenario | method | step | " + " | ".join(SERVED_HEADS[k] for k in keys) + " | as stood: new − old |",
+        "|---|---|---|" + "---|" * (len(keys) + 1),
+    ]
+    for sc, m, s in rows:
+        by = s["served_by_step"]
+        for i in range(len(by["calibrated"])):
+            lines.append(f"| {sc} | {m} | {i + 1} | " + " | ".join(_fmt(by[k][i]) for k in keys)
+                         + f" | {_fmt(s['as_stood_change_by_step'][i])} |")
+    return lines + [""]
+
+
 def _results_table(data: dict[str, Any]) -> list[str]:
     """Mean ± std per scenario and method."""
     lines = [
@@ -146,6 +179,6 @@ def render_report(data: dict[str, Any]) -> str:
     Returns:
         The Markdown text.
     """
-    parts = (_intro(data), _results_table(data), _targets_table(data), _reference(), _per_run_table(data),
+    parts = (_intro(data), _served_table(data), _results_table(data), _targets_table(data), _reference(), _per_run_table(data),
              _figures(data), _footer())
     return "\n".join(line for part in parts for line in part)

@@ -2,7 +2,11 @@
 
 Each step trains a generation (initial, fine-tune or replacement), puts it through the gate with
 ``promote``, adds the step's new classes to the gallery embedded by the new production generation,
-and measures search accuracy on the mixed-generation gallery next to a full re-index.
+and measures search accuracy on the mixed-generation gallery next to a full re-index. The figures it
+leads with are the search users get (:mod:`upgrader.study.served_search`): held-out queries of every
+class the gallery holds, drawn once per class beside its gallery items, searched through the served
+index raw, calibrated, after partial backfills and after a re-index; and, before the step's items
+join, the new production's calibrated top-1 on the gallery as it stood (the no-regression figure).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -26,6 +30,7 @@ from upgrader.services.status import probe_self_test
 from upgrader.services.workspace import Workspace
 from upgrader.services.workspace_init import probe_uris
 from upgrader.services.training_plan import TrainRequest
+from upgrader.study.served_search import ServedSearch, measure_served
 from upgrader.training.pipeline import train_and_register
 
 
@@ -74,6 +79,7 @@ class ScenarioConfig:
     # parent on them, so the gate (rightly) refuses every upgrade.
     memory_per_class: int = 1000
     gallery_per_class: int = 300  # gallery items added per new class after each promotion
+    held_out_per_class: int = 200  # held-out queries per class (test images in neither gallery nor probe set)
     batch_size: int = 128
     lr: float = 0.05
     seed: int = 0
@@ -96,8 +102,8 @@ class StepResult:
     promoted: bool
     forced: bool
     gate_reasons: list[str]
-    # The gate's estimate, on the probe set, of the mixed gallery after this step next to a re-index
-    # (template top-1; None when the report has none): what the operator saw before promoting.
+    # The gate's estimate, on the probe set, of item-level Recall@1 on the mixed gallery after this step,
+    # calibrated, next to a re-index (None when the report has none): what the operator saw before promoting.
     gate_mixed_estimate: float | None
     gate_reindex_estimate: float | None
     self_test: float  # M(t, t), template top-1 on the probe set, over the classes t learnt
@@ -108,6 +114,10 @@ class StepResult:
     reindex_accuracy: float  # the same after re-embedding the whole gallery with production
     mixed_template: float  # template top-1 (the primary protocol, docs/design.md) on the stored (mixed) gallery
     reindex_template: float  # the same after re-embedding the whole gallery with production
+    # The search users get (held-out queries, served index; see upgrader.study.served_search):
+    served: dict[str, Any] | None  # ServedSearch after the step's items joined (None: nothing in the gallery)
+    served_as_stood: float | None  # new production's calibrated top-1 on the gallery before its items joined
+    served_before: float | None  # previous production's calibrated top-1 on that same gallery (the last step's)
     seconds: float  # wall time of the whole step
 
 
@@ -129,16 +139,38 @@ class ScenarioResult:
 Log = Callable[[str], None]
 
 
-def _gallery_images(ws: Workspace, cls: tuple[int, ...], per_class: int, seed: int) -> tuple[np.ndarray, list[str], list[str], list[str]]:
-    """Gallery items for the new classes: test-split items outside the probe set."""
+@dataclass
+class HeldOut:
+    """Held-out queries: per class, test images in neither the gallery nor the probe set."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def add(self, images: np.ndarray, labels: list[str]) -> None:
+        self.images.append(images)
+        self.labels.extend(labels)
+
+    def stacked(self) -> np.ndarray:
+        return np.concatenate(self.images)
+
+
+def _gallery_images(ws: Workspace, cls: tuple[int, ...], config: ScenarioConfig, seed: int,
+                    held_out: HeldOut) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """Gallery items for the new classes: test-split items outside the probe set; and, drawn from
+    what is left, the classes' held-out queries (added to ``held_out``)."""
     spec = ws.config.dataset
     ds = load_items(spec, "test")
     banned = excluded_indices(spec, "test", probe_uris(ws), ds)
     rng = np.random.default_rng(seed)
-    chosen = []
+    chosen, queries = [], []
     for c in cls:
         idx = np.setdiff1d(np.flatnonzero(ds.labels == c), banned)
-        chosen.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        pick = rng.choice(idx, size=min(config.gallery_per_class, len(idx)), replace=False)
+        chosen.append(pick)
+        rest = np.setdiff1d(idx, pick)
+        queries.append(rng.choice(rest, size=min(config.held_out_per_class, len(rest)), replace=False))
+    q = ds.take(np.sort(np.concatenate(queries)))
+    held_out.add(q.images, q.class_names())
     idx = np.sort(np.concatenate(chosen))
     part = ds.take(idx)
     return part.images, [f"test-{i}" for i in idx], part.class_names(), item_uris(spec, "test", idx)
@@ -185,6 +217,20 @@ def _measure(ws: Workspace, probe_query: ProbeSet, gallery: tuple[list[np.ndarra
     }
 
 
+def _estimate(served: dict[str, Any], key: str) -> float | None:
+    """The gate report's item-level Recall@1 estimate ``key`` (calibrated | raw | reindex), if it has one."""
+    value = ((served.get(key) or {}).get("recall_at_1") or {}).get("value")
+    return None if value is None else float(value)
+
+
+def _served_words(served: ServedSearch | None) -> str:
+    """The log's words for the served figures."""
+    if served is None:
+        return "nothing to search yet"
+    return (f"served top-1 {100 * served.raw:.1f}% raw, {100 * served.calibrated:.1f}% calibrated, "
+            f"{100 * served.reindex:.1f}% after a re-index ({served.queries} held-out queries)")
+
+
 def _gate(ws: Workspace, gen: Generation, name: str, i: int, config: ScenarioConfig,
           log: Log) -> tuple[bool, bool, list[str], dict[str, Any] | None]:
     """Promote ``gen`` through the gate: (passed, forced, refusal reasons, gate report)."""
@@ -217,6 +263,8 @@ def run_scenario(
     result = ScenarioResult(scenario=name, method=config.method, seed=config.seed)
     start = time.perf_counter()
     gallery: tuple[list[np.ndarray], list[str]] = ([], [])  # what a full re-index would embed: images, labels
+    held_out = HeldOut()
+    served_before: float | None = None  # production's calibrated served top-1 on the gallery as it stands
     chain: list[int] = []
     classes_all = load_items(ws.config.dataset, "test").classes
     # The probe set is fixed when the workspace is made: read it (pixels included) once, not per step.
@@ -233,25 +281,31 @@ def run_scenario(
         classes = known_classes(gen)
         previous = None if prod is None else probe_self_test(ws, prod, classes, vertices).template_top1
         passed, forced, reasons, report = _gate(ws, gen, name, i, config, log)
+        before, as_stood = served_before, None
         if passed or forced:
             chain.append(gen.id)
-            imgs, ids, labels, uris = _gallery_images(ws, step.classes, config.gallery_per_class, config.seed + 100 + i)
+            if held_out.labels and ws.registry.gallery_counts():
+                as_stood = measure_served(ws, held_out.stacked(), held_out.labels, curves=False).calibrated
+            imgs, ids, labels, uris = _gallery_images(ws, step.classes, config, config.seed + 100 + i, held_out)
             add_images(ws, imgs, [f"{ids_i}" for ids_i in ids], labels=labels, source_uris=uris)
             gallery[0].append(imgs)
             gallery[1].extend(labels)
-        estimate = (report or {}).get("mixed") or {}
+        served = measure_served(ws, held_out.stacked(), held_out.labels) if held_out.labels else None
+        served_before = served.calibrated if served is not None else served_before
+        estimate = ((report or {}).get("served") or {})
         sr = StepResult(
             step=i, kind=step.kind, arch=arch, classes=names, generation_id=gen.id, generation_name=gen.name,
             train_seconds=out.seconds, gate_passed=passed, promoted=passed or forced, forced=forced,
-            gate_reasons=reasons, gate_mixed_estimate=estimate.get("mixed"), gate_reindex_estimate=estimate.get("reindex"),
+            gate_reasons=reasons, gate_mixed_estimate=_estimate(estimate, "calibrated"),
+            gate_reindex_estimate=_estimate(estimate, "reindex"),
             self_test=probe_self_test(ws, gen.id, classes, vertices).template_top1, previous_self_test=previous,
-            **_measure(ws, probe[0], gallery), seconds=time.perf_counter() - t0,
+            **_measure(ws, probe[0], gallery), served=asdict(served) if served is not None else None,
+            served_as_stood=as_stood, served_before=before, seconds=time.perf_counter() - t0,
         )
         result.steps.append(sr)
         log(f"  {gen.name}: self-test {100 * sr.self_test:.1f}%, gate {'passed' if passed else 'REFUSED'}"
-            f"{' (forced)' if forced else ''}; mixed gallery {100 * sr.mixed_template:.1f}% vs re-index "
-            f"{100 * sr.reindex_template:.1f}% (templates), {100 * sr.mixed_accuracy:.1f}% vs "
-            f"{100 * sr.reindex_accuracy:.1f}% (items) ({sr.gallery_items} items) in {sr.seconds:.0f}s")
+            f"{' (forced)' if forced else ''}; {sr.gallery_items} gallery items; {_served_words(served)} "
+            f"in {sr.seconds:.0f}s")
     view = compatibility_matrix(ws, chain)
     result.generation_ids = chain
     result.matrix = view.matrix.tolist()
@@ -264,4 +318,4 @@ def run_scenario(
 def quick(config: ScenarioConfig) -> ScenarioConfig:
     """The --quick sizes: fewer images and epochs, same story."""
     return replace(config, initial_epochs=1, epochs=2, replacement_epochs=4, train_per_class=600, memory_per_class=300,
-                   gallery_per_class=100)
+                   gallery_per_class=100, held_out_per_class=100)
