@@ -28,6 +28,8 @@ def test_refusals_name_the_flag_to_change(invoke, empty_ws: Path, tmp_path: Path
         (("replace", "--arch", "", "--classes", "0-3"), "error: a replacement needs --arch (the new architecture)"),
         (("replace", "--arch", "small_cnn", "--classes", "0-3", "--init-weights", str(tmp_path / "none.pt")),
          f"error: --init-weights {tmp_path / 'none.pt'}: no such file"),
+        (("train", "--classes", "0-3", "--method", "ce", "--own-negatives"),
+         "error: --own-negatives changes the compatibility loss of hoc and hoc-paper; method 'ce' has none"),
     ]
     for args, message in cases:
         res = invoke(*args, home=empty_ws)

@@ -105,3 +105,19 @@ def test_vertex_alignment_is_zero_on_the_vertices_and_pulls_features_towards_the
     with torch.no_grad():
         after = align(feats - 0.1 * feats.grad, labels)
     assert after.item() < before.item()
+
+
+@pytest.mark.parametrize("mu", [1.0, 2.0])
+def test_own_negatives_add_the_new_models_other_class_features_to_the_denominator(mu: float) -> None:
+    new, old, labels = _hand_case()
+    # <n_i, n_j> for other classes:  row0: j=2 (-1)   row1: j=2 (0)   row2: j=0 (-1), j=1 (0)
+    l0 = -mu * 1 + math.log(math.exp(mu * 1) + math.exp(mu * -1) + math.exp(mu * -1))
+    l1 = -mu * 0 + math.log(math.exp(0.0) + math.exp(mu * -1) + math.exp(0.0))
+    l2 = -mu * 0 + math.log(math.exp(0.0) + math.exp(0.0) + math.exp(mu * 1) + math.exp(mu * -1) + math.exp(0.0))
+    got = hoc_loss(new, old, labels, mu=mu, own_negatives=True)
+    assert got.item() == pytest.approx((l0 + l1 + l2) / 3, abs=1e-6)
+    assert got.item() > hoc_loss(new, old, labels, mu=mu).item()
+    # the module and the combined loss carry the option
+    logits = torch.zeros(3, 4)
+    both = CompatibilityLoss(lam=0.0, mu=mu, own_negatives=True)(logits, new, old, labels)
+    assert both.item() == pytest.approx(got.item(), abs=1e-6)

@@ -88,6 +88,7 @@ def study(
     num_classes: Annotated[int, typer.Option("--num-classes", "-k", help="Interface K of each run's workspace.")] = 64,
     force_refused: Annotated[bool, typer.Option("--force-refused/--no-force-refused", help="Force refused generations (recorded) so the chain goes on.")] = True,
     keep_workspaces: Annotated[bool, typer.Option("--keep-workspaces/--no-keep-workspaces", help="Keep each run's workspace under OUT/workspaces.")] = True,
+    own_negatives: Annotated[bool, typer.Option("--own-negatives", help="hoc, hoc-paper: train with the new model's own features of other classes as extra negatives (as `train --own-negatives`).")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Run the upgrade scenario for each method and seed through the real registry, export, embedder and gate,
@@ -102,7 +103,7 @@ def study(
         device=device, num_classes=num_classes, initial_epochs=initial_epochs, epochs=epochs,
         replacement_epochs=replacement_epochs, train_per_class=train_per_class, memory_per_class=memory_per_class,
         gallery_per_class=gallery_per_class, probe_per_class=probe_per_class,
-        force_refused=force_refused, keep_workspaces=keep_workspaces,
+        force_refused=force_refused, keep_workspaces=keep_workspaces, own_negatives=own_negatives,
     )
     _check_sizes({"--seeds": seeds, "--epochs": epochs, "--train-per-class": train_per_class,
                   "--gallery-per-class": gallery_per_class, "--probe-per-class": probe_per_class})

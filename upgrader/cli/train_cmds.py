@@ -18,7 +18,8 @@ from upgrader.cli.common import (
     warning_line, workspace,
 )
 from upgrader.core.formatting import pct
-from upgrader.core.vocabulary import ARCHITECTURES, KINDS, METHODS
+from upgrader.core.errors import InvalidRequest
+from upgrader.core.vocabulary import ARCHITECTURES, HOC_METHODS, KINDS, METHODS
 from upgrader.services.training_plan import AUGMENTS, MAX_BATCH, MEMORY_PER_CLASS, STEPS_PER_CLASS, TrainRequest
 
 if TYPE_CHECKING:
@@ -70,6 +71,17 @@ InitPrefix = Annotated[str | None, typer.Option(
 FreezeBackbone = Annotated[bool, typer.Option(
     "--freeze-backbone", help="Train the projection only: the backbone keeps its weights and batch-norm statistics.")]
 BackboneLrMult = Annotated[float, typer.Option(help="The backbone's learning rate as a multiple of --lr (e.g. 0.1).")]
+OwnNegatives = Annotated[bool, typer.Option(
+    "--own-negatives", help="hoc, hoc-paper: the new model's own features of other classes join the compatibility "
+                            "loss's negatives (measured in README, Compatibility study).")]
+
+
+def _loss_options(method: str, own_negatives: bool) -> dict[str, Any]:
+    """TrainConfig fields of the loss options (TrainRequest.extra)."""
+    if own_negatives and method not in HOC_METHODS:
+        raise InvalidRequest(f"--own-negatives changes the compatibility loss of {' and '.join(HOC_METHODS)}; "
+                             f"method {method!r} has none", subject="method")
+    return {"own_negatives": True} if own_negatives else {}
 
 
 def _arch_kwargs(text: str | None) -> dict[str, Any]:
@@ -156,6 +168,7 @@ def train(
     freeze_backbone: FreezeBackbone = False,
     backbone_lr_mult: BackboneLrMult = 1.0,
     method: Method = "hoc",
+    own_negatives: OwnNegatives = False,
     steps: Steps = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
@@ -184,6 +197,7 @@ def train(
             memory_per_class=memory_per_class, augment=augment, parent=parent, name=name, seed=seed, device=device,
             arch_kwargs=kwargs, init_weights=str(init_weights) if init_weights else None, init_prefix=init_prefix,
             freeze_backbone=freeze_backbone, backbone_lr_mult=backbone_lr_mult,
+            extra=_loss_options(method, own_negatives),
         )
         out = run_training(ws, req, quiet=json_out)
     _report(out, json_out)
@@ -196,6 +210,7 @@ def replace(
     home: HomeOption = None,
     dataset: Dataset = None,
     method: Method = "hoc",
+    own_negatives: OwnNegatives = False,
     steps: Steps = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
@@ -224,7 +239,7 @@ def replace(
         batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class, augment=augment,
         init_weights=str(init_weights) if init_weights else None, anchor=not no_anchor, name=name, seed=seed, device=device,
         arch_kwargs=_arch_kwargs(arch_kwargs), init_prefix=init_prefix, freeze_backbone=freeze_backbone,
-        backbone_lr_mult=backbone_lr_mult,
+        backbone_lr_mult=backbone_lr_mult, extra=_loss_options(method, own_negatives),
     )
     with workspace(home) as ws:
         out = run_training(ws, req, quiet=json_out)

@@ -33,7 +33,9 @@ def _intro(data: dict[str, Any]) -> list[str]:
         f"Sizes: {cfg['train_per_class']} training images per new class, {cfg['epochs']} epochs "
         f"({replacement_epochs} for a replacement), "
         f"{cfg['memory_per_class']} rehearsal images per class, {cfg['gallery_per_class']} gallery items per new class, "
-        f"probe set {cfg['probe_per_class']} queries + {cfg['probe_per_class']} gallery items per class.",
+        f"probe set {cfg['probe_per_class']} queries + {cfg['probe_per_class']} gallery items per class"
+        + ("; hoc methods trained with their own features of other classes as extra negatives (`--own-negatives`)."
+           if cfg.get("own_negatives") else "."),
         f"Code: commit `{code.get('git_commit') or '?'}`"
         + (f", uncommitted: {', '.join(data['code']['uncommitted'])}" if code.get("uncommitted") else "") + ".",
         f"Status: {data['status']} — {data['runs_done']} of {data['runs_planned']} runs finished"

@@ -65,6 +65,7 @@ class StudyConfig:
     batch_size: int = 128
     lr: float = 0.05
     force_refused: bool = True  # promote refused generations anyway (a recorded forced move) so the chain goes on
+    own_negatives: bool = False  # hoc methods train with new-to-new negatives (TrainConfig.own_negatives)
     keep_workspaces: bool = True  # keep every run's workspace under out/workspaces (to re-derive the numbers)
     figures: bool = True  # write PNG figures
 
@@ -85,6 +86,7 @@ class StudyConfig:
             seed=seed,
             device=self.device,
             force_refused=self.force_refused,
+            own_negatives=self.own_negatives,
         )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from registry import Generation, ProbeSet
 
 from upgrader.core.errors import GateRefused
+from upgrader.core.vocabulary import HOC_METHODS
 from upgrader.data.items import excluded_indices, item_uris, load_items
 from upgrader.services.gallery import add_images, composition, label_accuracy, production_embedder, template_accuracy
 from upgrader.services.matrix import compatibility_matrix
@@ -85,6 +86,7 @@ class ScenarioConfig:
     seed: int = 0
     device: str = "auto"
     force_refused: bool = False  # promote refused generations anyway (recorded as forced) so the chain goes on
+    own_negatives: bool = False  # hoc methods: new-to-new negatives in the compatibility loss (TrainConfig)
 
 
 @dataclass
@@ -195,7 +197,7 @@ def _request(ws: Workspace, step: Step, i: int, names: list[str], config: Scenar
         seed=config.seed + i,
         device=config.device,
         name=f"g{i}-{step.kind}-{arch}-{config.method}",
-        extra={},
+        extra={"own_negatives": True} if config.own_negatives and config.method in HOC_METHODS else {},
     ), arch
 
 

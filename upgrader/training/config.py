@@ -30,6 +30,10 @@ class TrainConfig:
     lam: float = 0.1  # lambda: CE weight in lambda*CE + (1-lambda)*HOC
     mu: float = 10.0  # HOC similarity scale
     bct_weight: float = 1.0  # weight of the BCT influence loss
+    # hoc and hoc-paper: the new model's own features of other classes join the HOC denominator
+    # (training.losses.hoc_loss); aimed at the generation bias of mixed-gallery search. Off by default:
+    # its measured effect is in README, "Compatibility study".
+    own_negatives: bool = False
     # hoc only (hoc-paper never adds it): weight of the vertex-alignment (stationarity) term added to lambda*CE + (1-lambda)*HOC,
     # also for a first generation. 0 gives the loss of docs/design.md §2 exactly. Measured on the study's short
     # scenario (6 seeds, an exploratory GPU sweep): with 5, AC 1.0 on 5 of 6 seeds, AM 82-84 and the

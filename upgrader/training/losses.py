@@ -12,17 +12,24 @@ from torch import nn
 
 
 def hoc_loss(
-    new_feats: torch.Tensor, old_feats: torch.Tensor, labels: torch.Tensor, mu: float = 10.0
+    new_feats: torch.Tensor, old_feats: torch.Tensor, labels: torch.Tensor, mu: float = 10.0,
+    own_negatives: bool = False,
 ) -> torch.Tensor:
     """Higher-order compatibility (contrastive) loss between new and anchor features.
 
     L = mean_i [ -mu <fo_i, fn_i> + log sum_{j: j == i or y_j != y_i} exp(mu <fo_i, fn_j>) ]
+
+    With ``own_negatives`` the new model's own features of other classes join the denominator,
+    ``+ sum_{j: y_j != y_i} exp(mu <fn_i, fn_j>)`` (as regression-alleviating compatible training
+    does): the new anchor-aligned feature must also beat the new model's features of other classes,
+    which are what its queries meet among the items it writes to a mixed gallery.
 
     Args:
         new_feats: L2-normalised features of the model being trained, [N, D].
         old_feats: L2-normalised features of the frozen anchor on the same images, [N, D].
         labels: vertex index of each sample's class, int64 [N].
         mu: scale (inverse temperature) of the similarities.
+        own_negatives: add the new-to-new negatives.
 
     Returns:
         Scalar loss tensor.
@@ -33,6 +40,9 @@ def hoc_loss(
     # Other same-class images leave the denominator entirely (-inf), they are not zeroed:
     # exp(0) = 1 would still count them.
     masked = sims.masked_fill(same_class & ~diagonal, float("-inf"))  # [N, N]
+    if own_negatives:
+        own = (mu * new_feats @ new_feats.t()).masked_fill(same_class, float("-inf"))  # [N, N], other classes only
+        masked = torch.cat([masked, own], dim=1)  # [N, 2N]
     positives = sims.diagonal()  # [N]
     return (-positives + torch.logsumexp(masked, dim=1)).mean()
 
@@ -71,10 +81,11 @@ class VertexAlignmentLoss(nn.Module):
 class HOCLoss(nn.Module):
     """``hoc_loss`` as a module; normalises raw features itself."""
 
-    def __init__(self, mu: float = 10.0) -> None:
-        """Args: mu: scale of the cosine similarities."""
+    def __init__(self, mu: float = 10.0, own_negatives: bool = False) -> None:
+        """Args: mu: scale of the cosine similarities; own_negatives: see :func:`hoc_loss`."""
         super().__init__()
         self.mu = mu
+        self.own_negatives = own_negatives
 
     def forward(
         self, new_feats: torch.Tensor, old_feats: torch.Tensor, labels: torch.Tensor
@@ -82,18 +93,18 @@ class HOCLoss(nn.Module):
         """Args: raw features [N, D] of the new and anchor models, labels [N]. Returns a scalar."""
         new_n = F.normalize(new_feats.float(), dim=1)  # [N, D]
         old_n = F.normalize(old_feats.float(), dim=1)  # [N, D]
-        return hoc_loss(new_n, old_n, labels, self.mu)
+        return hoc_loss(new_n, old_n, labels, self.mu, self.own_negatives)
 
 
 class CompatibilityLoss(nn.Module):
     """lambda * CE on the simplex + (1 - lambda) * HOC against the anchor (docs/design.md §2)."""
 
-    def __init__(self, lam: float = 0.1, mu: float = 10.0) -> None:
-        """Args: lam: weight of the CE term; mu: HOC scale."""
+    def __init__(self, lam: float = 0.1, mu: float = 10.0, own_negatives: bool = False) -> None:
+        """Args: lam: weight of the CE term; mu: HOC scale; own_negatives: see :func:`hoc_loss`."""
         super().__init__()
         self.lam = lam
         self.ce = SimplexCrossEntropy()
-        self.hoc = HOCLoss(mu)
+        self.hoc = HOCLoss(mu, own_negatives)
 
     def forward(
         self,

@@ -84,5 +84,5 @@ def build_objective(
         influence = influence_loss(anchor, anchor_meta, images, vertices.cpu(), device)
     return Objective(
         config, class_mask, anchor, anchor_meta, anchor_knows, SimplexCrossEntropy(),
-        CompatibilityLoss(config.lam, config.mu), align, influence,
+        CompatibilityLoss(config.lam, config.mu, config.own_negatives), align, influence,
     )
