@@ -74,7 +74,8 @@ def _run_with_progress(config: StudyConfig) -> dict[str, Any]:
 def study(
     out: Annotated[Path, typer.Option("--out", help="Output folder: results.json, report.md, PNG figures, workspaces/.")],
     dataset: Annotated[str, typer.Option(help="Dataset spec (fashion-mnist, an IDX folder, an image folder, a .npz) with >= 10 classes.")] = "fashion-mnist",
-    scenario: Annotated[str, typer.Option(help="short (4 then 2+2+2 classes) or long (2 then 8 x 1 class); 'short,long' runs both.")] = "short",
+    scenario: Annotated[str, typer.Option(help="short (4 then 2+2+2 classes), long (2 then 8 x 1 class), pretrained (0-5; the replacement starts from a "
+                     "backbone pretrained on 6-9) or from-scratch (the same, from random weights); comma separated.")] = "short",
     methods: Annotated[str, typer.Option(help=f"Comma-separated training methods: {', '.join(METHODS)}.")] = ",".join(METHODS),
     seeds: Annotated[int, typer.Option(help="Number of seeds (0 .. N-1) per method.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

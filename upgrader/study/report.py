@@ -86,6 +86,26 @@ def _served_table(data: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _pretrained_table(data: dict[str, Any]) -> list[str]:
+    """The replacement from a pretrained backbone against one from scratch, per method, when both ran."""
+    pre, scratch = data["summary"].get("pretrained", {}), data["summary"].get("from-scratch", {})
+    methods = [m for m in pre if m in scratch and pre[m]["runs"] and scratch[m]["runs"]]
+    if not methods:
+        return []
+    lines = ["## Replacement by a pretrained model", "",
+             "The lineage learns classes 0-5; its replacement (resnet_wide, step 3) starts from a backbone pretrained "
+             "with cross-entropy on classes 6-9 (`pretrained`) or from random weights (`from-scratch`), same sizes.", "",
+             "| method | replacement from | AC | AM | replacement self-test | served calibrated | served re-index |",
+             "|---|---|---|---|---|---|---|"]
+    for m in methods:
+        for label, s in (("pretrained backbone", pre[m]), ("scratch", scratch[m])):
+            by = s.get("served_by_step", {})
+            lines.append(f"| {m} | {label} | {_fmt(s['ac'], percent=False, digits=3)} | {_fmt(s['am'])} | "
+                         f"{_fmt(s['self_test_by_step'][-1])} | {_fmt((by.get('calibrated') or [{}])[-1])} | "
+                         f"{_fmt((by.get('reindex') or [{}])[-1])} |")
+    return lines + [""]
+
+
 def _results_table(data: dict[str, Any]) -> list[str]:
     """Mean ± std per scenario and method."""
     lines = [
@@ -181,6 +201,6 @@ def render_report(data: dict[str, Any]) -> str:
     Returns:
         The Markdown text.
     """
-    parts = (_intro(data), _served_table(data), _results_table(data), _targets_table(data), _reference(), _per_run_table(data),
+    parts = (_intro(data), _served_table(data), _pretrained_table(data), _results_table(data), _targets_table(data), _reference(), _per_run_table(data),
              _figures(data), _footer())
     return "\n".join(line for part in parts for line in part)

@@ -31,7 +31,7 @@ from upgrader.study.aggregation import REFERENCE, check_targets, summarise
 from upgrader.study.records import RunRecord
 from upgrader.study.report import render_report
 
-SCENARIO_NAMES = ("short", "long")
+SCENARIO_NAMES = ("short", "long", "pretrained", "from-scratch")
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 RUN_MARKER = "study-run.json"  # marks a workspace the study made, so a re-run may replace it (and nothing else)
@@ -45,7 +45,7 @@ class StudyConfig:
 
     out: str  # output folder: results.json, report.md, figures, workspaces/
     dataset: str = "fashion-mnist"  # any dataset spec the product reads (>= 10 classes for the scenarios)
-    scenarios: tuple[str, ...] = ("short",)  # short | long (both allowed)
+    scenarios: tuple[str, ...] = ("short",)  # short | long | pretrained | from-scratch (any of them)
     methods: tuple[str, ...] = METHODS  # training methods to compare
     seeds: int = 3  # seeds 0 .. seeds-1 (also the probe draw of each run's workspace)
     device: str = "auto"  # auto | cpu | cuda
@@ -127,7 +127,7 @@ def validate(config: StudyConfig) -> None:
         DataError: the dataset cannot be read.
     """
     from upgrader.data.items import load_items
-    from upgrader.study.scenario import SCENARIOS
+    from upgrader.study.scenario import PRETRAIN_CLASSES, SCENARIOS
 
     parse_methods(config.methods)
     parse_scenarios(config.scenarios)
@@ -138,7 +138,10 @@ def validate(config: StudyConfig) -> None:
         if value < 1:
             raise InvalidRequest(f"{name} must be at least 1 (got {value})")
     classes = load_items(config.dataset, "test").classes
-    needed = 1 + max(c for s in config.scenarios for step in SCENARIOS[s] for c in step.classes)
+    used = [c for s in config.scenarios for step in SCENARIOS[s] for c in step.classes]
+    if any(step.pretrained for s in config.scenarios for step in SCENARIOS[s]):
+        used += list(PRETRAIN_CLASSES)  # the pretrained backbone learns classes the lineage never sees
+    needed = 1 + max(used)
     if len(classes) < needed:
         raise InvalidRequest(f"the scenarios use {needed} classes but {config.dataset} has {len(classes)}")
     if config.num_classes < len(classes):
@@ -218,6 +221,19 @@ def _fill_record(record: RunRecord, result: Any, home: Path) -> None:
     record.registry = registry_figures(home, result.generation_ids)
 
 
+def _with_pretrained(config: StudyConfig, scenario: str, method: str, seed: int, log: Log) -> Any:
+    """The run's ScenarioConfig, with the pretrained checkpoint its scenario's replacement starts from."""
+    from upgrader.study.pretraining import pretrain_backbone
+    from upgrader.study.scenario import SCENARIOS
+
+    sc = config.scenario_config(method, seed)
+    arch = next((step.arch for step in SCENARIOS[scenario] if step.pretrained), None)
+    if arch is None:
+        return sc
+    path = pretrain_backbone(config.out, config.dataset, arch, sc, num_classes=config.num_classes, log=log)
+    return replace(sc, pretrained_weights=str(path))
+
+
 def run_one(config: StudyConfig, scenario: str, method: str, seed: int, *, log: Log = lambda _: None) -> RunRecord:
     """Run one scenario for one method and seed in a fresh workspace and record it.
 
@@ -242,7 +258,7 @@ def run_one(config: StudyConfig, scenario: str, method: str, seed: int, *, log: 
                             query_per_class=config.probe_per_class, gallery_per_class=config.probe_per_class, seed=seed)
         with ws:
             write_atomic(home / RUN_MARKER, json.dumps({"scenario": scenario, "method": method, "seed": seed}).encode())
-            result = run_scenario(ws, scenario, config.scenario_config(method, seed), log=log)
+            result = run_scenario(ws, scenario, _with_pretrained(config, scenario, method, seed, log), log=log)
         _fill_record(record, result, home)
     except (UpgraderError, RegistryError) as exc:
         record.error = f"{exc.__class__.__name__}: {exc}"

@@ -42,9 +42,17 @@ class Step:
     kind: str  # initial | finetune | replacement
     classes: tuple[int, ...]  # new classes, as indices into the dataset's classes
     arch: str  # architecture of the generation
+    pretrained: bool = False  # a replacement starting from the backbone pretrained elsewhere (study.pretraining)
+
+
+#: Classes the backbone of the ``pretrained`` scenario is pretrained on: none of the lineage's 0-5.
+PRETRAIN_CLASSES: tuple[int, ...] = (6, 7, 8, 9)
 
 
 #: short: the demo's story. long: 2 classes then 8 steps of one class, replacements at steps 3 and 6.
+#: pretrained: the paper's replacement by an improved pre-trained model, a lineage over classes 0-5
+#: whose replacement starts from a larger backbone pretrained on 6-9; from-scratch: the same steps,
+#: the replacement trained from random weights (what ``pretrained`` is compared with).
 SCENARIOS: dict[str, tuple[Step, ...]] = {
     "short": (
         Step("initial", (0, 1, 2, 3), "small_cnn"),
@@ -62,6 +70,16 @@ SCENARIOS: dict[str, tuple[Step, ...]] = {
         Step("replacement", (7,), "resnet_wide"),
         Step("finetune", (8,), "resnet_wide"),
         Step("finetune", (9,), "resnet_wide"),
+    ),
+    "pretrained": (
+        Step("initial", (0, 1), "small_cnn"),
+        Step("finetune", (2, 3), "small_cnn"),
+        Step("replacement", (4, 5), "resnet_wide", pretrained=True),
+    ),
+    "from-scratch": (
+        Step("initial", (0, 1), "small_cnn"),
+        Step("finetune", (2, 3), "small_cnn"),
+        Step("replacement", (4, 5), "resnet_wide"),
     ),
 }
 
@@ -87,6 +105,7 @@ class ScenarioConfig:
     device: str = "auto"
     force_refused: bool = False  # promote refused generations anyway (recorded as forced) so the chain goes on
     own_negatives: bool = False  # hoc methods: new-to-new negatives in the compatibility loss (TrainConfig)
+    pretrained_weights: str | None = None  # checkpoint whose backbone a ``pretrained`` step starts from
 
 
 @dataclass
@@ -198,7 +217,17 @@ def _request(ws: Workspace, step: Step, i: int, names: list[str], config: Scenar
         device=config.device,
         name=f"g{i}-{step.kind}-{arch}-{config.method}",
         extra={"own_negatives": True} if config.own_negatives and config.method in HOC_METHODS else {},
+        **_pretrained(step, config),
     ), arch
+
+
+def _pretrained(step: Step, config: ScenarioConfig) -> dict[str, Any]:
+    """The TrainRequest fields of a step that starts from the pretrained backbone."""
+    if not step.pretrained:
+        return {}
+    if not config.pretrained_weights:
+        raise ValueError("a pretrained step needs ScenarioConfig.pretrained_weights (study.pretraining makes it)")
+    return {"init_weights": config.pretrained_weights, "init_prefix": "backbone."}  # the backbone of the checkpoint
 
 
 def _measure(ws: Workspace, probe_query: ProbeSet, gallery: tuple[list[np.ndarray], list[str]]) -> dict[str, Any]:
