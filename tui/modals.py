@@ -12,15 +12,16 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.suggester import SuggestFromList
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 from textual.worker import Worker, WorkerState
 
 from registry.errors import RegistryError
 
 from upgrader.core.errors import UpgraderError
 from upgrader.core.markup import literal
-from upgrader.core.vocabulary import ARCHITECTURES, METHODS
-from upgrader.services.dashboard_model import TRAIN_KINDS, TrainForm, TrainingPlan
+from upgrader.core.vocabulary import METHODS
+from upgrader.services.dashboard_model import TRAIN_KINDS, TrainForm, TrainingPlan, architecture_choices
 from upgrader.services.training_plan import AUGMENTS, STEPS_PER_CLASS
 
 
@@ -110,11 +111,14 @@ class ConfirmModal(ModalScreen[Confirmed | None]):
 
 
 class TrainFormModal(ModalScreen[TrainingPlan | None]):
-    """The training form: kind, dataset, classes, architecture, length, method, augmentation, images per class, name.
+    """The training form: kind, dataset, classes, architecture (a built-in, a registered name or the
+    user's ``package.module:function``), its arguments, pretrained weights and freezing, length,
+    method, augmentation, images per class, name.
 
     "Review…" checks the form against the workspace in a worker (``planner``: the dataset's classes,
-    the architecture, the name...) and stays open showing what is wrong; it closes with the checked
-    plan only, so nothing unknown reaches "Start training".
+    the architecture's form and whether its package is installed, the name...) and stays open showing
+    what is wrong; it closes with the checked plan only, so nothing unknown reaches "Start training".
+    The fields scroll when the terminal is short (80x24), so the error line and the buttons stay put.
     """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -133,7 +137,7 @@ class TrainFormModal(ModalScreen[TrainingPlan | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="form", classes="dialog"):
             yield Label("Train a new generation", id="dialog-title")
-            with Grid(id="form-grid"):
+            with VerticalScroll(id="form-body"), Grid(id="form-grid"):
                 yield Label("kind")
                 yield Select([(k, k) for k in TRAIN_KINDS], value=self.kind, allow_blank=False, id="kind", compact=True)
                 yield Label("dataset")
@@ -141,7 +145,17 @@ class TrainFormModal(ModalScreen[TrainingPlan | None]):
                 yield Label("classes")
                 yield Input(value=self.default_classes, placeholder="4-6 or 4,5 or names", id="classes", compact=True)
                 yield Label("architecture")
-                yield Select([("parent's / small_cnn", "")] + [(a, a) for a in ARCHITECTURES], value="small_cnn" if self.kind == "replacement" else "", allow_blank=False, id="arch", compact=True)
+                yield Input(value="small_cnn" if self.kind == "replacement" else "", id="arch", compact=True,
+                            placeholder="parent's / small_cnn, or package.module:function",
+                            suggester=SuggestFromList(architecture_choices(), case_sensitive=True))
+                yield Label("backbone args")
+                yield Input(value="", placeholder='none, or a JSON object, e.g. {"width": 64}', id="arch_kwargs", compact=True)
+                yield Label("init weights")
+                yield Input(value="", placeholder="none, or a state dict / .safetensors file", id="init_weights", compact=True)
+                yield Label("init prefix")
+                yield Input(value="", placeholder="none, or OLD[=NEW],... (e.g. module.)", id="init_prefix", compact=True)
+                yield Label("freeze")
+                yield Checkbox("backbone (only the projection learns)", id="freeze_backbone", compact=True)
                 yield Label("steps")
                 yield Input(value="", placeholder=f"{STEPS_PER_CLASS} per class trained on (new and rehearsed)", id="steps", type="integer", compact=True)
                 yield Label("epochs")
@@ -187,7 +201,11 @@ class TrainFormModal(ModalScreen[TrainingPlan | None]):
             kind=str(self.query_one("#kind", Select).value),
             classes=text("classes"),
             dataset=text("dataset"),
-            arch=str(self.query_one("#arch", Select).value or ""),
+            arch=text("arch"),
+            arch_kwargs=text("arch_kwargs"),
+            init_weights=text("init_weights"),
+            init_prefix=text("init_prefix"),
+            freeze_backbone=self.query_one("#freeze_backbone", Checkbox).value,
             epochs=numbers["epochs"],
             steps=numbers["steps"],
             method=str(self.query_one("#method", Select).value),

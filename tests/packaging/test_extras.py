@@ -109,3 +109,26 @@ def test_version_is_the_installed_distributions() -> None:
     assert res.exit_code == 0
     assert res.stdout.strip() == f"upgrader {installed('upgrader')}"
     assert upgrader.__version__ == version.VERSION == installed("upgrader")
+
+
+def test_python_m_upgrader_server_names_a_missing_extra_in_one_line(tmp_path: Path) -> None:
+    # ``python -m upgrader.server`` runs the serve command through ``upgrader.cli.run``, as the console
+    # script does; the server is replaced by one that needs the missing driver, so no port is opened.
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["psycopg"] = None
+        import upgrader.serving.http.run as http_run
+
+        def run_server(*args, **kwargs):
+            import psycopg  # noqa: F401
+
+        http_run.run_server = run_server
+        sys.argv = ["x", "--home", {str(tmp_path / "ws")!r}]
+        import upgrader.server
+        upgrader.server.main()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120)  # a bound for a hang
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "pip install 'upgrader[postgres]'" in _one_line(done)

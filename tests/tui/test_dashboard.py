@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pilot import HANG_SECONDS, frozen_time, rows_of, select_generation, settle, text_of, wait_until
 from textual.command import CommandList
-from textual.widgets import DataTable, Input, Select
+from textual.widgets import DataTable, Input
 
 from tui.app import DashboardApp
 from tui.modals import ConfirmModal, TrainFormModal
@@ -136,7 +136,7 @@ async def _fill_training_form(pilot, *, classes: str, epochs: str, per_class: st
     await pilot.press("n")  # a replacement: the imported generations have no checkpoint to fine-tune
     await wait_until(pilot, lambda: isinstance(app.screen, TrainFormModal), "the training form")
     form = app.screen
-    form.query_one("#arch", Select).value = "small_cnn"
+    form.query_one("#arch", Input).value = "small_cnn"
     form.query_one("#classes", Input).value = classes
     form.query_one("#epochs", Input).value = epochs
     form.query_one("#per_class", Input).value = per_class
@@ -235,7 +235,7 @@ async def test_service_errors_are_notifications(snapshot_ws: Path) -> None:
         await pilot.press("n")
         await wait_until(pilot, lambda: isinstance(app.screen, TrainFormModal), "the training form")
         app.screen.query_one("#classes", Input).value = "0-1"
-        app.screen.query_one("#arch", Select).value = ""  # a replacement without an architecture
+        app.screen.query_one("#arch", Input).value = ""  # a replacement without an architecture
         await pilot.click("#confirm")
         form = app.screen
         await wait_until(pilot, lambda: "a replacement needs an architecture" in text_of(form.query_one("#form-error")),
@@ -314,8 +314,10 @@ async def test_the_training_form_offers_every_architecture(fresh_ws: Path) -> No
         await settle(pilot)
         await pilot.press("n")
         await wait_until(pilot, lambda: isinstance(app.screen, TrainFormModal), "the training form")
-        offered = {value for _, value in app.screen.query_one("#arch", Select)._options}
-        assert set(ARCHITECTURES) <= offered and "resnet_wide" in offered
+        suggester = app.screen.query_one("#arch", Input).suggester
+        assert suggester is not None
+        offered = {await suggester.get_suggestion(arch[:-1]) for arch in ARCHITECTURES}
+        assert offered == set(ARCHITECTURES) and "resnet_wide" in offered
 
 
 async def test_the_dashboard_and_the_cli_show_one_ac_and_am_over_one_set(snapshot_ws: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from pilot import frozen_time, settle, text_of, wait_until
-from textual.widgets import DataTable, Input, Select
+from textual.widgets import DataTable, Input
 from textual.widgets._footer import FooterKey
 
 from tui.actions import ACTIONS
@@ -91,7 +91,7 @@ async def _open_form(pilot, key: str, classes: str, arch: str) -> TrainFormModal
     await wait_until(pilot, lambda: isinstance(app.screen, TrainFormModal), "the training form")
     form = app.screen
     form.query_one("#classes", Input).value = classes
-    form.query_one("#arch", Select).value = arch
+    form.query_one("#arch", Input).value = arch
     await pilot.click("#confirm")  # the form is checked in a worker: wait for its answer
     def answered() -> bool:
         said = text_of(form.query_one("#form-error")).strip()
@@ -117,7 +117,7 @@ async def test_the_training_form_refuses_what_cannot_train_before_the_review(
         assert app.screen is form and not isinstance(app.screen, ConfirmModal)  # never as far as "Start training"
         assert said in text_of(form.query_one("#form-error")), text_of(form.query_one("#form-error"))
         form.query_one("#classes", Input).value = "0-1"
-        form.query_one("#arch", Select).value = "small_cnn" if key == "n" else ""
+        form.query_one("#arch", Input).value = "small_cnn" if key == "n" else ""
         await pilot.click("#confirm")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the review")  # fixed, it goes on
         assert "200 optimiser steps (100 for each of 2 classes, new and rehearsed)" in " ".join(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from builders import HOSTILE
 from pilot import HANG_SECONDS, frozen_time, rows_of, select_generation, settle, text_of, wait_until
-from textual.widgets import DataTable, Input, Label, Select
+from textual.widgets import DataTable, Input, Label
 
 from tui.app import DashboardApp
 from tui.modals import ConfirmModal, TrainFormModal
@@ -135,7 +135,7 @@ async def _open_training_form(pilot) -> TrainFormModal:  # type: ignore[no-untyp
     await pilot.press("n")
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, TrainFormModal), "the training form")
     form = pilot.app.screen
-    form.query_one("#arch", Select).value = "small_cnn"
+    form.query_one("#arch", Input).value = "small_cnn"
     return form
 
 

@@ -69,6 +69,11 @@ SUBJECT_WORDS: dict[str, str] = {
     "steps": "--steps",
     "augment": "--augment",
     "batch_size": "--batch-size",
+    "arch": "--arch",
+    "arch_kwargs": "--arch-kwargs",
+    "init_weights": "--init-weights",
+    "init_prefix": "--init-prefix",
+    "backbone_lr_mult": "--backbone-lr-mult",
 }
 #: Registry errors carry no subject (the registry imports nothing from upgrader): named by type here.
 REGISTRY_SUBJECTS: dict[type[RegistryError], str] = {

@@ -11,7 +11,9 @@ imports ``upgrader.training.pipeline`` only inside the action that starts a run.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from registry import AliasMove, GateReport, Generation
@@ -20,7 +22,7 @@ from rich.text import Text
 from upgrader.compat.gate import GateConfig
 from upgrader.core.errors import InvalidRequest, NoProduction
 from upgrader.core.markup import styled
-from upgrader.core.vocabulary import KINDS
+from upgrader.core.vocabulary import ARCHITECTURES, KINDS, backbone_entry_points
 from upgrader.services.matrix import MatrixView, compatibility_matrix
 from upgrader.services.promotion import (
     RollbackGround,
@@ -189,6 +191,33 @@ class TrainForm:
     name: str = ""  # "" -> the default g<N>-<kind>-<arch>-<method>
     steps: int | None = None  # optimiser steps; None (and no epochs) -> STEPS_PER_CLASS per class trained on
     augment: str = ""  # "" -> crop+flip for Fashion-MNIST, crop otherwise; else one of AUGMENTS
+    arch_kwargs: str = ""  # the backbone's keyword arguments as a JSON object, as typed; "" -> none
+    init_weights: str = ""  # pretrained weights file (a backbone's or a whole encoder's); "" -> from scratch
+    init_prefix: str = ""  # key mapping OLD[=NEW],... applied to the weights; "" -> keys as they are
+    freeze_backbone: bool = False  # only the projection learns; the backbone keeps weights and batch-norm statistics
+
+
+def architecture_choices() -> tuple[str, ...]:
+    """What the form's architecture field suggests: the built-ins, then the names installed packages
+    register in the ``upgrader.backbones`` entry-point group (read from metadata, nothing imported).
+    A ``package.module:function`` of the user's own is typed, not suggested."""
+    return ARCHITECTURES + tuple(sorted(set(backbone_entry_points()) - set(ARCHITECTURES)))
+
+
+def parse_arch_kwargs(text: str) -> Any:
+    """The form's backbone arguments read as JSON ("" -> none); whether they are an object of plain
+    values is the training plan's check (``validate_request``), the same for every UI.
+
+    Raises:
+        InvalidRequest: the text is not JSON.
+    """
+    if not text.strip():
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"backbone arguments are not JSON ({exc.msg} at character {exc.pos}); give an object, "
+                             'e.g. {"width": 64}', subject="arch_kwargs") from None
 
 
 @dataclass(frozen=True)
@@ -227,10 +256,22 @@ class TrainingPlan:
         augment, _ = augmentation(req, self.dataset)
         lines.append(styled("data: classes {} of {}{}; {}, augmentation {}", ", ".join(self.classes), self.dataset, per,
                             length, augment))
+        lines.extend(self._backbone_lines())
         for warning in self.warnings:
             lines.append(styled("[yellow]warning:[/] {}", warning.message))
         lines.append(styled("then: export to ONNX, embed the probe set, register as a [b]candidate[/b]"))
         lines.append(Text("production does not move; verify and promote it afterwards"))
+        return lines
+
+    def _backbone_lines(self) -> list[Text]:
+        """What the run does with its backbone beyond the defaults (arguments, weights, freezing)."""
+        req = self.request
+        lines = [styled("backbone arguments {}", json.dumps(req.arch_kwargs))] if req.arch_kwargs else []
+        if req.init_weights:
+            mapped = styled(", keys mapped by {}", req.init_prefix) if req.init_prefix else Text("")
+            lines.append(styled("starting from the pretrained weights in {}", req.init_weights) + mapped)
+        if req.freeze_backbone:
+            lines.append(Text("backbone frozen: only the projection learns; its batch-norm statistics stay put"))
         return lines
 
 
@@ -240,8 +281,10 @@ def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
     Reads the registry, so call it from a worker thread.
 
     Raises:
-        InvalidRequest: the form contradicts itself or the workspace.
+        InvalidRequest: the form contradicts itself or the workspace (an architecture that names
+            nothing, backbone arguments that are not a JSON object...).
         NoProduction: a fine-tune with nothing in production.
+        BackboneUnavailable: a user backbone whose package is not installed here.
     """
     if form.kind not in TRAIN_KINDS:
         raise InvalidRequest(f"unknown kind {form.kind!r}; use one of {', '.join(TRAIN_KINDS)}")
@@ -261,6 +304,10 @@ def plan_training(ws: Workspace, form: TrainForm) -> TrainingPlan:
         augment=form.augment or None,
         per_class=form.per_class,
         name=form.name or None,
+        arch_kwargs=parse_arch_kwargs(form.arch_kwargs),
+        init_weights=str(Path(form.init_weights).expanduser()) if form.init_weights else None,
+        init_prefix=form.init_prefix or None,
+        freeze_backbone=form.freeze_backbone,
     )
     parent, arch, name = validate_request(ws, req)  # classes checked against the dataset's, too
     # the anchor is loaded from its checkpoint: an imported artifact has none and anchors nothing
