@@ -254,9 +254,10 @@ def test_tie_fails(world: dict) -> None:
     assert not v.passed
     check = v.checks[0]
     assert check.value == check.threshold
+    # Quoted as the matrix and `generations` print a self-test (%, one decimal), with its class set.
     assert v.reasons == (
-        f"gen 5 queries on gen 1 gallery: template top-1 {check.value:.3f} <= self-test of gen 1 "
-        f"{check.threshold:.3f} + margin 0.000",
+        f"gen 5 queries on gen 1 gallery: template top-1 {100 * check.value:.1f}% <= self-test of gen 1 "
+        f"{100 * check.threshold:.1f}% on every probe class",
     )
 
 
@@ -267,7 +268,7 @@ def test_margin_applies(world: dict) -> None:
     assert evaluate_candidate(_inputs(world, 2, [1], None), GateConfig(margin=gap - 0.01)).passed
     tight = evaluate_candidate(_inputs(world, 2, [1], None), GateConfig(margin=gap + 0.01))
     assert not tight.passed
-    assert f"+ margin {gap + 0.01:.3f}" in tight.reasons[0]
+    assert f"+ margin {100 * (gap + 0.01):.1f} points on every probe class" in tight.reasons[0]
     with pytest.raises(ValueError, match="margin"):
         GateConfig(margin=-0.1)
     with pytest.raises(ValueError, match="primary metric"):
@@ -383,12 +384,14 @@ def _unit_rows(rows: list[list[float]]) -> np.ndarray:
 
 def _narrower_candidate() -> GateInputs:
     """gen 1 learnt classes 0-2 but confuses its class-2 queries with class 0 (self-test 4/6 over all
-    three, 1.0 over classes 0 and 1); gen 2 learnt only 0 and 1 and embeds them as gen 1 does."""
+    three, 1.0 over classes 0 and 1); gen 2 learnt only 0 and 1 and embeds them as gen 1 does, but
+    for one class-1 query it puts next to class 0 (3 of its 4 queries right on gen 1's gallery)."""
     labels = np.array([0, 0, 1, 1, 2, 2])
     queries = _unit_rows([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, -0.1], [1, 0, -0.1]])
+    narrower = _unit_rows([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0.1, 0], [1, 0, -0.1], [1, 0, -0.1]])
     gallery = _unit_rows([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0.1], [1, 0, 0.1]])
     return GateInputs(
-        query_labels=labels, gallery_labels=labels, query_embeddings={1: queries, 2: queries},
+        query_labels=labels, gallery_labels=labels, query_embeddings={1: queries, 2: narrower},
         gallery_embeddings={1: gallery, 2: gallery}, candidate=2, live=[1], production=1,
         registered_sha256=SHA, artifact_sha256=SHA, classes={1: [0, 1, 2], 2: [0, 1]},
     )
@@ -398,11 +401,12 @@ def test_a_matrix_cell_gets_the_gates_verdict_on_shared_classes_not_the_diagonal
     inputs = _narrower_candidate()
     ev = evaluator(inputs)
     assert ev.metrics(1, 1).template_top1 == pytest.approx(4 / 6)  # the diagonal cell, over gen 1's classes
-    assert ev.metrics(2, 1).template_top1 == pytest.approx(1.0)  # beats the diagonal...
+    assert ev.metrics(2, 1).template_top1 == pytest.approx(3 / 4)  # beats the diagonal...
     check, reason = compatibility_check(ev, 2, 1, GateConfig())
-    # ...but ties gen 1's self-test on the classes both learnt, and a tie fails.
-    assert check.threshold == pytest.approx(1.0) and not check.passed
-    assert reason is not None and "self-test of gen 1 1.000" in reason
+    # ...but not gen 1's self-test on the classes both learnt, which the message names, with the diagonal.
+    assert check.threshold == pytest.approx(1.0) and not check.passed and check.classes == (0, 1)
+    assert reason == ("gen 2 queries on gen 1 gallery: template top-1 75.0% <= self-test of gen 1 100.0% on classes "
+                      "0,1 (on all its classes 0,1,2, the matrix's diagonal, gen 1's self-test is 66.7%)")
     gate_check = next(c for c in evaluate_candidate(inputs).checks if c.kind == "compatibility")
     assert (gate_check.value, gate_check.threshold, gate_check.passed) == (check.value, check.threshold, check.passed)
 
@@ -414,4 +418,64 @@ def test_the_matrix_cell_verdict_takes_the_margin(world: dict) -> None:
     assert compatibility_check(ev, 2, 1, GateConfig())[0].passed
     margin = value - ev.metrics(1, 1).template_top1 + 0.01
     check, reason = compatibility_check(ev, 2, 1, GateConfig(margin=margin))
-    assert not check.passed and f"margin {margin:.3f}" in (reason or "")
+    assert not check.passed and f"margin {100 * margin:.1f} points" in (reason or "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Saturation: both sides at 100% template top-1 (docs/design.md §3)
+# --------------------------------------------------------------------------------------------------
+#
+# Two classes in the plane. gen 1's class-0 gallery holds an outlier (0.6, 0.8) next to class 1, and
+# its class-1 query (0.5, 0.87) is nearer that outlier than any class-1 item, yet nearer the class-1
+# template: template top-1 100%, mAP (1 + 7/12) / 2. gen 2 queries cleanly on the same gallery
+# (template 100%, mAP 100%); gen 3 embeds exactly as gen 1 (a tie in every metric); gens 4 and 5 are
+# clean and identical (100% in every metric).
+
+
+def _saturated() -> GateInputs:
+    labels = np.array([0, 1])
+    g_labels = np.array([0, 0, 1, 1])
+    outlier = _unit_rows([[1, 0], [0.6, 0.8], [0, 1], [0, 1]])
+    clean_g = _unit_rows([[1, 0], [1, 0], [0, 1], [0, 1]])
+    noisy_q, clean_q = _unit_rows([[1, 0], [0.5, 0.87]]), _unit_rows([[1, 0], [0, 1]])
+    return GateInputs(
+        query_labels=labels, gallery_labels=g_labels,
+        query_embeddings={1: noisy_q, 2: clean_q, 3: noisy_q, 4: clean_q, 5: clean_q},
+        gallery_embeddings={1: outlier, 2: outlier, 3: outlier, 4: clean_g, 5: clean_g},
+        candidate=2, live=[1], production=1, registered_sha256=SHA, artifact_sha256=SHA,
+    )
+
+
+def test_both_sides_at_100_percent_template_top1_are_decided_on_map() -> None:
+    from dataclasses import replace
+
+    inputs = _saturated()
+    ev = evaluator(inputs)
+    assert ev.metrics(1, 1).template_top1 == ev.metrics(2, 1).template_top1 == 1.0  # the template cannot tell
+    assert ev.metrics(1, 1).mean_ap == pytest.approx((1 + 7 / 12) / 2)
+    v = evaluate_candidate(inputs, GateConfig(require_improvement=False))
+    check = next(c for c in v.checks if c.kind == "compatibility")
+    assert v.passed and check.metric == "mean_ap"  # mAP decided: 100.0 > 79.2
+    assert (check.value, check.threshold) == (pytest.approx(1.0), pytest.approx((1 + 7 / 12) / 2))
+    assert ("compatibility gen 2 on gen 1: both at 100.0% template top-1 on every probe class, which cannot tell "
+            "them apart: mAP decides (100.0% vs 79.2%)") in v.notes
+    tie = evaluate_candidate(replace(inputs, candidate=3), GateConfig(require_improvement=False))
+    assert not tie.passed  # a tie in mAP too still fails, said in mAP
+    assert tie.reasons == ("gen 3 queries on gen 1 gallery: mAP 79.2% <= self-test of gen 1 79.2% on every probe class",)
+    # The improvement check: production gen 1 at 100% template top-1, the candidate too; mAP decides.
+    better = evaluate_candidate(replace(inputs, candidate=2, live=[]))
+    assert better.passed and next(c for c in better.checks if c.kind == "improvement").metric == "mean_ap"
+    # The matrix colours the cell with the same rule.
+    assert compatibility_check(ev, 2, 1, GateConfig())[0].passed and not compatibility_check(ev, 3, 1, GateConfig())[0].passed
+
+
+def test_both_sides_perfect_in_every_metric_pass_and_say_the_probe_set_cannot_tell() -> None:
+    from dataclasses import replace
+
+    v = evaluate_candidate(replace(_saturated(), candidate=5, live=[4], production=4))
+    assert v.passed, v.explain()
+    assert [(c.kind, c.metric, c.passed) for c in v.checks[:2]] == [("compatibility", "mean_ap", True),
+                                                                     ("improvement", "mean_ap", True)]
+    assert any("perfect on the probe set, nothing can beat them" in n for n in v.notes)
+    # A margin asks for headroom a perfect score cannot have: still a pass, and still said.
+    assert evaluate_candidate(replace(_saturated(), candidate=5, live=[4], production=4), GateConfig(margin=0.01)).passed

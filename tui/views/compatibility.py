@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -46,10 +44,9 @@ class CompatibilityView(Vertical):
         ids = ", ".join(str(g.id) for g in gens) or "none"
         scope = (f"over the live generations {ids} (l: the default set)" if live_only
                  else f"over generations {ids}, the set `upgrader matrix` shows (l: live only)")
-        ac, am = view.average_compatibility, view.average_multimodel_accuracy
-        summary = Text.assemble(
-            ("AC ", "bold"), (f"{ac:.3f}" if math.isfinite(ac) else "n/a", "bold cyan"), "   ",
-            ("AM ", "bold"), (f"{pct(am)} %" if math.isfinite(am) else "n/a", "bold cyan"), "   ",
+        summary = Text.assemble(  # the numbers worded as `upgrader matrix` words them (MatrixView)
+            ("AC ", "bold"), (view.ac_text(), "bold cyan"), "   ",
+            ("AM ", "bold"), (view.am_text(), "bold cyan"), "   ",
             f"{scope} · metric {view.metric} (%)",
         )
         self.query_one("#matrix-summary", Static).update(summary)

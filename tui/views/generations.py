@@ -12,6 +12,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from upgrader.compat.metrics import METRIC_NAMES
 from upgrader.core.markup import literal
 from upgrader.services.dashboard_model import DashboardSnapshot, GenerationDetails
 
@@ -162,6 +163,10 @@ def render_report_line(rep, names: dict[int, str], time_format: TimeFormat) -> R
     return Group(title, *render_checks(body, names))
 
 
+#: The checks scored in the verdict's primary metric unless saturation moved them to another.
+_PAIRWISE = ("compatibility", "improvement", "rollback")
+
+
 def render_checks(body: dict, names: dict[int, str]) -> list[Text]:
     """A gate report body's checks (✓/✗ each) and its failing reasons, one line each, all literal text.
 
@@ -179,8 +184,12 @@ def render_checks(body: dict, names: dict[int, str]) -> list[Text]:
             mark,
             f"{check.get('kind')}: gen {names.get(check.get('query_gen'), check.get('query_gen'))} queries on "
             f"gen {names.get(check.get('gallery_gen'), check.get('gallery_gen'))} gallery "
-            f"{pct(check.get('value'))} {check.get('comparison')} {pct(check.get('threshold'))}",
+            f"{pct(check.get('value'))} {check.get('comparison')} {pct(check.get('threshold'))}"
+            + (f" ({METRIC_NAMES[check['metric']]})" if check.get("kind") in _PAIRWISE  # saturation: mAP decided
+               and check.get("metric") in METRIC_NAMES else ""),
         ))
+        if check.get("note"):
+            lines.append(Text(f"     {check['note']}", style="dim"))
     for reason in body.get("reasons", []):
         lines.append(Text(f"   – {reason}", style="red"))
     return lines

@@ -41,7 +41,10 @@ def register(app: typer.Typer, gallery_app: typer.Typer) -> None:
 def gallery_add(
     home: HomeOption = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset to embed (default: the workspace's).")] = None,
-    split: Annotated[str, typer.Option(help="Split of an IDX dataset: train or test.")] = "test",
+    split: Annotated[str, typer.Option(help=(
+        "test: items no generation trains on (an IDX dataset's test split; for an .npz or image folder, "
+        "which has none, the held-out split recorded at init; a workspace made before held-out splits "
+        "takes the whole dataset, and says so). train: the items generations train on."))] = "test",
     classes: Annotated[str, typer.Option(help="Classes to add: 'all', '0-3', names.")] = "all",
     per_class: Annotated[int | None, typer.Option(help="At most this many items per class.")] = None,
     id_prefix: Annotated[str | None, typer.Option(help="Prefix of the external ids (default '<split>-').")] = None,
@@ -85,10 +88,13 @@ def gallery_add(
         comp = composition(ws)
     if json_out:
         print_json({"added": res.added, "skipped": res.skipped, "skipped_other_generations": res.skipped_other,
-                    "total": comp.total, "production": comp.production})
+                    "total": comp.total, "production": comp.production, "notes": list(res.notes),
+                    "shortfall": res.shortfall or {}})
         return
     console.print(styled("[green]added[/] {} items embedded by generation {}; the gallery holds {}",
                          res.added, comp.production, comp.total))
+    for note in res.notes:  # where the items came from, and what a per-class cap could not get
+        console.print(styled("[yellow]note:[/] {}", note))
     if res.skipped_other:
         console.print(styled("skipped {} ids already in the gallery, {} of them embedded by a generation "
                              "other than production", res.skipped, res.skipped_other))

@@ -149,9 +149,28 @@ def _checks_table(verdict: GateVerdict, names: dict[int, str]) -> Table:
     for c in verdict.checks:
         gallery_cell = "after" if c.kind in _CHECK_NAMES else f"gen {c.gallery_gen}"
         diff = c.interval.to_dict() if c.interval is not None else None
-        t.add_row(_CHECK_NAMES.get(c.kind, c.kind), gallery_cell, pct(c.value), f"{c.comparison} {pct(c.threshold)}",
+        # A pairwise check decided in another metric (both sides at 100%: mAP) says which.
+        tag = c.kind not in _CHECK_NAMES and c.metric in METRIC_NAMES
+        name = _CHECK_NAMES.get(c.kind, c.kind) + (f" ({METRIC_NAMES[c.metric]})" if tag else "")
+        t.add_row(name, gallery_cell, pct(c.value), f"{c.comparison} {pct(c.threshold)}",
                   _ci(diff, points=True), styled("[green]ok[/]" if c.passed else "[red]FAIL[/]"))
     return t
+
+
+def _nothing_to_compare(verdict: GateVerdict, names: dict[int, str]) -> list[str]:
+    """What ``verify`` says instead of an empty checks table (a first generation: nothing serves yet)."""
+    t = verdict.candidate
+    own = verdict.evaluations.get((t, t))
+    measured = (f"its self-test on the classes it learnt, {METRIC_NAMES[verdict.primary_metric]} "
+                f"{pct(own.get(verdict.primary_metric))}% (what `matrix` and `generations` show), is stored for "
+                "the verdicts of the generations after it" if own is not None else "")
+    sha = "matches" if verdict.artifact_ok else "does NOT match"
+    return [
+        f"nothing to compare {names.get(t, t)} against: no other generation has gallery items and none is "
+        "production, so there is no compatibility or improvement check to make",
+        f"checked instead: its artifact {sha} the registered sha256 {verdict.artifact_sha256[:12]}..."
+        + (f"; {measured}" if measured else ""),
+    ]
 
 
 @handle_errors
@@ -179,7 +198,11 @@ def verify(
         print_json({"report_id": run.report.id, "status": run.generation.status, **run.verdict.to_dict()})
     else:
         v = run.verdict
-        console.print(_checks_table(v, names))
+        if v.checks:
+            console.print(_checks_table(v, names))
+        else:
+            for line in _nothing_to_compare(v, names):
+                console.print(_hanging("[dim]*[/]", line))
         for line in item_lines(v.to_dict()):
             console.print(line)
         if v.served is not None:
@@ -302,9 +325,22 @@ def matrix(
             "generations": [{"id": g.id, "name": g.name} for g in view.generations], "metric": view.metric,
             "matrix": view.matrix, "ac": view.average_compatibility, "am": view.average_multimodel_accuracy,
             "production": view.production, "live": view.live, "margin": view.margin, "passes": view.passes,
+            "selection": view.selection, "over": view.scope(),
         })
         return
+    console.print(f"compatibility matrix ({view.metric}, %): rows are query generations, columns gallery generations")
     console.print(render_matrix(view))
+    for line in matrix_lines(view):
+        console.print(line)
+
+
+def matrix_lines(view: MatrixView) -> list[str]:
+    """What goes under the matrix: AC and AM over the set they were computed on (the dashboard words
+    them the same, :meth:`MatrixView.averages`), and what a cell's colour means."""
+    hint = "" if view.selection == "live" else "; --live shows only those with gallery items"
+    margin = f" at margin {view.margin:g}" if view.margin else ""
+    return [f"{view.averages()}{hint}",
+            f"a lower-triangle cell is green when the gate passes that pair{margin}; AC counts the red ones"]
 
 
 def render_matrix(view: MatrixView) -> Table:
@@ -313,8 +349,7 @@ def render_matrix(view: MatrixView) -> Table:
     A lower-triangle cell's colour is the gate's own verdict for that pair (``view.passes``).
     """
     m = view.matrix
-    t = Table(title=f"compatibility matrix ({view.metric}, %) — rows: query gen, columns: gallery gen",
-              caption=f"AC {view.average_compatibility:.3f}   AM {100 * view.average_multimodel_accuracy:.2f}")
+    t = Table()
     t.add_column("query \\ gallery")
     for g in view.generations:
         t.add_column(str(g.id), justify="right")

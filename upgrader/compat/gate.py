@@ -11,6 +11,8 @@ scored on the probe classes both generations learnt:
   live generation ``j`` iff ``M(t, j) > M(j, j) + margin`` — strictly, so a tie fails. The matrix view
   colours its cells with the same function, so a cell and the gate never disagree.
 * **improvement**: unless waived, the candidate must also improve on production: ``M(t, t) > M(p, p)``.
+  Both strict rules move to mAP when both sides sit at 100% of the primary metric
+  (:mod:`upgrader.compat.pairwise`, where the pairwise rules live).
 * **rollback** (:func:`rollback_check`) to an older ``o`` needs ``M(o, j) >= M(j, j) - margin`` for
   every live gallery generation ``j`` written after ``o``.
 * **item-level search after the move** (:mod:`upgrader.compat.served`, rules in
@@ -37,11 +39,13 @@ import numpy as np
 from upgrader.compat.formal import FormalCheck, formal_for_pair
 from upgrader.compat.item_rules import item_checks, template_estimate
 from upgrader.compat.matrix import PairEvaluator
-from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, METRIC_NAMES, METRICS
+from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, METRICS
 from upgrader.compat.mixed import MixedEstimate
+from upgrader.compat.pairwise import class_words, compatibility_check, improvement_check, rollback_check
 from upgrader.compat.score_calibration import Calibration
 from upgrader.compat.served import ServedEstimate, estimate_served, item_metric, serving_calibration
 from upgrader.compat.verdict import GateCheck, GateVerdict, VerdictKind
+from upgrader.core.formatting import pct
 
 
 @dataclass(frozen=True)
@@ -114,59 +118,6 @@ def evaluator(inputs: GateInputs) -> PairEvaluator:
     )
 
 
-def compatibility_check(
-    ev: PairEvaluator, t: int, j: int, cfg: GateConfig, *, interval: bool = True
-) -> tuple[GateCheck, str | None]:
-    """The gate's rule for one pair: ``M(t, j) > M(j, j) + margin`` in the primary metric, strictly.
-
-    Both sides are scored on the classes ``t`` and ``j`` both learnt (usually all of j's), so a
-    candidate is not failed for moving a class the old generation never knew.
-
-    Args:
-        interval: also bootstrap the paired difference M(t, j) - M(j, j) (the matrix view, which
-            only colours cells, skips it).
-
-    Returns:
-        The check, and the line that explains it when it fails (None when it passes).
-    """
-    metric = cfg.primary_metric
-    value = ev.metrics(t, j).get(metric)
-    ev.metrics(j, j)  # the diagonal entry, for the report's matrix
-    shared = ev.shared(t, j)
-    self_j = ev.self_test(j, shared).get(metric)
-    threshold = self_j + cfg.margin
-    diff = ev.difference((t, j), (j, j), shared, metric) if interval else None
-    check = GateCheck("compatibility", t, j, value, threshold, value > threshold, j, ">", interval=diff)
-    if check.passed:
-        return check, None
-    return check, (
-        f"gen {t} queries on gen {j} gallery: {METRIC_NAMES[metric]} {value:.3f} <= self-test of gen {j} "
-        f"{self_j:.3f} + margin {cfg.margin:.3f}"
-    )
-
-
-def rollback_check(ev: PairEvaluator, o: int, j: int, cfg: GateConfig) -> tuple[GateCheck, str | None]:
-    """Whether the older generation ``o`` reads ``j``'s gallery: ``M(o, j) >= M(j, j) - margin``.
-
-    Returns:
-        The check, and the line that explains it when it fails (None when it passes).
-    """
-    metric = cfg.primary_metric
-    value = ev.metrics(o, j).get(metric)
-    ev.metrics(j, j)  # the diagonal entry, for the report's matrix
-    shared = ev.shared(o, j)
-    self_j = ev.self_test(j, shared).get(metric)
-    threshold = self_j - cfg.margin
-    diff = ev.difference((o, j), (j, j), shared, metric)
-    check = GateCheck("rollback", o, j, value, threshold, value >= threshold, j, ">=", interval=diff)
-    if check.passed:
-        return check, None
-    return check, (
-        f"gen {o} queries on gen {j} gallery: {METRIC_NAMES[metric]} {value:.3f} < self-test of gen {j} "
-        f"{self_j:.3f} - margin {cfg.margin:.3f}"
-    )
-
-
 def _sha_reason(inputs: GateInputs) -> str | None:
     if inputs.artifact_sha256 is None:
         return (
@@ -198,6 +149,8 @@ class _Tally:
         self.checks.append(check)
         if reason:
             self.reasons.append(reason)
+        if check.note:
+            self.notes.append(f"{check.kind} gen {check.query_gen} on gen {check.gallery_gen}: {check.note}")
         undecided = check.undecided_line()
         if undecided:
             self.notes.append(undecided)
@@ -314,7 +267,8 @@ def evaluate_candidate(inputs: GateInputs, config: GateConfig | None = None) -> 
 
 
 def _improvement_check(inputs: GateInputs, cfg: GateConfig, ev: PairEvaluator, tally: _Tally) -> None:
-    """M(t, t) > M(p, p) against production p, or the note saying why it does not apply."""
+    """M(t, t) > M(p, p) against production p (:func:`improvement_check`), or the note saying why it
+    does not apply."""
     t = int(inputs.candidate)
     prod = None if inputs.production is None else int(inputs.production)
     if prod is None:
@@ -323,21 +277,12 @@ def _improvement_check(inputs: GateInputs, cfg: GateConfig, ev: PairEvaluator, t
     if prod == t:
         tally.notes.append(f"gen {t} is production already: the improvement check does not apply")
         return
-    self_t = ev.metrics(t, t).get(cfg.primary_metric)
-    # Production's self-test on the candidate's classes: would serving with t beat serving with p on
-    # everything t is meant to serve?
-    ev.metrics(prod, prod)  # the diagonal entry, for the report's matrix
-    self_p = ev.self_test(prod, ev.shared(t, t)).get(cfg.primary_metric)
+    check, reason = improvement_check(ev, t, prod, cfg)
     if not cfg.require_improvement:
-        tally.notes.append(f"improvement waived: gen {t} self-test {self_t:.3f} vs production gen {prod} {self_p:.3f}")
+        tally.notes.append(f"improvement waived: gen {t} self-test {pct(check.value)}% vs production gen {prod} "
+                           f"{pct(check.threshold)}% on {class_words(ev.shared(t, t))}")
         return
-    ok = self_t > self_p
-    reason = None if ok else (
-        f"gen {t} self-test {METRIC_NAMES[cfg.primary_metric]} {self_t:.3f} <= self-test of production gen {prod} "
-        f"{self_p:.3f}: not an improvement"
-    )
-    diff = ev.difference((t, t), (prod, prod), ev.shared(t, t), cfg.primary_metric)
-    tally.add(GateCheck("improvement", t, t, self_t, self_p, ok, prod, ">", interval=diff), reason)
+    tally.add(check, reason)
 
 
 def evaluate_rollback(

@@ -41,6 +41,11 @@ class GateCheck:
     # Bootstrap 95% interval of the paired per-query difference behind the check (value minus the
     # reference side, margin or tolerance not included): M(t, j) - M(j, j), t's estimate - production's...
     interval: Interval | None = None
+    # The classes both sides were scored on (None: every probe class; the item-level checks say
+    # theirs in their own lines), and what saturation changed (both sides at 100%: a finer metric
+    # decided, or both were perfect), for the verdict's notes.
+    classes: tuple[int, ...] | None = None
+    note: str | None = None
 
     def undecided_line(self) -> str | None:
         """The line saying the probe set cannot tell the two sides apart (the interval spans 0), or None."""
@@ -73,6 +78,8 @@ class GateCheck:
             "comparison": self.comparison,
             "metric": self.metric,
             "difference": self.interval.to_dict() if self.interval is not None else None,
+            "classes": list(self.classes) if self.classes is not None else None,
+            "note": self.note,
         }
 
 

@@ -3,13 +3,17 @@
 ``compatibility_matrix`` loads each generation's probe embeddings from the registry (embedding the
 probe set first where it is missing), fills ``C[t][j] = M(t, j)`` with the gate's own evaluator and
 marks each lower-triangle cell with the gate's own verdict for that pair, so the CLI table and the
-dashboard's heatmap show what ``verify`` would decide rather than re-deriving the rule. No torch.
+dashboard's heatmap show what ``verify`` would decide rather than re-deriving the rule. AC counts those
+same verdicts, and :meth:`MatrixView.averages` is the one wording of AC, AM and the generation set
+they were computed over, for the CLI and the dashboard alike. No torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -17,11 +21,15 @@ from registry import Generation
 from registry.entities import PRODUCTION
 
 from upgrader.compat.gate import GateConfig, compatibility_check
-from upgrader.compat.matrix import PairEvaluator, average_compatibility, average_multimodel_accuracy, matrix_from_pairs
+from upgrader.compat.matrix import PairEvaluator, average_multimodel_accuracy, matrix_from_pairs
 from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, METRICS
 from upgrader.core.errors import InvalidRequest
+from upgrader.core.formatting import pct
 from upgrader.services.registration import embed_probe_set, known_classes
 from upgrader.services.workspace import Workspace
+
+
+Selection = Literal["default", "live", "named"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,32 @@ class MatrixView:
     # both learnt) holds, for the lower triangle j < t; None on and above the diagonal.
     passes: list[list[bool | None]]
     margin: float = 0.0  # the margin ``passes`` was decided with
+    # Which generations: "default" (every one not rejected: what `upgrader matrix` and the dashboard
+    # show unless told otherwise), "live" (those with gallery items) or "named" (chosen by the caller).
+    selection: Selection = "default"
+
+    def ac_text(self) -> str:
+        """AC as a fraction with three decimals, ``n/a`` without generations."""
+        ac = self.average_compatibility
+        return f"{ac:.3f}" if math.isfinite(ac) else "n/a"
+
+    def am_text(self) -> str:
+        """AM as a percentage with one decimal (as every accuracy is shown), ``n/a`` without generations."""
+        am = self.average_multimodel_accuracy
+        return f"{pct(am)} %" if math.isfinite(am) else "n/a"
+
+    def scope(self) -> str:
+        """The generation set AC and AM were computed over, in words."""
+        ids = ", ".join(str(g.id) for g in self.generations)
+        if not ids:
+            return {"default": "no generations (none registered, or all rejected)",
+                    "live": "no live generations (the gallery is empty)", "named": "no generations"}[self.selection]
+        return {"default": f"generations {ids} (every one not rejected)", "live": f"the live generations {ids}",
+                "named": f"generations {ids} (as named)"}[self.selection]
+
+    def averages(self) -> str:
+        """``AC 1.000   AM 93.2 % over generations 1, 2 (every one not rejected)``: the CLI's caption."""
+        return f"AC {self.ac_text()}   AM {self.am_text()} over {self.scope()}"
 
 
 def probe_labels(ws: Workspace) -> tuple[np.ndarray, np.ndarray]:
@@ -135,13 +169,31 @@ def compatibility_matrix(
         generations=gens,
         matrix=matrix,
         metric=metric,
-        average_compatibility=average_compatibility(matrix) if ids else 1.0,
-        average_multimodel_accuracy=average_multimodel_accuracy(matrix) if ids else float("nan"),
+        average_compatibility=gate_average_compatibility(passes),
+        average_multimodel_accuracy=average_multimodel_accuracy(matrix) if ids else math.nan,
         production=reg.get_alias(PRODUCTION),
         live=reg.live_generations(),
         passes=passes,
         margin=cfg.margin,
+        selection="named" if refs else "live" if live_only else "default",
     )
 
 
-__all__ = ["MatrixView", "class_sets", "compatibility_matrix", "load_probe", "probe_labels"]
+def gate_average_compatibility(passes: Sequence[Sequence[bool | None]]) -> float:
+    """AC = 1 - 2/(T(T-1)) * #{j < t: the gate refuses (t, j)}, from the cells' own verdicts.
+
+    The gate's rule is the paper's ``C[t][j] > C[j][j]`` at margin 0 on generations that learnt every
+    class of the older one; counting its verdicts keeps AC in step with the cells' colours where they
+    differ (a margin, a narrower candidate scored on shared classes, two sides at 100% decided on mAP).
+    T = 1 gives 1; no generations give NaN (shown as n/a).
+    """
+    cells = [p for row in passes for p in row if p is not None]
+    if not passes:
+        return math.nan
+    return 1.0 - sum(not p for p in cells) / len(cells) if cells else 1.0
+
+
+__all__ = [
+    "MatrixView", "Selection", "class_sets", "compatibility_matrix", "gate_average_compatibility", "load_probe",
+    "probe_labels",
+]

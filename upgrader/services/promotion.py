@@ -14,28 +14,41 @@ through :func:`promote` and :func:`rollback`:
 * a rollback target must have held production before through an unforced move, with the artifact it
   has now, or pass the gate's compatibility checks now (without the improvement check: a rollback may
   be worse); on top of either, it must read the gallery items written after it (the upper triangle).
-  The stored report says which ground it stood on (:class:`RollbackGround`).
+  The stored report says which ground it stood on (:class:`RollbackGround`). The rule itself lives
+  in :mod:`upgrader.services.rollback_rule` (its names are importable from here too); what the gate
+  reads from the registry, in :mod:`upgrader.services.gate_inputs`.
 """
 
 from __future__ import annotations
 
 import getpass
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from registry import AliasMove, GateReport, Generation
 
-from upgrader.compat.gate import GateConfig, GateInputs, evaluate_candidate, evaluate_rollback
-from upgrader.compat.mixed import gallery_holders
+from upgrader.compat.gate import GateConfig, evaluate_candidate
 from upgrader.compat.served import composition_after, composition_dict
 from upgrader.compat.verdict import GateVerdict
 from upgrader.core.errors import GateRefused, InvalidRequest, NoProduction
-from upgrader.core.files import sha256_file
 from upgrader.core.version import VERSION
-from upgrader.services.matrix import class_sets, load_probe, probe_labels
+from upgrader.services.gate_inputs import current_sha, gate_inputs, holders
+from upgrader.services.matrix import class_sets, probe_labels
 from upgrader.services.registration import check_artifact
+from upgrader.services.rollback_rule import (  # the rollback rule, importable from here as before
+    GroundKind,
+    RollbackGround,
+    held_production_move,
+    judge_rollback,
+    newer_gallery_generations,
+    rollback_report_body,
+    rollback_target,
+)
 from upgrader.services.workspace import Workspace
+
+#: The gate's inputs for one generation, by the name callers (and tests) imported it under.
+_inputs = gate_inputs
 
 #: Why a forced move is refused without a reason (the CLI words the same rule with its flags).
 FORCE_NEEDS_REASON = "a forced move needs a reason: the override is recorded in the alias history"
@@ -48,46 +61,6 @@ class Verification:
     generation: Generation  # the generation as it is after the verdict (status updated)
     report: GateReport  # the stored report
     verdict: GateVerdict  # the full verdict (numbers, checks, reasons)
-
-
-GroundKind = Literal["held-production", "compatible-now", "none"]
-
-
-@dataclass(frozen=True)
-class RollbackGround:
-    """Why a rollback target may serve again, as its rollback report records it.
-
-    ``held-production``: it held production through an unforced move with the artifact it has now
-    (``move``); ``compatible-now``: it passes the gate's compatibility checks now; ``none``: neither,
-    so only a forced move with a reason can make it production.
-    """
-
-    kind: GroundKind
-    line: str  # one sentence, for the report, the refusal and the CLI
-    move: AliasMove | None = None  # the unforced move it served through (held-production only)
-
-    @property
-    def passed(self) -> bool:
-        """Whether the target has a standing of its own (the upper-triangle check still applies)."""
-        return self.kind != "none"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, stored as the report's ``ground``."""
-        return {
-            "kind": self.kind,
-            "passed": self.passed,
-            "line": self.line,
-            "move_id": self.move.id if self.move else None,
-            "at": self.move.at.isoformat() if self.move else None,
-        }
-
-    def as_check(self, target: int) -> dict[str, Any]:
-        """The ground as the first entry of the report's checks (so a rollback report never passes
-        with zero checks); shaped like a gate check, with ``line`` saying what it checked."""
-        return {
-            "kind": "ground", "query_gen": target, "gallery_gen": target, "value": None, "threshold": None,
-            "passed": self.passed, "reference_gen": target, "comparison": "", "ground": self.kind, "line": self.line,
-        }
 
 
 @dataclass(frozen=True)
@@ -107,39 +80,6 @@ def default_actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
-
-
-def _current_sha(ws: Workspace, gen: Generation) -> str | None:
-    path = ws.resolve(gen.onnx_path)
-    return sha256_file(path) if path.is_file() else None
-
-
-def _inputs(ws: Workspace, gen: Generation, gens: Iterable[int]) -> GateInputs:
-    reg = ws.registry
-    live = reg.live_generations()
-    production = reg.get_alias()
-    needed = [gen.id, *live, *([production] if production is not None else []), *gens]
-    queries, galleries = load_probe(ws, needed)
-    q_labels, g_labels = probe_labels(ws)
-    return GateInputs(
-        query_labels=q_labels,
-        gallery_labels=g_labels,
-        query_embeddings=queries,
-        gallery_embeddings=galleries,
-        candidate=gen.id,
-        live=live,
-        production=production,
-        registered_sha256=gen.onnx_sha256,
-        artifact_sha256=_current_sha(ws, gen),
-        classes=class_sets(ws, [gen.id, *needed]),
-        gallery_holders=_holders(ws, live),
-    )
-
-
-def _holders(ws: Workspace, live: Sequence[int]) -> dict[int, dict[int, int]]:
-    """Class vertex -> {live generation: its gallery items of that class} (one GROUP BY)."""
-    reg = ws.registry
-    return gallery_holders(reg.gallery_label_counts(), reg.interface().label_map, live)
 
 
 def _store(
@@ -169,7 +109,7 @@ def verify(ws: Workspace, ref: str | int, config: GateConfig | None = None) -> V
     if gen.id == ws.registry.get_alias():
         raise InvalidRequest(f"generation {gen.name} is production already; there is nothing to verify it against")
     check_artifact(ws, gen)
-    verdict = evaluate_candidate(_inputs(ws, gen, []), config)
+    verdict = evaluate_candidate(gate_inputs(ws, gen, []), config)
     return _store(ws, gen, verdict, set_status=True)
 
 
@@ -181,7 +121,7 @@ def _reusable(ws: Workspace, gen: Generation, kind: str, config: GateConfig) -> 
     reg = ws.registry
     live = sorted(reg.live_generations())
     production = reg.get_alias()
-    actual = _current_sha(ws, gen)
+    actual = current_sha(ws, gen)
     now: tuple[dict[str, dict[str, int]], list[int]] | None = None  # computed once a report needs it
     for report in reg.gate_reports(gen.id):
         body = report.report
@@ -211,7 +151,7 @@ def _composition_now(
     ws: Workspace, gen: Generation, live: Sequence[int]
 ) -> tuple[dict[str, dict[str, int]], list[int]]:
     """The probe gallery's composition after promoting ``gen`` today, as a report stores it."""
-    composition, new = composition_after(gen.id, probe_labels(ws)[1], _holders(ws, live),
+    composition, new = composition_after(gen.id, probe_labels(ws)[1], holders(ws, live),
                                          class_sets(ws, [gen.id]).get(gen.id))
     return composition_dict(composition), list(new)
 
@@ -264,95 +204,6 @@ def promote(
     return Promotion(move=move, report=report, reused_report=reused, forced=move.forced)
 
 
-def newer_gallery_generations(live: Iterable[int], target: int) -> list[int]:
-    """The live gallery generations a rollback to ``target`` must still read: those written after it.
-
-    Generation ids grow with registration, so "written after" is a larger id; these are the gallery
-    generations the rollback check scores the target's queries on (the upper triangle).
-    """
-    return [int(j) for j in live if int(j) > int(target)]
-
-
-def rollback_target(ws: Workspace) -> Generation:
-    """The generation production held before its current holder (the target of a rollback that names none)."""
-    reg = ws.registry
-    production = reg.get_alias()
-    if production is None:
-        raise NoProduction("no production generation; there is nothing to roll back")
-    for move in reversed(reg.alias_history()):
-        if move.to_gen == production and move.from_gen is not None:
-            return reg.get_generation(move.from_gen)
-    raise InvalidRequest("production has no earlier holder; name the generation to roll back to")
-
-
-def held_production_move(ws: Workspace, target: Generation) -> AliasMove | None:
-    """The newest unforced move that made ``target`` production with the artifact it has now, or None.
-
-    A move whose passing report judged another artifact (the generation was re-exported since) does
-    not count: the model that served is not the one that would serve again.
-    """
-    reg = ws.registry
-    for move in reversed(reg.alias_history()):
-        if move.to_gen != target.id or move.forced or move.gate_report_id is None:
-            continue
-        report = reg.get_gate_report(move.gate_report_id)
-        if report.passed and report.artifact_sha256 == target.onnx_sha256:
-            return move
-    return None
-
-
-def judge_rollback(ws: Workspace, target: Generation, config: GateConfig | None = None) -> tuple[GateVerdict, RollbackGround]:
-    """The rollback verdict for ``target`` and the ground it stands on; nothing is stored.
-
-    The upper-triangle check (the target reads every live gallery generation written after it) always
-    applies. A target that held production through an unforced move (:func:`held_production_move`)
-    needs nothing more; any other must also pass the gate's compatibility checks against every live
-    generation now, as a candidate would, without the improvement check.
-    """
-    config = config or GateConfig()
-    newer = newer_gallery_generations(ws.registry.live_generations(), target.id)
-    inputs = _inputs(ws, target, newer)
-    upper = evaluate_rollback(inputs, target.id, newer, config)
-    held = held_production_move(ws, target)
-    if held is not None:
-        ground = RollbackGround(
-            "held-production",
-            f"{target.name} held production from {held.at:%Y-%m-%d %H:%M} via move {held.id} (not forced), "
-            "with the artifact it has now",
-            held,
-        )
-        return replace(upper, notes=(ground.line, *upper.notes)), ground
-    # A rollback may be worse: neither the improvement nor the no-regression rule applies.
-    compat = evaluate_candidate(inputs, replace(config, require_improvement=False, allow_regression=True))
-    never = f"{target.name} never held production through an unforced move"
-    ground = (
-        RollbackGround("compatible-now", f"{never}; it passes the gate's compatibility checks now")
-        if compat.passed
-        else RollbackGround("none", f"{never} and fails the gate's compatibility checks now")
-    )
-    merged = replace(
-        upper,
-        passed=upper.passed and compat.passed,
-        checks=(*compat.checks, *upper.checks),
-        evaluations={**compat.evaluations, **upper.evaluations},
-        formal={**compat.formal, **upper.formal},
-        reasons=tuple(dict.fromkeys((*compat.reasons, *upper.reasons))),
-        notes=(ground.line, *compat.notes, *upper.notes),
-        mixed=compat.mixed,
-        mixed_tolerance=compat.mixed_tolerance,
-        served=compat.served,
-    )
-    return merged, ground
-
-
-def rollback_report_body(verdict: GateVerdict, ground: RollbackGround, target: int) -> dict[str, Any]:
-    """The stored body of a rollback report: the verdict, its ground, and the ground as the first check."""
-    body = verdict.to_dict()
-    body["ground"] = ground.to_dict()
-    body["checks"] = [ground.as_check(target), *body["checks"]]
-    return body
-
-
 def rollback(
     ws: Workspace,
     ref: str | int | None = None,
@@ -401,3 +252,10 @@ def rollback(
         kind="rollback",
     )
     return Promotion(move=move, report=stored.report, reused_report=False, forced=move.forced, ground=ground)
+
+
+__all__ = [
+    "FORCE_NEEDS_REASON", "GroundKind", "Promotion", "RollbackGround", "Verification", "default_actor",
+    "held_production_move", "judge_rollback", "newer_gallery_generations", "promote", "rollback",
+    "rollback_report_body", "rollback_target", "verify",
+]
