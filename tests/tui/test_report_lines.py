@@ -50,3 +50,24 @@ def test_ac_counts_the_cells_the_gate_refuses_and_is_n_a_without_generations() -
                   average_multimodel_accuracy=0.932, passes=[[None]], selection="default")
     assert matrix_lines(one)[0] == ("AC 1.000   AM 93.2 % over generations 1 (every one not rejected); --live shows "
                                     "only those with gallery items")
+
+
+def test_the_dashboards_report_view_shows_the_item_level_search_the_cli_prints() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from tui.report_lines import item_lines
+    from tui.views.generations import render_report_line
+
+    verdict = evaluate_candidate(_saturated(), GateConfig(require_improvement=False))
+    body = verdict.to_dict()
+    rep = SimpleNamespace(id=7, kind="promote", passed=True, report=body, created_at=datetime(2025, 1, 1),
+                          artifact_sha256="ab" * 32)
+    console = Console(width=100, record=True)
+    console.print(render_report_line(rep, {1: "g1", 2: "g2"}, lambda dt: "2025-01-01"))
+    shown = console.export_text()
+    for line in item_lines(body):  # the same lines as `upgrader verify`, after the checks
+        assert line.plain.strip() in shown
+    assert shown.index("compatibility:") < shown.index("item-level search after the move")
+    assert "calibrated" in shown and "re-index" in shown and "no regression" in shown

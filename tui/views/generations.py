@@ -16,6 +16,7 @@ from upgrader.compat.metrics import METRIC_NAMES
 from upgrader.core.markup import literal
 from upgrader.services.dashboard_model import DashboardSnapshot, GenerationDetails
 
+from tui.report_lines import item_lines
 from tui.render import TimeFormat, human_bytes, lineage_order, status_badge
 from upgrader.core.formatting import pct
 
@@ -156,11 +157,12 @@ def render_details(d: GenerationDetails, time_format: TimeFormat) -> RenderableT
 
 
 def render_report_line(rep, names: dict[int, str], time_format: TimeFormat) -> RenderableType:
-    """One stored gate report: verdict, time, failing reasons, the checks."""
+    """One stored gate report: verdict, time, the checks, failing reasons and the item-level search after
+    the move (calibrated, raw, re-index, no regression: what ``verify`` prints)."""
     body = rep.report
     verdict = Text(" PASSED ", style="bold black on green") if rep.passed else Text(" REFUSED ", style="bold white on red")
     title = Text.assemble(f"#{rep.id} {rep.kind} ", verdict, f"  {time_format(rep.created_at)}  sha {rep.artifact_sha256[:12]}")
-    return Group(title, *render_checks(body, names))
+    return Group(title, *render_checks(body, names), *item_lines(body))
 
 
 #: The checks scored in the verdict's primary metric unless saturation moved them to another.

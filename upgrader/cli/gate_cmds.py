@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -14,7 +14,6 @@ from registry import AliasMove
 from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, styled, usage_error, workspace
 from upgrader.compat.gate import GateConfig
 from upgrader.compat.metrics import DEFAULT_PRIMARY_METRIC, METRIC_NAMES
-from upgrader.compat.mixed import ranges
 from upgrader.compat.verdict import GateVerdict
 from upgrader.core.errors import GateRefused
 from upgrader.core.formatting import pct
@@ -22,6 +21,7 @@ from upgrader.services.matrix import MatrixView, compatibility_matrix
 from upgrader.services.promotion import promote as promote_service
 from upgrader.services.promotion import rollback as rollback_service
 from upgrader.services.promotion import verify as verify_service
+from tui.report_lines import ci, item_lines
 
 Margin = Annotated[float, typer.Option(help="Required margin over the old self-test (metric units, 0..1).")]
 Metric = Annotated[str, typer.Option(help="Primary metric: template_top1, recall_at_1 or mean_ap.")]
@@ -65,61 +65,6 @@ def _config(
         raise typer.BadParameter(str(exc)) from None
 
 
-def _ci(iv: dict[str, Any] | None, points: bool = False) -> str:
-    """``78.2 [75.6, 80.8]`` (a value with its 95% interval, in %), or signed points for a difference."""
-    if not iv or iv.get("value") is None:
-        return "-"
-    if points:
-        return f"{100 * iv['value']:+.1f} [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}]"
-    return f"{pct(iv['value'])} [{pct(iv['low'])}, {pct(iv['high'])}]"
-
-
-def _verdict_tag(checks: list[dict[str, Any]], kind: str) -> str:
-    found = [c for c in checks if c.get("kind") == kind]
-    if not found:
-        return ""
-    return "[green]ok[/]" if all(c["passed"] for c in found) else "[red]FAIL[/]"
-
-
-def item_lines(body: dict[str, Any]) -> list[Text]:
-    """A report body's item-level search after the move as printed lines (none when it has none).
-
-    Fits 80 columns: a 3 x 2 grid (calibrated, raw, re-index; Recall@1, mAP) with 95% intervals,
-    then the gap to a re-index and the no-regression comparison, each with its verdict.
-    """
-    served = body.get("served")
-    if not served:
-        return []
-    checks = body.get("checks", [])
-    metric = "recall@1" if served["metric"] == "recall_at_1" else "mAP"
-    out = [styled("[bold]item-level search after the move[/]: {} probe queries of gen {} (%, 95% CI)",
-                  served["queries"], served["candidate"]),
-           Text(f"{'':10}  {'calibrated':<18}  {'raw':<18}  re-index")]
-    for key, name in (("recall_at_1", "recall@1"), ("map", "mAP")):
-        cells = [_ci(served[s][key]).ljust(18) for s in ("calibrated", "raw", "reindex")]
-        out.append(Text(f"  {name:<8}  " + "  ".join(cells).rstrip()))
-    tol = body.get("mixed_tolerance")
-    rule = f"tolerance {100 * tol:.1f}: {_verdict_tag(checks, 'mixed')}" if tol is not None else "no tolerance set"
-    out.append(styled(f"  gap to a re-index ({{}}): {{}} points ({rule})", metric, _ci(served["gap"], points=True)))
-    reg = served.get("regression")
-    if reg is None:
-        out.append(styled("  no regression: {}", served.get("why_no_regression", "")))
-        return out
-    key = served["metric"]
-    verdict = "waived" if body.get("allow_regression") else _verdict_tag(checks, "regression")
-    out.append(styled(f"  no regression ({{}}) on the gallery as it stands, classes {{}}: {verdict}", metric,
-                      _classes(reg["classes"])))
-    out.append(styled("    gen {} {} vs production gen {} {}", served["candidate"],
-                      pct(reg["candidate"][key]["value"]), reg["production"], pct(reg["production_now"][key]["value"])))
-    tell = "" if reg["distinguishable"] else "; the probe set cannot tell them apart"
-    out.append(styled("    difference {} points{}", _ci(reg["difference"], points=True), tell))
-    return out
-
-
-def _classes(vs: list[int]) -> str:
-    return ranges(vs) if vs else "none"
-
-
 def _force_needs_reason(force: bool, reason: str) -> None:
     """The CLI's own check of its flags, worded with them, before any work (exit 2)."""
     if force and not reason.strip():
@@ -153,7 +98,7 @@ def _checks_table(verdict: GateVerdict, names: dict[int, str]) -> Table:
         tag = c.kind not in _CHECK_NAMES and c.metric in METRIC_NAMES
         name = _CHECK_NAMES.get(c.kind, c.kind) + (f" ({METRIC_NAMES[c.metric]})" if tag else "")
         t.add_row(name, gallery_cell, pct(c.value), f"{c.comparison} {pct(c.threshold)}",
-                  _ci(diff, points=True), styled("[green]ok[/]" if c.passed else "[red]FAIL[/]"))
+                  ci(diff, points=True), styled("[green]ok[/]" if c.passed else "[red]FAIL[/]"))
     return t
 
 
