@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, styled
@@ -13,22 +14,35 @@ from upgrader.core.formatting import pct
 
 
 def served_table(steps: list) -> Table:
-    """The search users get after each step: held-out queries through the served index (top-1 %)."""
-    t = Table(title="after each step: served nearest-item top-1 % of held-out queries on the gallery as it stands")
-    for col in ("step", "generation", "gate", "self-test", "gallery (items by gen)", "raw", "calibrated",
-                "+5% backfill", "+10%", "+20%", "re-index", "as stood: new vs old"):
-        t.add_column(col)
+    """The search users get after each step: held-out queries through the served index (top-1 %).
+
+    Fits 80 columns: generations by id (named in :func:`step_lines`), short heads.
+    """
+    t = Table(title="served nearest-item top-1 % of held-out queries on the gallery after each step",
+              box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, title_justify="left")
+    for col in ("step", "gen", "gate", "self", "raw", "calib", "+5%", "+10%", "+20%", "re-idx", "stood: new/old"):
+        t.add_column(col, justify="left" if col in ("gen", "gate") else "right", no_wrap=True)
     for s in steps:
-        comp = ", ".join(f"g{g}:{n}" for g, n in sorted(s.gallery_by_generation.items()))
         served = s.served or {}
         back = {f: acc for f, _, acc in served.get("backfill", {}).get("gain", [])}
-        stood = (f"{pct(s.served_as_stood)} vs {pct(s.served_before)}"
-                 if s.served_as_stood is not None and s.served_before is not None else "n/a")
-        t.add_row(str(s.step), s.generation_name,
-                  styled("[green]passed[/]" if s.gate_passed else ("[yellow]forced[/]" if s.forced else "[red]refused[/]")),
-                  pct(s.self_test), f"{s.gallery_items} ({comp})", pct(served.get("raw")), pct(served.get("calibrated")),
-                  pct(back.get(0.05)), pct(back.get(0.1)), pct(back.get(0.2)), pct(served.get("reindex")), stood)
+        stood = (f"{pct(s.served_as_stood)}/{pct(s.served_before)}"
+                 if s.served_as_stood is not None and s.served_before is not None else "-")
+        t.add_row(str(s.step), f"g{s.generation_id}",
+                  styled("[green]pass[/]" if s.gate_passed else ("[yellow]forced[/]" if s.forced else "[red]refused[/]")),
+                  pct(s.self_test), pct(served.get("raw")), pct(served.get("calibrated")), pct(back.get(0.05)),
+                  pct(back.get(0.1)), pct(back.get(0.2)), pct(served.get("reindex")), stood)
     return t
+
+
+def step_lines(steps: list) -> list[str]:
+    """What the table's short columns stand for, and each step's generation and gallery."""
+    out = ["calib = with the stored score calibration (what `upgrader serve` answers with); +N% = after "
+           "re-embedding N% of the gallery in the `gain` order; re-idx = every item re-embedded; as stood = "
+           "new vs previous production on the gallery before the step's items joined."]
+    for s in steps:
+        comp = ", ".join(f"g{g}: {n}" for g, n in sorted(s.gallery_by_generation.items()))
+        out.append(f"  step {s.step}: g{s.generation_id} {s.generation_name}; gallery {s.gallery_items} items ({comp})")
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +76,8 @@ def demo(
             view: MatrixView = compatibility_matrix(ws, sc.generation_ids)
         console.print(render_matrix(view))
         console.print(served_table(sc.steps))
+        for line in step_lines(sc.steps):
+            console.print(line, soft_wrap=False)
         console.print(f"AC = {sc.ac:.3f}, AM = {100 * sc.am:.1f} over generations {', '.join(map(str, sc.generation_ids))} "
                       f"(the promoted chain); no gallery item was re-embedded.")
         verdict = "[green]refused[/]" if result.baseline_refused else "[red]NOT refused[/]"
