@@ -107,6 +107,22 @@ def test_a_dry_run_writes_nothing_and_its_curves_run_from_the_gallery_now_to_a_r
     assert all(after[k][0] == before[k][0] and np.array_equal(after[k][2], before[k][2]) for k in before)
 
 
+def test_a_backfill_estimated_to_lower_search_is_refused_and_writes_nothing(g2_serving: Path, tmp_path: Path) -> None:
+    home = tmp_path / "lowering"
+    shutil.copytree(g2_serving, home)
+    plan = run_cli("gallery", "backfill", "--dry-run", "--budget", "30", "--policy", "oldest", "--json", home=home).json()
+    assert plan["estimate"]["at_budget"] < plan["estimate"]["now"]  # this world: re-embedding 30 oldest items hurts
+    before = gallery_state(home)
+    res = run_cli("gallery", "backfill", "--budget", "30", "--policy", "oldest", home=home)
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    now, after = f"{100 * plan['estimate']['now']:.1f}%", f"{100 * plan['estimate']['at_budget']:.1f}%"
+    assert f"from {now} to {after}" in res.stderr and "--allow-lower" in res.stderr
+    assert gallery_state(home).keys() == before.keys() and all(
+        gallery_state(home)[k][0] == before[k][0] for k in before)  # nothing re-embedded
+    forced = run_cli("gallery", "backfill", "--budget", "30", "--policy", "oldest", "--allow-lower", "--json", home=home)
+    assert forced.exit_code == 0 and forced.json()["reembedded"] == 30
+
+
 def test_a_budget_of_n_reembeds_exactly_n_items_in_the_policys_order_oldest_first(g2_serving: Path, tmp_path: Path) -> None:
     home = g2_serving
     g1, g2 = gen_id(home, "g1"), gen_id(home, "g2")
@@ -120,7 +136,7 @@ def test_a_budget_of_n_reembeds_exactly_n_items_in_the_policys_order_oldest_firs
     shutil.copytree(home, oldest_home)
 
     # oldest: the lowest generation, then class vertex; all 25 of class 0, then the 5 oldest of class 1.
-    res = run_cli("gallery", "backfill", "--budget", "30", "--policy", "oldest", "--batch-size", "8", "--json",
+    res = run_cli("gallery", "backfill", "--allow-lower", "--budget", "30", "--policy", "oldest", "--batch-size", "8", "--json",
                   home=oldest_home)
     assert res.exit_code == 0, res.stderr
     assert res.json()["reembedded"] == 30 and res.json()["remaining"] == 70
@@ -134,15 +150,15 @@ def test_a_budget_of_n_reembeds_exactly_n_items_in_the_policys_order_oldest_firs
     order = run_cli("gallery", "backfill", "--dry-run", "--json", home=home).json()["order"]
     assert [o["generation"] for o in order] == [g1] * 4
     want = by_class[order[0]["vertex"]] + by_class[order[1]["vertex"]][:5]
-    res = run_cli("gallery", "backfill", "--budget", "30", "--json", home=home)
+    res = run_cli("gallery", "backfill", "--allow-lower", "--budget", "30", "--json", home=home)
     assert res.exit_code == 0 and res.json()["policy"] == "gain" and res.json()["reembedded"] == 30
     assert sorted(k for k, (g, _, _) in gallery_state(home).items() if g == g2) == sorted(want)
 
     # a percentage of the gallery, counted like the dry run's rows; then the rest by default
-    assert run_cli("gallery", "backfill", "--budget", "10%", "--json", home=home).json()["reembedded"] == 10
-    rest = run_cli("gallery", "backfill", "--json", home=home).json()
+    assert run_cli("gallery", "backfill", "--allow-lower", "--budget", "10%", "--json", home=home).json()["reembedded"] == 10
+    rest = run_cli("gallery", "backfill", "--allow-lower", "--json", home=home).json()
     assert rest["reembedded"] == 60 and rest["remaining"] == 0 and rest["by_generation"][0]["id"] == g1
-    again = run_cli("gallery", "backfill", "--json", home=home).json()
+    again = run_cli("gallery", "backfill", "--allow-lower", "--json", home=home).json()
     assert again["reembedded"] == 0 and again["candidates"] == 0
     for bad in ("0", "abc", "150%", "-3"):
         res = run_cli("gallery", "backfill", "--budget", bad, home=home)
@@ -208,7 +224,7 @@ def test_a_backfill_killed_between_batches_resumes_with_no_item_lost_or_duplicat
     before = gallery_state(home)
     assert len(before) == items and {g for g, _, _ in before.values()} == {g1}
 
-    run_killed(home, "backfill:batch", "gallery", "backfill", "--batch-size", "7")
+    run_killed(home, "backfill:batch", "gallery", "backfill", "--allow-lower", "--batch-size", "7")
     assert_reads_work(home)
     partial = gallery_state(home)
     assert partial.keys() == before.keys()  # none lost, none added
@@ -219,7 +235,7 @@ def test_a_backfill_killed_between_batches_resumes_with_no_item_lost_or_duplicat
         if g == g1:
             assert np.array_equal(emb, before[k][2])
 
-    again = run_cli("gallery", "backfill", "--batch-size", "7", "--json", home=home)
+    again = run_cli("gallery", "backfill", "--allow-lower", "--batch-size", "7", "--json", home=home)
     assert again.exit_code == 0, again.stderr
     assert again.json()["reembedded"] == items - 7 and again.json()["remaining"] == 0
     after = gallery_state(home)
@@ -258,7 +274,7 @@ def test_items_whose_source_cannot_be_read_are_reported_skipped_and_kept(seeded:
               **{f"b-Bag/item #{j}.png": "dataset-missing" for j in range(4)}, "no-source": "no-source"}
     assert broken.keys() <= before.keys()
 
-    res = run_cli("gallery", "backfill", "--batch-size", "5", "--json", home=home)
+    res = run_cli("gallery", "backfill", "--allow-lower", "--batch-size", "5", "--json", home=home)
     assert res.exit_code == 0, res.stderr
     body = res.json()
     skipped = body["skipped_unreadable"]
@@ -273,7 +289,7 @@ def test_items_whose_source_cannot_be_read_are_reported_skipped_and_kept(seeded:
             assert g == g1 and np.array_equal(emb, before[k][2]), k
         else:
             assert g == g2, k
-    text = run_cli("gallery", "backfill", home=home)  # a re-run reports them again, and loses none
+    text = run_cli("gallery", "backfill", "--allow-lower", home=home)  # a re-run reports them again, and loses none
     assert text.exit_code == 0 and "skipped 7 items whose source cannot be read" in text.stdout
     assert gallery_state(home).keys() == before.keys()
 

@@ -10,7 +10,9 @@ from rich.progress import TaskID
 from rich.table import Table
 
 from upgrader.cli.common import HomeOption, JsonOption, console, handle_errors, print_json, progress_bar, styled, usage_error, workspace
-from upgrader.services.backfill import BackfillPlan, BackfillResult, dry_run_curves, gallery_holders, plan_backfill, run_backfill
+from upgrader.services.backfill import (
+    BackfillPlan, BackfillResult, check_lowering, dry_run_curves, gallery_holders, plan_backfill, run_backfill,
+)
 from upgrader.services.workspace import Workspace
 
 #: Unreadable ids shown by name (the rest are counted).
@@ -32,13 +34,16 @@ def gallery_backfill(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Show estimated Recall@1 against the fraction re-embedded, per policy; write nothing.")] = False,
     batch_size: Annotated[int, typer.Option(help="Items per all-or-nothing registry batch.")] = 256,
+    allow_lower: Annotated[bool, typer.Option(
+        "--allow-lower", help="Re-embed even where the probe set estimates search gets worse.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Re-embed stored gallery items from their sources with the production generation.
 
     Batches commit one at a time and a running `upgrader serve` follows them; run the same command
     again after an interruption and it continues with the items production has not re-embedded.
-    Items whose source cannot be read are reported and keep their old embeddings.
+    Items whose source cannot be read are reported and keep their old embeddings. A run the probe set
+    estimates would lower production's Recall@1 is refused (exit 2) unless --allow-lower.
 
     Example: upgrader gallery backfill --budget 10% --dry-run      then      upgrader gallery backfill --budget 10%
     """
@@ -49,6 +54,7 @@ def gallery_backfill(
         if dry_run:
             _show_dry_run(ws, plan, json_out)
             return
+        check_lowering(plan, allow_lower=allow_lower)
         bar = progress_bar()
         task: list[TaskID] = []
 

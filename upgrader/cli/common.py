@@ -95,6 +95,12 @@ REASON_WORDS: dict[str, str] = {
     "name-taken": "a generation named {name!r} exists already; pass another --name",
     "has-gallery-items": "generation {name} still has {items} gallery items; `upgrader gallery rm --generation {name}` "
                          "deletes them, then remove it",
+    "lowers-search": "re-embedding {budget} items is estimated to lower production's Recall@1 on the probe set from "
+                     "{now}% to {after}% (the score calibration was fitted for the gallery as it is); pass "
+                     "--budget {best} ({best_estimate}%), see `--dry-run`, or --allow-lower to re-embed anyway",
+    "lowers-search-always": "re-embedding {budget} items is estimated to lower production's Recall@1 on the probe set "
+                            "from {now}% to {after}%, and so does every smaller budget (the score calibration was "
+                            "fitted for the gallery as it is); see `--dry-run`, or pass --allow-lower to re-embed anyway",
 }
 
 

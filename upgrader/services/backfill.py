@@ -28,7 +28,7 @@ from registry import Generation, GallerySource, UnknownGalleryItem
 
 from upgrader.compat.backfill_plan import POLICIES, Group, Holders, curve, moved, order_groups, take_budget
 from upgrader.compat.item_search import compose, cross_validated
-from upgrader.core.errors import InvalidRequest, NoProduction
+from upgrader.core.errors import InvalidRequest, NoProduction, RequestRefused
 from upgrader.core.faults import fault_point
 from upgrader.data.items import SourceReader, UnreadableSource
 from upgrader.services.matrix import class_sets, load_probe, probe_labels
@@ -162,6 +162,53 @@ def plan_backfill(ws: Workspace, policy: str = "gain", budget: str | None = None
     estimate = ProbeEstimate(ws, prod.id, reg.live_generations(), fitted_on=holders)
     groups = order_groups(holders, prod.id, policy, estimate, seed=RANDOM_SEED)
     return BackfillPlan(prod, policy, holders, groups, total, candidates, min(wanted, candidates), estimate)
+
+
+#: A run may lower the probe estimate by at most this much (rounding between equal compositions).
+LOWER_TOLERANCE = 1e-9
+
+
+def best_budget(plan: BackfillPlan) -> tuple[int, float]:
+    """The largest budget up to the plan's, at a group boundary, whose estimate is highest: (items, estimate)."""
+    best_n, best = 0, plan.at(0)
+    done = 0
+    for group in plan.groups:
+        done = min(done + group.items, plan.budget)
+        value = plan.at(done)
+        if value >= best - LOWER_TOLERANCE:
+            best_n, best = done, max(best, value)
+        if done >= plan.budget:
+            break
+    return best_n, best
+
+
+def check_lowering(plan: BackfillPlan, *, allow_lower: bool = False) -> None:
+    """Refuse a run whose estimated Recall@1 on the probe set falls below the gallery's as it is.
+
+    The score calibration serving applies was fitted at promotion for the gallery as it was then;
+    re-embedding part of a class's items, or some classes and not their look-alikes, can make
+    production's own items win where the calibration still lifts the old ones (measured on the demo:
+    served top-1 83.4% -> 40.3% after re-embedding half the gallery, 80.1% after all of it).
+
+    Raises:
+        RequestRefused: reason ``lowers-search`` (a smaller budget keeps the estimate) or
+            ``lowers-search-always`` (none does); details: budget, now, after, best, best_estimate.
+    """
+    if allow_lower or plan.budget == 0:
+        return
+    now, after = plan.at(0), plan.at(plan.budget)
+    if after >= now - LOWER_TOLERANCE:
+        return
+    best, best_estimate = best_budget(plan)
+    advice = (f"re-embed at most {best} items ({100 * best_estimate:.1f}%)" if best else
+              "no share of the gallery up to it keeps the estimate")
+    raise RequestRefused(
+        f"re-embedding {plan.budget} items is estimated to lower production's Recall@1 on the probe set from "
+        f"{100 * now:.1f}% to {100 * after:.1f}% (the score calibration was fitted for the gallery as it is); "
+        f"{advice}, or allow the loss",
+        "lowers-search" if best else "lowers-search-always", subject="budget", budget=str(plan.budget),
+        now=f"{100 * now:.1f}", after=f"{100 * after:.1f}", best=str(best), best_estimate=f"{100 * best_estimate:.1f}",
+    )
 
 
 def dry_run_curves(
@@ -315,6 +362,7 @@ def _commit(ws: Workspace, prod: Generation, sources: list[GallerySource], feats
 
 
 __all__ = [
-    "BackfillPlan", "BackfillResult", "FRACTIONS", "ProbeEstimate", "UNPLACED", "Unreadable", "dry_run_curves",
+    "BackfillPlan", "BackfillResult", "FRACTIONS", "ProbeEstimate", "UNPLACED", "Unreadable", "best_budget",
+    "check_lowering", "dry_run_curves",
     "gallery_holders", "ordered_sources", "parse_budget", "plan_backfill", "run_backfill",
 ]
