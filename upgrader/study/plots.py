@@ -26,6 +26,23 @@ def _arr(stats: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([np.nan if s[key] is None else s[key] for s in stats], dtype=np.float64)
 
 
+def _panels(n: int) -> tuple[Any, Any, Any]:
+    """(pyplot, figure, one row of ``n`` axes sharing y) for the per-method figures."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(max(3.4 * n, 6.5), 3.6), dpi=110, sharey=True, squeeze=False)
+    return plt, fig, axes[0]
+
+
+def _finish(plt: Any, fig: Any, axes: Any, ylabel: str, title: str, path: Path, legend_loc: str) -> None:
+    """Label the first panel, title the figure, save it and free it."""
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=7, loc=legend_loc)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def matrix_figure(scenario: str, method: str, s: dict[str, Any], path: Path) -> None:
     """Heatmap of the seed-mean compatibility matrix, violations (C[t][j] <= C[j][j]) outlined."""
     plt = _plt()
@@ -83,10 +100,8 @@ def self_test_figure(scenario: str, methods: dict[str, Any], path: Path) -> None
 
 def gallery_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
     """Mixed-gallery search accuracy after each promotion next to the full re-index upper bound."""
-    plt = _plt()
-    n = len(methods)
-    fig, axes = plt.subplots(1, n, figsize=(max(3.4 * n, 6.5), 3.6), dpi=110, sharey=True, squeeze=False)
-    for ax, (method, s) in zip(axes[0], methods.items()):
+    plt, fig, axes = _panels(len(methods))
+    for ax, (method, s) in zip(axes, methods.items()):
         mixed, reidx = 100 * _arr(s["mixed_by_step"], "mean"), 100 * _arr(s["reindex_by_step"], "mean")
         mstd, rstd = 100 * _arr(s["mixed_by_step"], "std"), 100 * _arr(s["reindex_by_step"], "std")
         x = np.arange(1, len(mixed) + 1)
@@ -105,12 +120,8 @@ def gallery_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("after step")
         ax.set_xticks(x)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("probe template top-1 on the gallery %")
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{scenario}: search on the mixed gallery vs full re-index\n(mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(plt, fig, axes, "probe template top-1 on the gallery %",
+            f"{scenario}: search on the mixed gallery vs full re-index\n(mean ± std over seeds)", path, "lower left")
 
 
 POLICY_STYLES = {"gain": ("tab:green", "o", "-"), "oldest": ("tab:purple", "s", "--"), "random": ("gray", "^", ":")}
@@ -118,11 +129,9 @@ POLICY_STYLES = {"gain": ("tab:green", "o", "-"), "oldest": ("tab:purple", "s", 
 
 def backfill_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
     """Served top-1 against the fraction of the gallery backfilled, after the last step, per policy."""
-    plt = _plt()
     shown = {m: s for m, s in methods.items() if s.get("backfill_curve")}
-    n = max(len(shown), 1)
-    fig, axes = plt.subplots(1, n, figsize=(max(3.4 * n, 5.0), 3.6), dpi=110, sharey=True, squeeze=False)
-    for ax, (method, s) in zip(axes[0], shown.items()):
+    plt, fig, axes = _panels(len(shown))
+    for ax, (method, s) in zip(axes, shown.items()):
         for policy, points in s["backfill_curve"].items():
             colour, marker, ls = POLICY_STYLES.get(policy, ("black", ".", "-"))
             x = 100 * np.array([p["fraction"] for p in points])
@@ -131,22 +140,16 @@ def backfill_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
         ax.set_title(method)
         ax.set_xlabel("% of the gallery re-embedded")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("served top-1 % (held-out queries)")
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{scenario}: backfill after the last step (calibrated; mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(plt, fig, axes, "served top-1 % (held-out queries)",
+            f"{scenario}: backfill after the last step (calibrated; mean ± std over seeds)", path, "lower right")
 
 
 def served_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
     """Served top-1 after each step: raw, calibrated, 10% backfill and re-index, per method."""
-    plt = _plt()
-    n = len(methods)
-    fig, axes = plt.subplots(1, n, figsize=(max(3.4 * n, 6.5), 3.6), dpi=110, sharey=True, squeeze=False)
+    plt, fig, axes = _panels(len(methods))
     lines = (("raw", "raw cosine", ":", "x"), ("calibrated", "calibrated", "-", "o"),
              ("gain@0.1", "+10% backfill", "-.", "^"), ("reindex", "full re-index", "--", "s"))
-    for ax, (method, s) in zip(axes[0], methods.items()):
+    for ax, (method, s) in zip(axes, methods.items()):
         by = s.get("served_by_step", {})
         colour = METHOD_COLOURS.get(method)
         for key, label, ls, marker in lines:
@@ -158,12 +161,8 @@ def served_figure(scenario: str, methods: dict[str, Any], path: Path) -> None:
         ax.set_title(method)
         ax.set_xlabel("after step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("served top-1 % (held-out queries)")
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{scenario}: the search users get on the mixed gallery (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(plt, fig, axes, "served top-1 % (held-out queries)",
+            f"{scenario}: the search users get on the mixed gallery (mean ± std over seeds)", path, "lower left")
 
 
 def write_figures(data: dict[str, Any], out: str | Path) -> list[str]:
