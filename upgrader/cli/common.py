@@ -69,7 +69,7 @@ SUBJECT_WORDS: dict[str, str] = {
     "steps": "--steps",
     "augment": "--augment",
     "batch_size": "--batch-size",
-    "arch": "--arch",
+    "replacement_arch": "--replacement-arch", "arch": "--arch",
     "arch_kwargs": "--arch-kwargs",
     "init_weights": "--init-weights",
     "init_prefix": "--init-prefix",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from upgrader.cli.train_cmds import arch_kwargs_option
 from upgrader.cli.common import JsonOption, console, err_console, handle_errors, print_json, progress_bar, styled, usage_error
 from upgrader.core.errors import WorkspaceError
 from upgrader.core.vocabulary import METHODS
@@ -89,6 +90,11 @@ def study(
     num_classes: Annotated[int, typer.Option("--num-classes", "-k", help="Interface K of each run's workspace.")] = 64,
     force_refused: Annotated[bool, typer.Option("--force-refused/--no-force-refused", help="Force refused generations (recorded) so the chain goes on.")] = True,
     keep_workspaces: Annotated[bool, typer.Option("--keep-workspaces/--no-keep-workspaces", help="Keep each run's workspace under OUT/workspaces.")] = True,
+    replacement_arch: Annotated[str | None, typer.Option(
+        help="Architecture of every replacement: a built-in name, package.module:function or an entry-point name "
+             "(default: the scenario's).")] = None,
+    replacement_arch_kwargs: Annotated[str | None, typer.Option(
+        help="JSON object of the replacement architecture's arguments, e.g. '{\"width\": 64}'.")] = None,
     own_negatives: Annotated[bool, typer.Option("--own-negatives", help="hoc, hoc-paper: train with the new model's own features of other classes as extra negatives (as `train --own-negatives`).")] = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -97,7 +103,7 @@ def study(
 
     Example: upgrader study --scenario short --methods hoc,er --seeds 3 --out ./study
     """
-    from upgrader.study.runner import StudyConfig, parse_methods, parse_scenarios
+    from upgrader.study.runner import StudyConfig, parse_methods, parse_scenarios, validate
 
     config = StudyConfig(
         out=str(out), dataset=dataset, scenarios=parse_scenarios(scenario), methods=parse_methods(methods), seeds=seeds,
@@ -105,9 +111,11 @@ def study(
         replacement_epochs=replacement_epochs, train_per_class=train_per_class, memory_per_class=memory_per_class,
         gallery_per_class=gallery_per_class, probe_per_class=probe_per_class,
         force_refused=force_refused, keep_workspaces=keep_workspaces, own_negatives=own_negatives,
+        replacement_arch=replacement_arch, replacement_arch_kwargs=arch_kwargs_option(replacement_arch_kwargs, "--replacement-arch-kwargs"),
     )
     _check_sizes({"--seeds": seeds, "--epochs": epochs, "--train-per-class": train_per_class,
                   "--gallery-per-class": gallery_per_class, "--probe-per-class": probe_per_class})
+    validate(config)  # before the progress bar: a refusal is one line, with no bar printed
     data = _run_with_progress(config)
     if json_out:
         print_json(data)

@@ -84,16 +84,16 @@ def _loss_options(method: str, own_negatives: bool) -> dict[str, Any]:
     return {"own_negatives": True} if own_negatives else {}
 
 
-def _arch_kwargs(text: str | None) -> dict[str, Any]:
-    """--arch-kwargs parsed: a JSON object, or a usage error (exit 2)."""
+def arch_kwargs_option(text: str | None, flag: str = "--arch-kwargs") -> dict[str, Any]:
+    """``flag``'s JSON parsed: a JSON object, or a usage error (exit 2)."""
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        usage_error(f"--arch-kwargs is not JSON ({exc.msg} at character {exc.pos}); give an object, e.g. '{{\"width\": 64}}'")
+        usage_error(f"{flag} is not JSON ({exc.msg} at character {exc.pos}); give an object, e.g. '{{\"width\": 64}}'")
     if not isinstance(value, dict):
-        usage_error(f"--arch-kwargs must be a JSON object of named arguments, got {type(value).__name__}")
+        usage_error(f"{flag} must be a JSON object of named arguments, got {type(value).__name__}")
     return value
 
 
@@ -187,7 +187,7 @@ def train(
              upgrader train --classes 4,5 --finetune --steps 1000   (from production, longer)
              upgrader train --classes 0-3 --arch mynets:tiny --init-weights tiny.pt --freeze-backbone
     """
-    kwargs = _arch_kwargs(arch_kwargs)
+    kwargs = arch_kwargs_option(arch_kwargs)
     with workspace(home) as ws:
         if finetune is None:
             finetune = ws.registry.get_alias() is not None or parent is not None
@@ -238,7 +238,7 @@ def replace(
         kind="replacement", classes=(classes,), dataset=dataset, arch=arch, method=method, epochs=epochs, steps=steps,
         batch_size=batch_size, lr=lr, per_class=per_class, memory_per_class=memory_per_class, augment=augment,
         init_weights=str(init_weights) if init_weights else None, anchor=not no_anchor, name=name, seed=seed, device=device,
-        arch_kwargs=_arch_kwargs(arch_kwargs), init_prefix=init_prefix, freeze_backbone=freeze_backbone,
+        arch_kwargs=arch_kwargs_option(arch_kwargs), init_prefix=init_prefix, freeze_backbone=freeze_backbone,
         backbone_lr_mult=backbone_lr_mult, extra=_loss_options(method, own_negatives),
     )
     with workspace(home) as ws:

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from upgrader.core.vocabulary import arch_label
 from upgrader.study.scenario import PRETRAIN_CLASSES, ScenarioConfig
 
 PRETRAINED_DIR = "pretrained"
@@ -23,7 +24,7 @@ PRETRAINED_DIR = "pretrained"
 
 def pretrained_path(out: str | Path, arch: str, seed: int) -> Path:
     """Where the pretrained checkpoint of ``arch`` for ``seed`` is kept."""
-    return Path(out) / PRETRAINED_DIR / f"{arch}-classes{'-'.join(map(str, PRETRAIN_CLASSES))}-s{seed}.pt"
+    return Path(out) / PRETRAINED_DIR / f"{arch_label(arch)}-classes{'-'.join(map(str, PRETRAIN_CLASSES))}-s{seed}.pt"
 
 
 def pretrain_backbone(out: str | Path, dataset: str, arch: str, config: ScenarioConfig, *, num_classes: int,
@@ -50,9 +51,11 @@ def pretrain_backbone(out: str | Path, dataset: str, arch: str, config: Scenario
                             gallery_per_class=10, seed=config.seed) as ws:
             done = train_and_register(ws, TrainRequest(
                 kind="initial", classes=classes, arch=arch, method="ce", epochs=config.replacement_epochs,
+                arch_kwargs=dict(config.replacement_arch_kwargs) if arch == config.replacement_arch else {},
                 batch_size=config.batch_size, lr=config.lr, per_class=config.train_per_class,
-                seed=config.seed + 1000, device=config.device, name=f"pretrain-{arch}",
+                seed=config.seed + 1000, device=config.device, name=f"pretrain-{arch_label(arch)}",
             ))
+            assert done.generation.checkpoint_path
             checkpoint = ws.resolve(done.generation.checkpoint_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")

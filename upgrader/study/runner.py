@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from registry.errors import RegistryError
 from upgrader.core.errors import InvalidRequest, UpgraderError, WorkspaceError
 from upgrader.core.files import write_atomic
 from upgrader.core.jsonable import jsonable
-from upgrader.core.vocabulary import METHODS
+from upgrader.core.vocabulary import METHODS, check_backbone_installed
 from upgrader.study.aggregation import REFERENCE, check_targets, summarise
 from upgrader.study.records import RunRecord
 from upgrader.study.report import render_report
@@ -66,6 +66,8 @@ class StudyConfig:
     lr: float = 0.05
     force_refused: bool = True  # promote refused generations anyway (a recorded forced move) so the chain goes on
     own_negatives: bool = False  # hoc methods train with new-to-new negatives (TrainConfig.own_negatives)
+    replacement_arch: str | None = None  # every replacement's architecture (a user backbone too); None: the scenario's
+    replacement_arch_kwargs: dict[str, Any] = field(default_factory=dict)
     keep_workspaces: bool = True  # keep every run's workspace under out/workspaces (to re-derive the numbers)
     figures: bool = True  # write PNG figures
 
@@ -87,6 +89,8 @@ class StudyConfig:
             device=self.device,
             force_refused=self.force_refused,
             own_negatives=self.own_negatives,
+            replacement_arch=self.replacement_arch,
+            replacement_arch_kwargs=dict(self.replacement_arch_kwargs),
         )
 
 
@@ -131,6 +135,12 @@ def validate(config: StudyConfig) -> None:
 
     parse_methods(config.methods)
     parse_scenarios(config.scenarios)
+    if config.replacement_arch:
+        try:  # a malformed spec: InvalidRequest; a package not installed: BackboneUnavailable (ModelError)
+            check_backbone_installed(config.replacement_arch)
+        except UpgraderError as exc:
+            exc.subject = "replacement_arch"  # the study's flag, not train's --arch
+            raise
     for name, value in (("the number of seeds", config.seeds), ("the epochs of a fine-tune", config.epochs),
                         ("training images per new class", config.train_per_class),
                         ("gallery items per new class", config.gallery_per_class),
@@ -227,7 +237,7 @@ def _with_pretrained(config: StudyConfig, scenario: str, method: str, seed: int,
     from upgrader.study.scenario import SCENARIOS
 
     sc = config.scenario_config(method, seed)
-    arch = next((step.arch for step in SCENARIOS[scenario] if step.pretrained), None)
+    arch = next((sc.replacement_arch or step.arch for step in SCENARIOS[scenario] if step.pretrained), None)
     if arch is None:
         return sc
     path = pretrain_backbone(config.out, config.dataset, arch, sc, num_classes=config.num_classes, log=log)

@@ -21,7 +21,7 @@ import numpy as np
 from registry import Generation, ProbeSet
 
 from upgrader.core.errors import GateRefused
-from upgrader.core.vocabulary import HOC_METHODS
+from upgrader.core.vocabulary import HOC_METHODS, arch_label
 from upgrader.data.items import excluded_indices, item_uris, load_items
 from upgrader.services.gallery import add_images, composition, label_accuracy, production_embedder, template_accuracy
 from upgrader.services.matrix import compatibility_matrix
@@ -106,6 +106,10 @@ class ScenarioConfig:
     force_refused: bool = False  # promote refused generations anyway (recorded as forced) so the chain goes on
     own_negatives: bool = False  # hoc methods: new-to-new negatives in the compatibility loss (TrainConfig)
     pretrained_weights: str | None = None  # checkpoint whose backbone a ``pretrained`` step starts from
+    # The architecture of every replacement (a built-in name, package.module:function or an entry-point
+    # name) and its arguments; None: the scenario's own.
+    replacement_arch: str | None = None
+    replacement_arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -203,10 +207,14 @@ def _request(ws: Workspace, step: Step, i: int, names: list[str], config: Scenar
     # leaves the previous architecture in production).
     prod = ws.registry.get_alias()
     arch = ws.registry.get_generation(prod).architecture if step.kind == "finetune" and prod is not None else step.arch
+    arch_kwargs: dict[str, Any] = {}
+    if step.kind == "replacement" and config.replacement_arch:
+        arch, arch_kwargs = config.replacement_arch, dict(config.replacement_arch_kwargs)
     return TrainRequest(
         kind=step.kind,
         classes=tuple(names),
         arch=arch if step.kind != "finetune" else None,
+        arch_kwargs=arch_kwargs,
         method=config.method,
         epochs={"initial": config.initial_epochs, "replacement": config.replacement_epochs}.get(step.kind, config.epochs),
         batch_size=config.batch_size,
@@ -215,7 +223,7 @@ def _request(ws: Workspace, step: Step, i: int, names: list[str], config: Scenar
         memory_per_class=config.memory_per_class,
         seed=config.seed + i,
         device=config.device,
-        name=f"g{i}-{step.kind}-{arch}-{config.method}",
+        name=f"g{i}-{step.kind}-{arch_label(arch)}-{config.method}",
         extra={"own_negatives": True} if config.own_negatives and config.method in HOC_METHODS else {},
         **_pretrained(step, config),
     ), arch
