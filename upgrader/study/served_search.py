@@ -137,13 +137,13 @@ def measure_served(ws: Workspace, images: np.ndarray, labels: Sequence[str], *, 
                 points.append((f, n, _top1(_with_rows(stored, chosen, prod.id), queries, q_labels, maps)))
             return points
 
+        plan = plan_backfill(ws, POLICIES[0])  # one probe estimate; the other policies reorder its groups
         for policy in POLICIES:
-            plan = plan_backfill(ws, policy)
-            draws = range(RANDOM_DRAWS) if policy == "random" else (None,)
+            draws = range(RANDOM_DRAWS) if policy == "random" else (0,)
             runs = []
             for seed in draws:
-                drawn = plan if seed is None else replace(
-                    plan, groups=order_groups(plan.holders, prod.id, policy, plan.estimate, seed=seed))
+                drawn = plan if policy == plan.policy else replace(
+                    plan, policy=policy, groups=order_groups(plan.holders, prod.id, policy, plan.estimate, seed=seed))
                 runs.append(curve([s.external_id for s in ordered_sources(ws, drawn) if s.external_id in rows]))
             out.backfill[policy] = [(f, n, float(np.mean([r[i][2] for r in runs])))
                                     for i, (f, n, _) in enumerate(runs[0])]
